@@ -1,0 +1,45 @@
+# dataplane: every target installs what it needs, so each works on a fresh machine.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip --disable-pip-version-check --quiet --root-user-action=ignore
+# Debian packages: the lab's CNI plugins, traffic tools, etcd for the cluster store.
+APT_PACKAGES := iproute2 containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump
+ASAN_RT := $(shell gcc -print-file-name=libasan.so)
+
+.PHONY: all deps apt-deps py-deps build test test-fast test-asan bench bench-micro demo clean
+
+all: build
+
+apt-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+py-deps:
+	$(PIP) install -e '.[test,bench]'
+
+deps: apt-deps py-deps
+
+# In-place build of the C hot path (pip install -e does the same through setup.py).
+build:
+	$(PYTHON) -m dataplane.fastpath._build_ffi
+
+test: deps build
+	$(PYTHON) -m pytest -q tests
+	$(MAKE) test-asan
+
+# The wire suite again, against the C library built with AddressSanitizer and UBSan.
+test-asan: build
+	$(PYTHON) -m dataplane.fastpath._build_ffi --asan
+	DATAPLANE_CMODULE=_dpc_asan LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=0 \
+		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/wire
+
+bench-micro: deps build
+	$(PYTHON) -m pytest -q bench/micro --benchmark-only --benchmark-autosave \
+		--benchmark-storage=bench/results/micro --benchmark-columns=min,median,mean,ops
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .benchmarks
+	rm -f dataplane/fastpath/_dpc*.so dataplane/fastpath/_dpc*.c dataplane/fastpath/_dpc*.o

@@ -1,0 +1,206 @@
+/* The forwarder: peers, the decision for each packet of a batch, and the counters.
+ *
+ * Egress (TUN -> wire), per packet:
+ *   validate IPv4 -> look up the peer holding the destination (none: ICMP net-unreachable back
+ *   into the TUN) -> udp: decrement TTL | vxlan: prepend VXLAN + inner Ethernet in the headroom
+ *   -> SEND to the peer's public IP.
+ * Ingress (wire -> TUN), per datagram:
+ *   the outer source must hold a lease -> vxlan: flags, VNI, inner MACs, EtherType -> validate
+ *   IPv4 -> the inner source must be inside the sender's subnet, the inner destination inside
+ *   ours -> udp: decrement TTL -> deliver to the TUN.
+ */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "dp.h"
+
+struct dp_fwd *dp_fwd_new(const struct dp_config *cfg)
+{
+    struct dp_fwd *f = calloc(1, sizeof(*f));
+    if (!f)
+        return NULL;
+    f->cfg = *cfg;
+    f->routes = dp_routes_new();
+    f->by_ip = dp_routes_new();
+    if (!f->routes || !f->by_ip) {
+        dp_fwd_free(f);
+        return NULL;
+    }
+    return f;
+}
+
+void dp_fwd_free(struct dp_fwd *f)
+{
+    if (!f)
+        return;
+    dp_routes_free(f->routes);
+    dp_routes_free(f->by_ip);
+    free(f->peers);
+    dp_io_free(f->io[0]);
+    dp_io_free(f->io[1]);
+    free(f);
+}
+
+static void ip_ref(struct dp_fwd *f, uint32_t ip, int delta)
+{
+    int32_t n = dp_routes_lookup(f->by_ip, ip);
+    n = (n < 0 ? 0 : n) + delta;
+    if (n > 0)
+        dp_routes_set(f->by_ip, ip, 32, n);
+    else
+        dp_routes_del(f->by_ip, ip, 32);
+}
+
+int dp_fwd_set_peer(struct dp_fwd *f, uint32_t subnet, int plen, uint32_t public_ip,
+                    const uint8_t *mac)
+{
+    if (plen < 0 || plen > 32)
+        return -EINVAL;
+    subnet &= prefix_mask(plen);
+    int32_t idx = -1;
+    for (int i = 0; i < f->npeers; i++)      /* control plane: a scan is fine */
+        if (f->peers[i].live && f->peers[i].subnet == subnet && f->peers[i].plen == plen)
+            idx = i;
+    if (idx < 0) {
+        for (int i = 0; i < f->npeers && idx < 0; i++)
+            if (!f->peers[i].live)
+                idx = i;
+        if (idx < 0) {
+            if (f->npeers == f->cap) {
+                int cap = f->cap ? f->cap * 2 : 16;
+                struct peer *p = realloc(f->peers, sizeof(*p) * cap);
+                if (!p)
+                    return -ENOMEM;
+                f->peers = p;
+                f->cap = cap;
+            }
+            idx = f->npeers++;
+        }
+        int err = dp_routes_set(f->routes, subnet, plen, idx);
+        if (err)
+            return err;
+        f->live++;
+    } else {
+        ip_ref(f, f->peers[idx].public_ip, -1);
+    }
+    struct peer *p = &f->peers[idx];
+    p->subnet = subnet;
+    p->plen = plen;
+    p->public_ip = public_ip;
+    memcpy(p->mac, mac, 6);
+    p->live = 1;
+    ip_ref(f, public_ip, +1);
+    return 0;
+}
+
+int dp_fwd_del_peer(struct dp_fwd *f, uint32_t subnet, int plen)
+{
+    if (plen < 0 || plen > 32)
+        return -EINVAL;
+    subnet &= prefix_mask(plen);
+    for (int i = 0; i < f->npeers; i++) {
+        struct peer *p = &f->peers[i];
+        if (p->live && p->subnet == subnet && p->plen == plen) {
+            p->live = 0;
+            f->live--;
+            ip_ref(f, p->public_ip, -1);
+            return dp_routes_del(f->routes, subnet, plen);
+        }
+    }
+    return -ENOENT;
+}
+
+int dp_fwd_peer_count(const struct dp_fwd *f) { return f->live; }
+
+void dp_fwd_counters(const struct dp_fwd *f, struct dp_counters *out) { *out = f->ctr; }
+
+static inline void drop(struct dp_fwd *f, struct dp_pkt *p, int dir, int why)
+{
+    p->action = DP_ACT_DROP;
+    p->drop = (uint8_t)why;
+    f->ctr.drops[dir][why]++;
+}
+
+static void egress_one(struct dp_fwd *f, struct dp_pkt *p)
+{
+    int err = dp_ipv4_validate(p->data, p->len);
+    if (err)
+        return drop(f, p, DP_EGRESS, err);
+    p->len = rd16(p->data + IPH_TOTLEN);          /* ignore anything after the IP packet */
+    if (p->len > f->cfg.max_inner)
+        return drop(f, p, DP_EGRESS, DP_DROP_OVERSIZE);
+
+    int32_t idx = dp_routes_lookup(f->routes, rd32(p->data + IPH_DST));
+    if (idx < 0) {
+        size_t n = dp_icmp_net_unreachable(p->data, p->data, p->len, f->cfg.tun_addr);
+        drop(f, p, DP_EGRESS, DP_DROP_NO_ROUTE);
+        if (n) {
+            p->len = (uint32_t)n;
+            p->action = DP_ACT_TUN;
+            f->ctr.icmp_sent++;
+        }
+        return;
+    }
+    const struct peer *peer = &f->peers[idx];
+    if (f->cfg.ttl_decrement && (err = dp_ipv4_ttl_decrement(p->data, p->len)))
+        return drop(f, p, DP_EGRESS, err);
+    if (f->cfg.mode == DP_MODE_VXLAN) {
+        p->data -= DP_VXLAN_OVERHEAD;
+        p->len += DP_VXLAN_OVERHEAD;
+        dp_vxlan_header(p->data, f->cfg.vni, peer->mac, f->cfg.mac);
+    }
+    p->addr = peer->public_ip;
+    p->port = f->cfg.port;
+    p->action = DP_ACT_SEND;
+    p->drop = DP_OK;
+    f->ctr.packets[DP_EGRESS]++;
+    f->ctr.bytes[DP_EGRESS] += p->len;
+}
+
+static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
+{
+    int err;
+    if (dp_routes_lookup(f->by_ip, p->addr) < 0)
+        return drop(f, p, DP_INGRESS, DP_DROP_UNKNOWN_PEER);
+    if (f->cfg.mode == DP_MODE_VXLAN) {
+        size_t off;
+        if ((err = dp_vxlan_check(p->data, p->len, f->cfg.vni, f->cfg.mac, &off)))
+            return drop(f, p, DP_INGRESS, err);
+        p->data += off;
+        p->len -= (uint32_t)off;
+    }
+    if ((err = dp_ipv4_validate(p->data, p->len)))
+        return drop(f, p, DP_INGRESS, err);
+    p->len = rd16(p->data + IPH_TOTLEN);          /* strip padding after the IP packet */
+    if (p->len > f->cfg.max_inner)
+        return drop(f, p, DP_INGRESS, DP_DROP_OVERSIZE);
+
+    int32_t idx = dp_routes_lookup(f->routes, rd32(p->data + IPH_SRC));
+    if (idx < 0 || f->peers[idx].public_ip != p->addr)
+        return drop(f, p, DP_INGRESS, DP_DROP_SPOOFED_SOURCE);
+    uint32_t mask = prefix_mask(f->cfg.local_plen);
+    if ((rd32(p->data + IPH_DST) & mask) != (f->cfg.local_net & mask))
+        return drop(f, p, DP_INGRESS, DP_DROP_NOT_LOCAL);
+    if (f->cfg.ttl_decrement && (err = dp_ipv4_ttl_decrement(p->data, p->len)))
+        return drop(f, p, DP_INGRESS, err);
+    p->action = DP_ACT_TUN;
+    p->drop = DP_OK;
+    f->ctr.packets[DP_INGRESS]++;
+    f->ctr.bytes[DP_INGRESS] += p->len;
+}
+
+void dp_egress_batch(struct dp_fwd *f, struct dp_pkt *pkts, int n)
+{
+    for (int i = 0; i < n; i++)
+        egress_one(f, &pkts[i]);
+    if (n > 0)
+        f->ctr.batches[DP_EGRESS]++;
+}
+
+void dp_ingress_batch(struct dp_fwd *f, struct dp_pkt *pkts, int n)
+{
+    for (int i = 0; i < n; i++)
+        ingress_one(f, &pkts[i]);
+    if (n > 0)
+        f->ctr.batches[DP_INGRESS]++;
+}

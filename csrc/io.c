@@ -1,0 +1,190 @@
+/* The syscall side of the hot path: one call per readiness event drains a file descriptor in
+ * batches, lets forward.c decide each packet, and moves the batch on.
+ *
+ *   dp_drain_tun: read() x n (a TUN hands out one packet per read) -> egress batch
+ *                 -> one sendmmsg() for the datagrams, write() back for ICMP errors
+ *   dp_drain_udp: one recvmmsg() for n datagrams -> ingress batch -> write() x n to the TUN
+ *
+ * The UDP socket is left blocking so a full send buffer pushes back instead of dropping;
+ * receives and TUN reads use non-blocking calls and stop at EAGAIN.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include "dp.h"
+
+#define BATCH 64
+#define SLOT_DATA 65536                    /* any IPv4 packet or UDP datagram fits */
+#define SLOT_SIZE (DP_HEADROOM + SLOT_DATA)
+
+struct dp_io {
+    uint8_t *arena;                        /* BATCH slots; pages are touched only as used */
+    struct dp_pkt pkts[BATCH];
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    struct sockaddr_in addrs[BATCH];
+};
+
+void dp_io_free(struct dp_io *io)
+{
+    if (io) {
+        free(io->arena);
+        free(io);
+    }
+}
+
+static struct dp_io *io_get(struct dp_fwd *f, int dir)
+{
+    if (!f->io[dir]) {
+        struct dp_io *io = calloc(1, sizeof(*io));
+        if (!io)
+            return NULL;
+        io->arena = malloc((size_t)BATCH * SLOT_SIZE);
+        if (!io->arena) {
+            free(io);
+            return NULL;
+        }
+        f->io[dir] = io;
+    }
+    return f->io[dir];
+}
+
+static inline uint8_t *slot(struct dp_io *io, int i)
+{
+    return io->arena + (size_t)i * SLOT_SIZE + DP_HEADROOM;
+}
+
+/* A packet the batch decided to forward failed in the syscall: move it to the drop count. */
+static void unforward(struct dp_fwd *f, int dir, const struct dp_pkt *p, int why)
+{
+    f->ctr.packets[dir]--;
+    f->ctr.bytes[dir] -= p->len;
+    f->ctr.drops[dir][why]++;
+}
+
+static void tun_write(struct dp_fwd *f, int tun_fd, int dir, struct dp_pkt *p)
+{
+    ssize_t r;
+    do
+        r = write(tun_fd, p->data, p->len);
+    while (r < 0 && errno == EINTR);
+    if (r != (ssize_t)p->len && p->drop == DP_OK)
+        unforward(f, dir, p, DP_DROP_TUN_WRITE_ERROR);
+}
+
+static void send_batch(struct dp_fwd *f, struct dp_io *io, int n, int sock_fd, int tun_fd)
+{
+    int m = 0;
+    struct dp_pkt *sent[BATCH];
+    for (int i = 0; i < n; i++) {
+        struct dp_pkt *p = &io->pkts[i];
+        if (p->action == DP_ACT_TUN) {          /* an ICMP error for the local sender */
+            tun_write(f, tun_fd, DP_EGRESS, p);
+            continue;
+        }
+        if (p->action != DP_ACT_SEND)
+            continue;
+        io->addrs[m] = (struct sockaddr_in){
+            .sin_family = AF_INET,
+            .sin_port = htons(p->port),
+            .sin_addr.s_addr = htonl(p->addr),
+        };
+        io->iov[m] = (struct iovec){p->data, p->len};
+        io->msgs[m].msg_hdr = (struct msghdr){
+            .msg_name = &io->addrs[m],
+            .msg_namelen = sizeof(io->addrs[m]),
+            .msg_iov = &io->iov[m],
+            .msg_iovlen = 1,
+        };
+        sent[m++] = p;
+    }
+    for (int done = 0; done < m;) {
+        int r = sendmmsg(sock_fd, io->msgs + done, (unsigned)(m - done), 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            /* The first message failed (no route, refused, too big): count it, go on. */
+            unforward(f, DP_EGRESS, sent[done], DP_DROP_TX_ERROR);
+            done++;
+        } else {
+            done += r;
+        }
+    }
+}
+
+int dp_drain_tun(struct dp_fwd *f, int tun_fd, int sock_fd, int budget)
+{
+    struct dp_io *io = io_get(f, DP_EGRESS);
+    if (!io)
+        return -ENOMEM;
+    int total = 0, empty = 0;
+    while (total < budget && !empty) {
+        int n = 0, want = budget - total < BATCH ? budget - total : BATCH;
+        while (n < want) {
+            uint8_t *d = slot(io, n);
+            ssize_t r = read(tun_fd, d, SLOT_DATA);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno != EAGAIN && total + n == 0)
+                    return -errno;
+                empty = 1;
+                break;
+            }
+            io->pkts[n++] = (struct dp_pkt){.data = d, .len = (uint32_t)r};
+        }
+        if (n == 0)
+            break;
+        dp_egress_batch(f, io->pkts, n);
+        send_batch(f, io, n, sock_fd, tun_fd);
+        total += n;
+    }
+    return total;
+}
+
+int dp_drain_udp(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
+{
+    struct dp_io *io = io_get(f, DP_INGRESS);
+    if (!io)
+        return -ENOMEM;
+    int total = 0;
+    while (total < budget) {
+        int want = budget - total < BATCH ? budget - total : BATCH;
+        for (int i = 0; i < want; i++) {
+            io->iov[i] = (struct iovec){slot(io, i), SLOT_DATA};
+            io->msgs[i].msg_hdr = (struct msghdr){
+                .msg_name = &io->addrs[i],
+                .msg_namelen = sizeof(io->addrs[i]),
+                .msg_iov = &io->iov[i],
+                .msg_iovlen = 1,
+            };
+        }
+        int n = recvmmsg(sock_fd, io->msgs, (unsigned)want, MSG_DONTWAIT, NULL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && total == 0)
+                return -errno;
+            break;
+        }
+        for (int i = 0; i < n; i++)
+            io->pkts[i] = (struct dp_pkt){
+                .data = slot(io, i),
+                .len = io->msgs[i].msg_len,
+                .addr = ntohl(io->addrs[i].sin_addr.s_addr),
+                .port = ntohs(io->addrs[i].sin_port),
+            };
+        dp_ingress_batch(f, io->pkts, n);
+        for (int i = 0; i < n; i++)
+            if (io->pkts[i].action == DP_ACT_TUN)
+                tun_write(f, tun_fd, DP_INGRESS, &io->pkts[i]);
+        total += n;
+        if (n < want)
+            break;
+    }
+    return total;
+}

@@ -1,0 +1,37 @@
+"""The hot path, in two implementations with one API.
+
+    from dataplane import fastpath
+    fp = fastpath.load("c")        # or "python": the pure-Python reference
+    fwd = fp.Forwarder(config)
+
+`c` (csrc/ compiled by cffi) is the default; `python` (pyref.py) is the oracle the property tests
+compare C against and the per-packet bottom rung of the benchmark ladder. Everything else in
+the project gets its implementation from load(), nowhere else.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+IMPLEMENTATIONS = ("c", "python")
+DEFAULT = "c"
+
+_MODULES = {"c": "dataplane.fastpath.cnative", "python": "dataplane.fastpath.pyref"}
+
+
+class FastpathUnavailable(RuntimeError):
+    pass
+
+
+def load(name: str = DEFAULT) -> ModuleType:
+    if name not in _MODULES:
+        raise ValueError(f"unknown fastpath {name!r}: choose one of {', '.join(IMPLEMENTATIONS)}")
+    try:
+        return importlib.import_module(_MODULES[name])
+    except ImportError as exc:
+        if name == "c":
+            raise FastpathUnavailable(
+                "the C fast path is not built (run `make build` or `pip install -e .`), "
+                f"or use --fastpath python: {exc}") from exc
+        raise
