@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -70,6 +71,8 @@ class Node:
         self.mac = b""
         self.peers: dict[ipaddress.IPv4Network, Lease] = {}
         self.ready = asyncio.Event()
+        self.started = time.time()
+        self.store_errors = 0
         self._stop = asyncio.Event()
 
     # ---- lifecycle --------------------------------------------------------------------------
