@@ -11,19 +11,22 @@ from dataplane.lab import netns
 from dataplane.lab.errors import LabError
 from dataplane.lab.state import Node
 
-DAEMON_MODULE = "dataplane"
+def default_program() -> list[str]:
+    return netns.python_argv("dataplane")
 
 
-def argv(node: Node, store_args: Sequence[str], *, fastpath: str | None = None,
-         ip_masq: bool = False, extra: Sequence[str] = ()) -> list[str]:
-    """The daemon's command line (the contract with dataplane.daemon.command)."""
+def argv(node: Node, store_args: Sequence[str], *, program: Sequence[str] | None = None,
+         fastpath: str | None = None, ip_masq: bool = False,
+         extra: Sequence[str] = ()) -> list[str]:
+    """The daemon's command line (the contract with dataplane.daemon.command); `program`
+    replaces `python3 -m dataplane` (a wrapper such as perf, or a stand-in in tests)."""
     args = ["run", *store_args, "--public-ip", str(node.underlay_ip),
             "--subnet", str(node.subnet), "--subnet-file", str(node.subnet_file)]
     if ip_masq:
         args.append("--ip-masq")    # flanneld's flag: FLANNEL_IPMASQ=true, as on kernel nodes
     if fastpath:
         args += ["--fastpath", fastpath]
-    return netns.python_argv(DAEMON_MODULE, *args, *extra)
+    return [*(program or default_program()), *args, *extra]
 
 
 def start(node: Node, command: Sequence[str]) -> subprocess.Popen[bytes]:

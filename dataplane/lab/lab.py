@@ -86,8 +86,8 @@ class Lab:
                  node_backends: Sequence[str] | None = None, fastpath: str | None = None,
                  network: str = "10.244.0.0/16", underlay_mtu: int = 1500,
                  ip_masq: bool = True, vni: int = 1, port: int | None = None,
-                 daemon_args: Sequence[str] = (), daemon_timeout: float = 30.0,
-                 state_root: Path | str = STATE_ROOT) -> None:
+                 daemon_args: Sequence[str] = (), daemon_program: Sequence[str] | None = None,
+                 daemon_timeout: float = 30.0, state_root: Path | str = STATE_ROOT) -> None:
         self.prefix = naming.check_prefix(prefix)
         if not 1 <= nodes <= naming.MAX_NODES:
             raise LabError(f"--nodes must be between 1 and {naming.MAX_NODES}")
@@ -111,6 +111,7 @@ class Lab:
         self.vni = vni
         self.port = port or DEFAULT_PORT.get(self.flannel_type)
         self.daemon_args = list(daemon_args)
+        self.daemon_program = list(daemon_program) if daemon_program else None
         self.daemon_timeout = daemon_timeout
         self.state_root = Path(state_root)
         self.dir = self.state_root / self.prefix
@@ -131,6 +132,7 @@ class Lab:
                 "fastpath": self.fastpath, "network": str(self.network),
                 "underlay_mtu": self.underlay_mtu, "ip_masq": self.ip_masq, "vni": self.vni,
                 "port": self.port, "daemon_args": self.daemon_args,
+                "daemon_program": self.daemon_program,
                 "daemon_timeout": self.daemon_timeout, "state_root": str(self.state_root)}
 
     # --- reattaching -----------------------------------------------------------------------
@@ -277,6 +279,7 @@ class Lab:
             if not node.runs_daemon:
                 continue
             proc = daemon.start(node, daemon.argv(node, self.store.daemon_args(),
+                                                  program=self.daemon_program,
                                                   fastpath=self.fastpath,
                                                   ip_masq=self.ip_masq,
                                                   extra=self.daemon_args))

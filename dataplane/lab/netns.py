@@ -140,18 +140,8 @@ def terminate(procs: Iterable[tuple[int, int | None]], grace: float = 5.0) -> No
                     pass
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
         while time.monotonic() < deadline:
-            for pid, _ in targets:
-                _reap(pid)
+            # A zombie counts as gone: whoever spawned it (a Popen) collects its status.
             targets = [(pid, st) for pid, st in targets if alive(pid, st)]
             if not targets:
                 return
             time.sleep(0.02)
-
-
-def _reap(pid: int) -> None:
-    """If `pid` is our own child, collect its exit status so it does not linger as a zombie;
-    only targeted pids, never waitpid(-1), which would steal other children's statuses."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
