@@ -1,0 +1,203 @@
+"""`dataplane bench`: every dataplane side by side in one run; JSON, report and plots."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import sys
+
+from bench import ladder, machine, plots, report, results, runner, topology
+from bench.measure import Settings
+from bench.overhead import IP_UDP
+from bench.progress import Progress, fmt_seconds
+from bench.stats import LogHistogram
+from bench.summary import summarize
+
+HELP = "benchmark every dataplane side by side: throughput, packet rate, latency, CPU, memory"
+
+DEFAULTS = {"rounds": 3, "duration": 4}
+QUICK = {"rounds": 1, "duration": 1, "echo_count": 30, "echo_interval": 0.005}
+TOOLS = ("iperf3", "sockperf", "ss", "taskset", "ip")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    names = ", ".join(dp.name for dp in ladder.LADDER)
+    p.epilog = (f"Dataplanes, in run order: {names}. {ladder.BASELINE} is always run: every "
+                "figure is also given as a ratio to it. Needs root (network namespaces).")
+    p.add_argument("--dataplanes", metavar="LIST", type=_names,
+                   help="comma-separated subset (default: every one this build can run)")
+    p.add_argument("--rounds", type=_positive(int), help=f"rounds (default {DEFAULTS['rounds']})")
+    p.add_argument("--duration", type=_positive(int), metavar="SECONDS",
+                   help=f"whole seconds per test (iperf3 and sockperf take no fractions; "
+                        f"default {DEFAULTS['duration']})")
+    p.add_argument("--streams", type=_positive(int), default=4,
+                   help="streams in the multi-stream TCP test (default %(default)s)")
+    p.add_argument("--udp-sizes", type=_sizes, metavar="LIST",
+                   help="UDP payload sizes in bytes, the first being the small-packet test "
+                        "(default: 64,512 and the largest that fits every pod MTU)")
+    p.add_argument("--latency-rate", type=_positive(int), default=2000, metavar="MPS",
+                   help="sockperf ping-pong messages per second (default %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"one round of {QUICK['duration']} s tests, two UDP sizes (CI)")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not pin tools and daemons to CPUs")
+    p.add_argument("--out", metavar="DIR",
+                   help="results directory (default bench/results/<UTC timestamp>)")
+    p.add_argument("--pcap", metavar="FILE",
+                   help="also capture the underlay of every dataplane (a short unmeasured pass "
+                        "after the rounds) into this pcap file")
+    p.add_argument("--pcap-packets", type=_positive(int), default=1000, metavar="N",
+                   help="packets captured per test and dataplane (default %(default)s)")
+    p.add_argument("--list", action="store_true",
+                   help="list the dataplanes and whether this build can run them, then exit")
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text}")
+        return value
+    return parse
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of byte counts: {text!r}") from None
+    if not sizes or any(s < 16 for s in sizes):
+        raise argparse.ArgumentTypeError("UDP payloads must be at least 16 bytes (iperf3's "
+                                         "own header)")
+    return sizes
+
+
+def choose(args: argparse.Namespace) -> tuple[list[ladder.Dataplane], list[dict]]:
+    """The dataplanes to run and those left out with the reason; explicit requests for one
+    this build cannot run are an error, the default list just leaves it out."""
+    from dataplane.cli import CommandError
+
+    try:
+        wanted = ladder.select(args.dataplanes)
+    except KeyError as exc:
+        names = ", ".join(dp.name for dp in ladder.LADDER)
+        raise CommandError(f"unknown dataplane {exc.args[0]!r}: choose from {names}") from None
+    chosen, skipped = [], []
+    for dp in wanted:
+        reason = topology.available(dp)
+        if reason is None:
+            chosen.append(dp)
+        elif args.dataplanes and dp.name in args.dataplanes or dp.name == ladder.BASELINE:
+            raise CommandError(f"{dp.name} cannot run in this build: {reason}")
+        else:
+            skipped.append({"name": dp.name, "reason": reason})
+    return chosen, skipped
+
+
+def settings_from(args: argparse.Namespace, dataplanes: list[ladder.Dataplane]) -> Settings:
+    quick = QUICK if args.quick else {}
+    largest = 1500 - max(dp.overhead for dp in dataplanes) - IP_UDP
+    sizes = args.udp_sizes or ((64, largest) if args.quick else (64, 512, largest))
+    if max(sizes) > largest:
+        from dataplane.cli import CommandError
+        raise CommandError(f"UDP payload {max(sizes)} does not fit every pod MTU: at most "
+                           f"{largest} bytes")
+    extra = {k: v for k, v in quick.items() if k in ("echo_count", "echo_interval")}
+    return Settings(duration=args.duration or quick.get("duration", DEFAULTS["duration"]),
+                    streams=args.streams, udp_payloads=sizes, latency_mps=args.latency_rate,
+                    pin=args.pin and (os.cpu_count() or 1) > 1, **extra)
+
+
+def command_line(args: argparse.Namespace, rounds: int, s: Settings,
+                 dataplanes: list[ladder.Dataplane]) -> str:
+    """The run spelled out in full, so that it can be repeated exactly."""
+    argv = ["dataplane", "bench", "--dataplanes", ",".join(dp.name for dp in dataplanes),
+            "--rounds", str(rounds), "--duration", f"{s.duration:g}", "--streams", str(s.streams),
+            "--udp-sizes", ",".join(map(str, s.udp_payloads)),
+            "--latency-rate", str(s.latency_mps)]
+    if args.quick:
+        argv.append("--quick")
+    if not args.pin:
+        argv.append("--no-pin")
+    if args.pcap:
+        argv += ["--pcap", args.pcap, "--pcap-packets", str(args.pcap_packets)]
+    return shlex.join(argv)
+
+
+def _sigterm_handler(owner: int):
+    """SIGTERM as Ctrl-C, so the labs are torn down; but only in this process. pyroute2
+    forks helpers that inherit the handler, and one that unwound the harness's stack would
+    tear down the labs from under the run: those just exit."""
+    def handle(signum, frame):
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise KeyboardInterrupt
+    return handle
+
+
+def main(args: argparse.Namespace) -> int:
+    from dataplane.cli import CommandError
+
+    if args.list:
+        for dp in ladder.LADDER:
+            reason = topology.available(dp)
+            print(f"{dp.name:<16} {'ok' if reason is None else 'unavailable: ' + reason}"
+                  f"{'  (baseline)' if dp.name == ladder.BASELINE else ''}")
+        return 0
+    if os.geteuid() != 0:
+        raise CommandError("must run as root: the labs are network namespaces")
+    missing = [t for t in TOOLS + (("tcpdump",) if args.pcap else ()) if not shutil.which(t)]
+    if missing:
+        raise CommandError(f"missing tools: {', '.join(missing)} (Debian: iperf3 sockperf "
+                           "iproute2 util-linux tcpdump)")
+    if topology.lab_module() is None:
+        raise CommandError("this build has no dataplane.lab: the benchmark needs the lab")
+    dataplanes, skipped = choose(args)
+    s = settings_from(args, dataplanes)
+    rounds = args.rounds or (QUICK["rounds"] if args.quick else DEFAULTS["rounds"])
+    out_dir = args.out or results.default_out_dir()
+    os.makedirs(out_dir, exist_ok=True)
+    if args.pcap:
+        os.makedirs(os.path.dirname(os.path.abspath(args.pcap)), exist_ok=True)
+
+    plan = runner.Plan(dataplanes, rounds, s, pcap_path=args.pcap,
+                       pcap_packets=args.pcap_packets)
+    progress = Progress(plan.planned_seconds())
+    progress.note(f"benchmarking {', '.join(dp.name for dp in dataplanes)}: {rounds} round(s), "
+                  f"about {fmt_seconds(plan.planned_seconds())}; results in {out_dir}")
+    previous = signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
+    try:
+        doc = runner.execute(plan, progress)
+    except runner.BaselineUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    doc = {"schema": results.SCHEMA, "command": command_line(args, rounds, s, dataplanes),
+           "machine": machine.describe(), **doc}
+    doc["skipped"] = skipped + doc["skipped"]
+    names = [dp["name"] for dp in doc["dataplanes"]]
+    doc["summary"] = summarize(doc["samples"], names, ladder.BASELINE)
+    doc["summary"]["histogram_edges_us"] = LogHistogram.edges()
+    doc["plots"] = plots.write_all(doc, os.path.join(out_dir, "plots"))
+    json_path = results.write_json(doc, out_dir)
+    report_path = os.path.join(out_dir, "report.md")
+    with open(report_path, "w") as f:
+        f.write(report.render(doc))
+    failed = sum(len(smp["errors"]) for smp in doc["samples"])
+    print(f"report: {report_path}\nraw samples: {json_path}"
+          + (f"\npcap: {doc['pcap']['path']}" if doc.get("pcap") else ""))
+    if failed:
+        print(f"{failed} test(s) failed; see the report", file=sys.stderr)
+        return 1
+    return 0

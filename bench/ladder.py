@@ -1,0 +1,60 @@
+"""The dataplanes a run compares, as data: a new rung of the ladder is one line here.
+
+A rung names a lab backend, for our daemon also a fast path and extra `dataplane run` flags,
+and the encapsulation it puts on the wire (header sizes: bench.overhead, from `dataplane
+explain`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.overhead import overhead
+
+BASELINE = "kernel-vxlan"        # every figure is also given as a ratio to this one
+
+
+@dataclass(frozen=True)
+class Dataplane:
+    name: str                     # as written on the command line and in the report
+    backend: str                  # lab backend: host-gw | kernel-vxlan | udp | vxlan
+    encap: str | None             # wire format: None (plain routing), "udp" or "vxlan"
+    fastpath: str | None = None   # our daemon only: "c" or "python"
+    daemon_args: tuple[str, ...] = ()   # extra `dataplane run` flags of this rung
+    note: str = ""
+
+    @property
+    def runs_daemon(self) -> bool:
+        return self.fastpath is not None
+
+    @property
+    def overhead(self) -> int:
+        """Bytes each inner IP packet gains on the underlay."""
+        return overhead(self.encap)
+
+
+LADDER: tuple[Dataplane, ...] = (
+    Dataplane("host-gw", "host-gw", None, note="plain routes via the peer node: the ceiling"),
+    Dataplane("kernel-vxlan", "kernel-vxlan", "vxlan", note="flannel's vxlan: the kernel device"),
+    Dataplane("udp/c", "udp", "udp", "c", note="our daemon, flannel udp wire, C fast path"),
+    Dataplane("vxlan/c", "vxlan", "vxlan", "c", note="our daemon, VXLAN wire, C fast path"),
+    Dataplane("udp/python", "udp", "udp", "python", note="per-packet Python reference"),
+    Dataplane("vxlan/python", "vxlan", "vxlan", "python", note="per-packet Python reference"),
+    # Later rungs are one line each, e.g. (flag names as the daemon will spell them):
+    # Dataplane("vxlan/c+offload", "vxlan", "vxlan", "c", ("--offload",)),
+    # Dataplane("vxlan/c+offload+mq", "vxlan", "vxlan", "c", ("--offload", "--queues", "2")),
+)
+
+BY_NAME = {dp.name: dp for dp in LADDER}
+
+
+def select(names: list[str] | None) -> list[Dataplane]:
+    """The named rungs in ladder order, the baseline always among them; unknown names raise
+    KeyError with the name."""
+    if not names:
+        return list(LADDER)
+    for name in names:
+        if name not in BY_NAME:
+            raise KeyError(name)
+    wanted = set(names) | {BASELINE}
+    return [dp for dp in LADDER if dp.name in wanted]

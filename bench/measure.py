@@ -1,0 +1,176 @@
+"""One round of one dataplane: every measurement, pod to pod across the two nodes.
+
+Each function returns (metrics, raw): flat figures for the tables, and the inputs they were
+computed from, kept in the JSON so every figure can be checked by hand.
+
+CPU cost is measured over the client's whole run: /proc/stat busy time of the machine (all
+CPUs) and utime+stime of our daemons, divided by the bytes the receiver got.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+from bench import parsers, procstat, traffic
+from bench.stats import LogHistogram, median, percentile
+from bench.topology import Topology
+
+GB = 1e9
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    duration: int = 4              # seconds per throughput, packet-rate and latency test
+    streams: int = 4               # the multi-stream TCP test
+    udp_payloads: tuple[int, ...] = (64, 512, 1422)   # the first is the small-packet test
+    latency_mps: int = 2000        # sockperf ping-pong messages per second: light load
+    echo_count: int = 100
+    echo_interval: float = 0.01
+    pin: bool = True
+
+    @property
+    def client_cpus(self) -> set[int] | None:
+        return {0} if self.pin else None
+
+    @property
+    def server_cpus(self) -> set[int] | None:
+        return {1 % os.cpu_count()} if self.pin else None
+
+
+def pin_daemons(topo: Topology, settings: Settings) -> None:
+    """Node 1's daemon beside the client, node 2's beside the server: each node gets one CPU,
+    as if the two nodes were separate one-core machines."""
+    if not settings.pin:
+        return
+    for pid, cpus in zip(topo.daemon_pids(), (settings.client_cpus, settings.server_cpus)):
+        procstat.pin(pid, cpus)
+
+
+class _CpuWindow:
+    """Machine and daemon CPU seconds spent between enter and exit."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.pids = topo.daemon_pids()
+
+    def __enter__(self) -> _CpuWindow:
+        self.m0 = procstat.machine_cpu()
+        self.d0 = procstat.process_cpu(self.pids) if self.pids else None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        delta = procstat.machine_cpu() - self.m0
+        self.machine = delta.busy
+        self.steal = delta.steal
+        d1 = procstat.process_cpu(self.pids) if self.pids else None
+        self.daemons = None if d1 is None or self.d0 is None else d1 - self.d0
+
+    def raw(self) -> dict:
+        return {"machine_cpu_s": round(self.machine, 3), "steal_s": round(self.steal, 3),
+                "daemon_cpu_s": None if self.daemons is None else round(self.daemons, 3)}
+
+
+def _per(cpu_s: float | None, amount: float) -> float | None:
+    return None if cpu_s is None or amount <= 0 else cpu_s / amount
+
+
+def tcp(topo: Topology, s: Settings, streams: int) -> tuple[dict, dict]:
+    key = "tcp1" if streams == 1 else "tcpN"
+    ip = topo.server.ip
+    with traffic.server(topo, traffic.iperf3_server(ip), "tcp", traffic.IPERF_PORT,
+                        s.server_cpus):
+        with _CpuWindow(topo) as cpu:
+            out = traffic.client(topo, traffic.iperf3_tcp(ip, s.duration, streams),
+                                 s.client_cpus, timeout=s.duration + 30)
+    r = parsers.iperf3_tcp(out.stdout)
+    gb = r.bytes_received / GB
+    metrics = {f"{key}_gbps": r.gbps, f"{key}_retransmits": r.retransmits,
+               f"{key}_cpu_s_per_gb": _per(cpu.machine, gb),
+               f"{key}_daemon_cpu_s_per_gb": _per(cpu.daemons, gb)}
+    raw = {"streams": r.streams, "bytes_received": r.bytes_received, "seconds": r.seconds,
+           "retransmits": r.retransmits, **cpu.raw()}
+    return metrics, raw
+
+
+def udp_point(topo: Topology, s: Settings, payload: int) -> dict:
+    """UDP at one payload size, as fast as the sender goes: delivered rate and loss, and the
+    bytes each packet takes on the underlay, from interface counters on the sending side
+    (pod eth0 vs node 1's uplink). Averages per packet do not care how many were dropped."""
+    ip = topo.server.ip
+    # iperf3 listens on TCP (its control connection) even for a UDP test.
+    with traffic.server(topo, traffic.iperf3_server(ip), "tcp", traffic.IPERF_PORT,
+                        s.server_cpus):
+        pod0 = topo.link_counters(topo.client.netns)
+        node0 = topo.link_counters(topo.client.node_netns)
+        with _CpuWindow(topo) as cpu:
+            out = traffic.client(topo, traffic.iperf3_udp(ip, s.duration, payload),
+                                 s.client_cpus, timeout=s.duration + 30)
+        pod1 = topo.link_counters(topo.client.netns)
+        node1 = topo.link_counters(topo.client.node_netns)
+    r = parsers.iperf3_udp(out.stdout)
+    inner_pkts, outer_pkts = pod1.tx_packets - pod0.tx_packets, node1.tx_packets - node0.tx_packets
+    # Frame bytes minus the 14-byte Ethernet header: IP packet sizes, inner and outer.
+    inner_avg = (pod1.tx_bytes - pod0.tx_bytes) / inner_pkts - 14 if inner_pkts else None
+    outer_avg = (node1.tx_bytes - node0.tx_bytes) / outer_pkts - 14 if outer_pkts else None
+    delivered_mpkts = (r.packets_sent - r.packets_lost) / 1e6
+    return {"payload": payload, "inner_size": payload + 28, "packets_sent": r.packets_sent,
+            "packets_lost": r.packets_lost, "seconds": r.seconds, "rx_pps": r.rx_pps,
+            "loss_pct": r.loss_pct, "goodput_mbps": r.goodput_mbps,
+            "inner_avg_bytes": inner_avg, "outer_avg_bytes": outer_avg,
+            "efficiency": inner_avg / outer_avg if inner_avg and outer_avg else None,
+            "cpu_s_per_mpkt": _per(cpu.machine, delivered_mpkts),
+            "daemon_cpu_s_per_mpkt": _per(cpu.daemons, delivered_mpkts), **cpu.raw()}
+
+
+def udp_sweep(topo: Topology, s: Settings) -> tuple[dict, list[dict]]:
+    points = [udp_point(topo, s, payload) for payload in s.udp_payloads]
+    small = points[0]
+    metrics = {"udp_small_rx_pps": small["rx_pps"], "udp_small_loss_pct": small["loss_pct"],
+               "udp_small_cpu_s_per_mpkt": small["cpu_s_per_mpkt"]}
+    return metrics, points
+
+
+def latency(topo: Topology, s: Settings) -> tuple[dict, dict, LogHistogram]:
+    """sockperf UDP ping-pong, 64-byte messages, one in flight, `latency_mps` a second."""
+    ip = topo.server.ip
+    fd, log_path = tempfile.mkstemp(prefix="bench-sockperf-", suffix=".csv")
+    os.close(fd)
+    try:
+        with traffic.server(topo, traffic.sockperf_server(ip), "udp", traffic.SOCKPERF_PORT,
+                            s.server_cpus):
+            out = traffic.client(topo, traffic.sockperf_ping_pong(ip, s.duration, s.latency_mps,
+                                                                  log_path),
+                                 s.client_cpus, timeout=s.duration + 30)
+        summary = parsers.sockperf_summary(out.stdout + out.stderr)
+        with open(log_path) as f:
+            rtts = parsers.sockperf_full_log_rtts(f)
+    finally:
+        os.unlink(log_path)
+    hist = LogHistogram()
+    hist.extend(rtts)
+    metrics = {"rtt_median_us": median(rtts), "rtt_p99_us": percentile(rtts, 99)}
+    raw = {"messages": len(rtts), "valid_seconds": summary.seconds, "dropped": summary.dropped,
+           "sockperf_percentiles_one_way_us": summary.percentiles}
+    return metrics, raw, hist
+
+
+def echo(topo: Topology, s: Settings) -> tuple[dict, dict, LogHistogram]:
+    out = traffic.client(topo, traffic.echo(topo.server.ip, s.echo_count, s.echo_interval),
+                         s.client_cpus, timeout=s.echo_count * (s.echo_interval + 1) + 30)
+    try:
+        doc = json.loads(out.stdout)
+    except ValueError:
+        raise traffic.ToolError(f"bench.echo failed: {out.stderr.strip()[-300:]}") from None
+    rtts = doc["rtt_us"]
+    hist = LogHistogram()
+    hist.extend(rtts)
+    metrics = {"ping_median_us": median(rtts), "ping_p99_us": percentile(rtts, 99)}
+    raw = {"sent": doc["sent"], "answered": len(rtts)}
+    return metrics, raw, hist
+
+
+def daemon_rss(topo: Topology) -> list[int | None]:
+    return [procstat.rss_bytes(pid) for pid in topo.daemon_pids()]

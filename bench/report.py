@@ -1,0 +1,211 @@
+"""The Markdown report: what each encapsulation costs on paper, then what it cost here.
+
+Every table cell is `median (ratio×)`, the ratio taken to the baseline's median of the same
+run; `-` where a figure does not apply (daemon CPU of a kernel dataplane) or was not measured.
+"""
+
+from __future__ import annotations
+
+from bench import overhead
+from bench.summary import SCALE, TABLES, rss_overview
+
+ENCAP_TITLES = {None: "host-gw (routing)", "udp": "udp (flannel)", "vxlan": "VXLAN"}
+UDP_SMALL = 64
+
+
+def _num(value: float | None, digits: int) -> str:
+    if value is None:
+        return "-"
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def cell(value: float | None, ratio: float | None, digits: int) -> str:
+    if value is None:
+        return "-"
+    text = _num(value, digits)
+    return f"{text} ({ratio:.2f}×)" if ratio is not None else text
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def overlay_section(underlay_mtu: int) -> list[str]:
+    lines = [
+        "## 1. Overlay or routing: what each mode costs on paper", "",
+        "A **routing** backend (host-gw) hands the pod's packet to the underlay as it is: each "
+        "node routes the other nodes' pod subnets via their underlay addresses. It needs every "
+        "node on one layer-2 segment, and costs no byte. An **overlay** wraps the pod's packet "
+        "in a new outer IPv4/UDP packet between the nodes, so it crosses any IP underlay, and "
+        "pays for it in header bytes on every packet and in a smaller pod MTU (the wrapped packet "
+        "must still fit the underlay's MTU). The headers below are read off a packet built by "
+        "`dataplane explain --backend udp|vxlan`.", "",
+    ]
+    sizes = (UDP_SMALL + overhead.IP_UDP, underlay_mtu)
+    header = ["mode", "headers in front of the pod's packet", "bytes", f"pod MTU (underlay {underlay_mtu})",
+              f"share for the pod packet at {sizes[0]} B", f"at a full {underlay_mtu} B underlay packet"]
+    rows = []
+    for encap in (None, "udp", "vxlan"):
+        hs = overhead.headers(encap, underlay_mtu)
+        mtu = overhead.pod_mtu(encap, underlay_mtu)
+        stack = " + ".join(f"{name} {size}" for name, size in hs) or "none"
+        rows.append([ENCAP_TITLES[encap], stack, str(overhead.overhead(encap)), str(mtu),
+                     f"{100 * overhead.efficiency(sizes[0], encap):.1f}%",
+                     f"{100 * overhead.efficiency(mtu, encap):.1f}%"])
+    lines += _table(header, rows)
+    vx = overhead.overhead("vxlan")
+    lines += ["", f"A {UDP_SMALL}-byte UDP payload is a {sizes[0]}-byte pod packet; VXLAN sends "
+              f"{sizes[0] + vx} bytes of IP for it. Small packets pay the most; full-size "
+              "packets lose 2-3% of the bytes, and TCP segments shrink by the same number of "
+              "bytes as the MTU. What the header costs in CPU is the next section's subject: "
+              "per-packet work, not bytes, is what limits a userspace dataplane.", ""]
+    return lines
+
+
+def results_section(results: dict) -> list[str]:
+    summary = results["summary"]
+    names = [dp["name"] for dp in results["dataplanes"]]
+    base = summary["baseline"]
+    m = results["method"]
+    lines = [f"## 2. Measured: medians of {m['rounds']} round(s), ratio to {base} of this run", "",
+             f"Pod to pod across two nodes; ratio = this dataplane's median / {base}'s median. "
+             f"TCP N streams uses {m['streams']} streams. CPU-s/GB: CPU-seconds per 10^9 bytes "
+             "received; machine = all CPUs from /proc/stat, daemons = our two node daemons "
+             "from /proc/<pid>/stat.", ""]
+    for title, metrics in TABLES:
+        if all(summary["metrics"][n][k.key]["median"] is None for n in names for k in metrics):
+            continue
+        header = ["dataplane"] + [f"{k.label} ({k.unit})" for k in metrics]
+        rows = []
+        for n in names:
+            row = [n]
+            for k in metrics:
+                f = summary["metrics"][n][k.key]
+                scale = SCALE.get(k.key, 1.0)
+                value = None if f["median"] is None else f["median"] * scale
+                row.append(cell(value, f["ratio"], k.digits))
+            rows.append(row)
+        lines += [f"### {title}", ""] + _table(header, rows) + [""]
+    return lines
+
+
+def efficiency_section(results: dict) -> list[str]:
+    sweep = results["summary"]["sweep"]
+    dps = results["dataplanes"]
+    payloads = sorted({p["payload"] for points in sweep.values() for p in points})
+    if not payloads:
+        return []
+    lines = ["## 3. Goodput efficiency by packet size", "",
+             "Inner IP bytes per underlay IP byte. Theory: inner / (inner + header bytes). "
+             "Measured: average packet sizes on the sending side while iperf3 sent UDP as fast "
+             "as it could, from interface counters (pod eth0 for the inner packets, node 1's "
+             "underlay link for the outer ones); Mbit/s is the payload the receiver got.", ""]
+    header = ["dataplane", "headers (B)"]
+    for p in payloads:
+        header += [f"{p + overhead.IP_UDP} B: theory", "measured", "Mbit/s"]
+    rows = []
+    for dp in dps:
+        row = [dp["name"], str(dp["overhead_bytes"])]
+        for p in payloads:
+            fig = next((f for f in sweep.get(dp["name"], []) if f["payload"] == p), {})
+            row += [f"{overhead.efficiency(p + overhead.IP_UDP, dp['encap']):.3f}",
+                    _num(fig.get("efficiency"), 3),
+                    cell(fig.get("goodput_mbps"), fig.get("goodput_ratio"), 0)]
+        rows.append(row)
+    return lines + _table(header, rows) + [""]
+
+
+def memory_section(results: dict) -> list[str]:
+    rss = rss_overview(results)
+    if not rss:
+        return []
+    limit = results["method"]["rss_limit_mb"]
+    lines = ["## 4. Daemon memory", "",
+             f"Largest VmRSS of the two node daemons, before any traffic and after each round "
+             f"of sustained traffic. A node daemon should stay within {limit} MiB and flat.", ""]
+    rows = [[n, f"{r['before_mb']:.1f}", f"{r['after_mb']:.1f}", f"{r['peak_mb']:.1f}",
+             f"{r['growth_mb']:+.1f}", "yes" if r["within_limit"] else "**no**"]
+            for n, r in rss.items()]
+    return lines + _table(["dataplane", "before (MiB)", "after last round", "peak",
+                           "growth", f"within {limit} MiB"], rows) + [""]
+
+
+def method_section(results: dict) -> list[str]:
+    m = results["method"]
+    pin = (f"client pod's tools and node 1's daemon on CPU {m['client_cpus']}, server pod's "
+           f"tools and node 2's daemon on CPU {m['server_cpus']} (iperf3, sockperf and the echo "
+           "probe through taskset, daemons' threads with sched_setaffinity): each node gets "
+           "one core, as if the two nodes were one-core machines"
+           if m["pin"] else "nothing pinned (--no-pin)")
+    payloads = ", ".join(str(p) for p in m["udp_payloads"])
+    lines = [
+        "## 5. Method", "",
+        f"- One lab per dataplane, all built before the first round and kept up side by side "
+        "(each has its own namespaces and underlay bridge, so they are isolated; an idle lab "
+        "costs nothing measurable). Two nodes, one pod each, 1500-byte underlay, traffic from "
+        "the pod on node 1 to the pod on node 2.",
+        f"- {m['rounds']} round(s); every round visits the dataplanes in the same order "
+        f"({' → '.join(m['order'])}), so drift of this noisy machine spreads over all of them. "
+        "Figures are medians over the rounds; ratios are median / baseline median.",
+        f"- Each visit: iperf3 TCP for {m['duration']:g} s with 1 stream, then with "
+        f"{m['streams']} streams; iperf3 UDP at `-b 0` for {m['duration']:g} s at each payload "
+        f"size ({payloads} bytes; the first is the small-packet test); sockperf UDP ping-pong, "
+        f"64-byte messages, {m['latency_mps']} per second, {m['duration']:g} s (RTT from each "
+        f"message's send and receive times in its full log); {m['echo_count']} ICMP echoes "
+        f"{m['echo_interval'] * 1000:g} ms apart (bench.echo: what ping measures).",
+        "- CPU: /proc/stat busy time (user+nice+system+irq+softirq, all CPUs; steal and idle "
+        "left out) and our daemons' utime+stime, over the client's whole run, divided by "
+        "the bytes (or packets) the receiver got.",
+        f"- Pinning: {pin}.",
+        "- Daemon memory: VmRSS of each daemon after its lab came up and after each round.",
+    ]
+    if results.get("pcap"):
+        p = results["pcap"]
+        lines.append(f"- Capture: after the rounds, an unmeasured 1 s pass of each test per "
+                     f"dataplane with tcpdump on the lab's underlay bridge (at most "
+                     f"{p['packets_per_test']} packets per test, {p['snaplen']}-byte snap "
+                     f"length): {p['records']} packets in `{p['path']}`.")
+    return lines + [""]
+
+
+def machine_section(results: dict) -> list[str]:
+    mc = results["machine"]
+    return ["## 6. Machine and command", "",
+            f"- CPU: {mc['cpu_model']}, {mc['cpus']} CPUs ({mc['machine']})",
+            f"- Kernel: {mc['kernel']}",
+            f"- Tools: {mc['iperf3']}; sockperf {mc['sockperf']}; Python {mc['python']}; "
+            f"TCP congestion control {mc['tcp_congestion_control']}",
+            f"- Date: {results['started']} to {results['finished']} (UTC)",
+            f"- Command: `{results['command']}`", ""]
+
+
+def render(results: dict) -> str:
+    base = results["summary"]["baseline"]
+    names = ", ".join(dp["name"] for dp in results["dataplanes"])
+    lines = ["# What each encapsulation costs: dataplane benchmark", "",
+             f"Dataplanes: {names}. Baseline for ratios: {base}. Raw samples: `results.json`.",
+             ""]
+    for s in results.get("skipped", []):
+        lines.append(f"- not run: **{s['name']}**: {s['reason']}")
+    errors = [(s["dataplane"], s["round"], t, e) for s in results["samples"]
+              for t, e in s.get("errors", {}).items()]
+    for dp, rnd, test, err in errors:
+        lines.append(f"- failed: {dp}, round {rnd}, {test}: {err}")
+    if results.get("skipped") or errors:
+        lines.append("")
+    underlay = results["dataplanes"][0]["underlay_mtu"] if results["dataplanes"] else 1500
+    lines += overlay_section(underlay)
+    lines += results_section(results)
+    lines += efficiency_section(results)
+    lines += memory_section(results)
+    lines += ["## Plots", ""]
+    for name, title in results.get("plots", {}).items():
+        lines.append(f"![{title}](plots/{name}.png) ([SVG](plots/{name}.svg))")
+    lines.append("")
+    lines += method_section(results)
+    lines += machine_section(results)
+    return "\n".join(lines)

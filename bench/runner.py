@@ -1,0 +1,257 @@
+"""A whole run: every lab up side by side, rounds interleaved across the dataplanes, an
+optional capture pass, everything torn down at the end whatever happened.
+
+    up:      one lab per dataplane (own namespaces, own underlay bridge: isolated), daemons
+             pinned, their RSS before any traffic
+    rounds:  round 1: A B C ..., round 2: A B C ..., each visit runs every test once
+    capture: (--pcap) a short unmeasured pass per dataplane with tcpdump on its underlay
+    down:    every lab, also on an error or Ctrl-C
+
+Labs stay up between rounds: building one takes seconds, and idle daemons cost nothing
+measurable, while keeping them lets the daemons' memory be followed across the whole run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from bench import measure, pcap
+from bench.ladder import BASELINE, Dataplane
+from bench.measure import Settings
+from bench.progress import Progress
+from bench.stats import schedule
+from bench.topology import Topology, prefixes, remove_stale_labs
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+SETUP_SECONDS = 0.8        # a test's own start-up: servers, `ss` polls, counters
+LAB_UP_SECONDS = 4.0
+
+
+class BaselineUnavailable(RuntimeError):
+    pass
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclasses.dataclass
+class Test:
+    name: str
+    label: str
+    planned: Callable[[Settings], float]
+    run: Callable[[Topology, Settings, dict], None]     # fills the sample in place
+
+
+def _tcp(streams_of: Callable[[Settings], int], key: str):
+    def run(topo: Topology, s: Settings, sample: dict) -> None:
+        metrics, raw = measure.tcp(topo, s, streams_of(s))
+        sample["metrics"].update(metrics)
+        sample["raw"][key] = raw
+    return run
+
+
+def _udp(topo: Topology, s: Settings, sample: dict) -> None:
+    metrics, points = measure.udp_sweep(topo, s)
+    sample["metrics"].update(metrics)
+    sample["sweep"] = points
+
+
+def _latency(topo: Topology, s: Settings, sample: dict) -> None:
+    metrics, raw, hist = measure.latency(topo, s)
+    sample["metrics"].update(metrics)
+    sample["raw"]["latency"] = raw
+    sample["hist"]["rtt"] = hist.counts
+
+
+def _echo(topo: Topology, s: Settings, sample: dict) -> None:
+    metrics, raw, hist = measure.echo(topo, s)
+    sample["metrics"].update(metrics)
+    sample["raw"]["echo"] = raw
+    sample["hist"]["ping"] = hist.counts
+
+
+TESTS = (
+    Test("tcp1", "TCP, 1 stream", lambda s: s.duration + SETUP_SECONDS,
+         _tcp(lambda s: 1, "tcp1")),
+    Test("tcpN", "TCP, N streams", lambda s: s.duration + SETUP_SECONDS,
+         _tcp(lambda s: s.streams, "tcpN")),
+    Test("udp", "UDP by payload size", lambda s: len(s.udp_payloads) * (s.duration + SETUP_SECONDS),
+         _udp),
+    Test("latency", "sockperf ping-pong", lambda s: s.duration + SETUP_SECONDS, _latency),
+    Test("echo", "ICMP echo", lambda s: s.echo_count * s.echo_interval + SETUP_SECONDS, _echo),
+)
+
+
+def planned_round(s: Settings) -> float:
+    return sum(t.planned(s) for t in TESTS)
+
+
+@dataclasses.dataclass
+class Plan:
+    dataplanes: list[Dataplane]
+    rounds: int
+    settings: Settings
+    pcap_path: str | None = None
+    pcap_packets: int = 1000          # per test and dataplane
+    rss_limit_mb: int = 64
+
+    def planned_seconds(self) -> float:
+        total = len(self.dataplanes) * (LAB_UP_SECONDS + self.rounds * planned_round(self.settings))
+        if self.pcap_path:
+            total += len(self.dataplanes) * planned_round(capture_settings(self.settings))
+        return total
+
+
+def capture_settings(s: Settings) -> Settings:
+    return dataclasses.replace(s, duration=1, udp_payloads=s.udp_payloads[:1], echo_count=20)
+
+
+def execute(plan: Plan, progress: Progress) -> dict:
+    """Run the plan; returns the results document (see bench.results for its schema)."""
+    results = {
+        "started": now(), "finished": None,
+        "method": {"rounds": plan.rounds, **dataclasses.asdict(plan.settings),
+                   "order": [dp.name for dp in plan.dataplanes], "baseline": BASELINE,
+                   "rss_limit_mb": plan.rss_limit_mb,
+                   "client_cpus": sorted(plan.settings.client_cpus or []),
+                   "server_cpus": sorted(plan.settings.server_cpus or [])},
+        "dataplanes": [], "skipped": [], "samples": [], "rss_before": {}, "pcap": None,
+    }
+    topos: dict[str, Topology] = {}
+    owner = os.getpid()
+    try:
+        for prefix in remove_stale_labs():
+            progress.note(f"removed lab {prefix} left by an earlier run")
+        _bring_up(plan, progress, topos, results)
+        running = [dp for dp in plan.dataplanes if dp.name in topos]
+        results["method"]["order"] = [dp.name for dp in running]
+        for seq, (rnd, name) in enumerate(schedule([dp.name for dp in running], plan.rounds)):
+            topo = topos[name]
+            sample = _one_round(topo, plan.settings, rnd, plan.rounds, progress)
+            sample["seq"] = seq
+            results["samples"].append(sample)
+            progress.note(_one_line(sample))
+        if plan.pcap_path:
+            results["pcap"] = _capture_pass(plan, running, topos, progress)
+    finally:
+        if os.getpid() != owner:      # a forked helper (pyroute2's) unwinding: not ours to undo
+            os._exit(1)
+        progress.close()
+        for name, topo in topos.items():
+            try:
+                topo.down()
+            except Exception as exc:          # keep tearing the others down
+                log.error("tearing down the %s lab (%s) failed: %s", name, topo.prefix, exc)
+    results["finished"] = now()
+    return results
+
+
+def _bring_up(plan: Plan, progress: Progress, topos: dict, results: dict) -> None:
+    for dp, prefix in zip(plan.dataplanes, prefixes(len(plan.dataplanes))):
+        progress.status(f"lab {dp.name}", f"building {prefix} (2 nodes, 1 pod each)")
+        topo = Topology(dp, prefix)
+        topos[dp.name] = topo               # before up(): whatever up() leaves, down() removes
+        try:
+            topo.up()
+        except Exception as exc:
+            if dp.name == BASELINE:
+                raise BaselineUnavailable(f"the {BASELINE} lab did not come up: {exc}") from exc
+            reason = f"lab did not come up: {_gist(exc)}"
+            results["skipped"].append({"name": dp.name, "reason": reason})
+            progress.note(f"skipping {dp.name}: {reason}")
+            topo.down()
+            del topos[dp.name]
+            continue
+        finally:
+            progress.advance(LAB_UP_SECONDS)
+        measure.pin_daemons(topo, plan.settings)
+        pids = topo.daemon_pids()
+        if pids:
+            results["rss_before"][dp.name] = measure.daemon_rss(topo)
+        results["dataplanes"].append({
+            "name": dp.name, "backend": dp.backend, "encap": dp.encap, "fastpath": dp.fastpath,
+            "daemon_args": list(dp.daemon_args), "overhead_bytes": dp.overhead,
+            "underlay_mtu": topo.underlay_mtu, "pod_mtu": topo.pod_mtu, "lab": topo.prefix,
+            "daemons": len(pids), "note": dp.note})
+
+
+def _gist(exc: Exception) -> str:
+    """An error in one line: the lab quotes whole daemon logs, whose last line says why."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    return f"{lines[0]} ... {lines[-1]}"
+
+
+def _one_round(topo: Topology, s: Settings, rnd: int, rounds: int, progress: Progress) -> dict:
+    sample = {"dataplane": topo.dp.name, "round": rnd, "started": now(), "seconds": None,
+              "metrics": {}, "raw": {}, "sweep": [], "hist": {}, "errors": {}}
+    start = time.monotonic()
+    where = f"round {rnd}/{rounds} {topo.dp.name}"
+    for test in TESTS:
+        progress.status(where, test.label)
+        try:
+            test.run(topo, s, sample)
+        except Exception as exc:              # a failed test leaves its figures out
+            sample["errors"][test.name] = f"{type(exc).__name__}: {exc}"
+            progress.note(f"{where}: {test.label} failed: {exc}")
+        progress.advance(test.planned(s))
+    rss = measure.daemon_rss(topo)
+    if rss:
+        sample["raw"]["rss_bytes"] = rss
+        known = [v for v in rss if v]
+        sample["metrics"]["daemon_rss_mb"] = max(known) / MIB if known else None
+    sample["seconds"] = round(time.monotonic() - start, 2)
+    return sample
+
+
+def _one_line(sample: dict) -> str:
+    m = sample["metrics"]
+
+    def f(key: str, fmt: str, scale: float = 1.0) -> str:
+        v = m.get(key)
+        return "-" if v is None else format(v * scale, fmt)
+
+    errors = f", {len(sample['errors'])} failed" if sample["errors"] else ""
+    return (f"round {sample['round']} {sample['dataplane']:<14} "
+            f"tcp1 {f('tcp1_gbps', '.2f')} Gbit/s, tcpN {f('tcpN_gbps', '.2f')}, "
+            f"64B {f('udp_small_rx_pps', '.0f', 1e-3)} kpps, "
+            f"rtt p50 {f('rtt_median_us', '.0f')} µs{errors}")
+
+
+def _capture_pass(plan: Plan, running: list[Dataplane], topos: dict, progress: Progress
+                  ) -> dict:
+    """Each test once more, briefly and unmeasured, with tcpdump on the underlay bridge."""
+    s = capture_settings(plan.settings)
+    scratch = tempfile.mkdtemp(prefix="bench-pcap-")
+    pieces = []
+    try:
+        for dp in running:
+            topo = topos[dp.name]
+            for test in TESTS:
+                if test.name == "tcpN":
+                    continue                  # one stream shows the same packets
+                progress.status(f"capture {dp.name}", test.label)
+                piece = os.path.join(scratch, f"{len(pieces):03d}.pcap")
+                try:
+                    with pcap.capture(topo, piece, plan.pcap_packets):
+                        test.run(topo, s, {"metrics": {}, "raw": {}, "hist": {}})
+                    pieces.append(piece)
+                except Exception as exc:
+                    progress.note(f"capture {dp.name} {test.label} failed: {exc}")
+                progress.advance(test.planned(s))
+        records = pcap.join(pieces, plan.pcap_path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"path": os.path.abspath(plan.pcap_path), "records": records,
+            "snaplen": pcap.SNAPLEN, "packets_per_test": plan.pcap_packets}

@@ -1,0 +1,139 @@
+"""The harness end to end in quick mode: real labs, real traffic, every output checked.
+
+Every dataplane this build can run takes part (the daemon rungs join once the node daemon
+imports); one quick run serves all the checks below, so the whole file stays near a minute
+or two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+
+import pytest
+
+from bench import command, ladder, topology
+from bench.summary import METRICS
+
+pytestmark = [pytest.mark.netns,
+              pytest.mark.skipif(os.geteuid() != 0,
+                                 reason="needs root to create network namespaces")]
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def runnable() -> list[str]:
+    return [dp.name for dp in ladder.LADDER if topology.available(dp) is None]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    parser = argparse.ArgumentParser()
+    command.configure(parser)
+    args = parser.parse_args(["--quick", "--out", str(out), "--pcap", str(out / "u.pcap"),
+                              "--pcap-packets", "200"])
+    before = set(subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                text=True).stdout.split())
+    status = command.main(args)
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    with open(out / "results.json") as f:
+        doc = json.load(f)
+    return {"status": status, "out": out, "doc": doc, "ns_before": before, "ns_after": after}
+
+
+def test_every_dataplane_produced_samples(run):
+    doc = run["doc"]
+    assert run["status"] == 0, [s["errors"] for s in doc["samples"]]
+    ran = [dp["name"] for dp in doc["dataplanes"]]
+    assert ran == [n for n in runnable() if n not in {s["name"] for s in doc["skipped"]}]
+    assert {"host-gw", "kernel-vxlan"} <= set(ran)
+    for name in ran:
+        (s,) = [s for s in doc["samples"] if s["dataplane"] == name]
+        assert s["errors"] == {}
+        m = s["metrics"]
+        assert m["tcp1_gbps"] > 0 and m["tcpN_gbps"] > 0
+        assert m["udp_small_rx_pps"] > 0 and 0 <= m["udp_small_loss_pct"] <= 100
+        assert 0 < m["rtt_median_us"] <= m["rtt_p99_us"]
+        assert 0 < m["ping_median_us"] <= m["ping_p99_us"]
+        assert m["tcp1_cpu_s_per_gb"] > 0
+        assert (m["tcp1_daemon_cpu_s_per_gb"] is None) == (not any(
+            d["daemons"] for d in doc["dataplanes"] if d["name"] == name))
+        assert [p["payload"] for p in s["sweep"]] == doc["method"]["udp_payloads"]
+
+
+def test_measured_header_cost_matches_the_encapsulation(run):
+    doc = run["doc"]
+    for dp in doc["dataplanes"]:
+        (s,) = [s for s in doc["samples"] if s["dataplane"] == dp["name"]]
+        for p in s["sweep"]:
+            # average outer - inner packet size, from interface counters: the header bytes
+            assert p["outer_avg_bytes"] - p["inner_avg_bytes"] == pytest.approx(
+                dp["overhead_bytes"], abs=2.0)
+
+
+def test_ratios_are_to_kernel_vxlan_of_the_same_run(run):
+    doc = run["doc"]
+    raw = {s["dataplane"]: s["raw"]["tcp1"] for s in doc["samples"]}
+    # TCP 1 stream by hand from the raw iperf3 figures: bits received / receiver seconds.
+    def gbps(r):
+        return r["bytes_received"] * 8 / r["seconds"] / 1e9
+    expected = gbps(raw["host-gw"]) / gbps(raw["kernel-vxlan"])
+    got = doc["summary"]["metrics"]["host-gw"]["tcp1_gbps"]["ratio"]
+    assert got == pytest.approx(expected, rel=1e-3)
+    for name, figures in doc["summary"]["metrics"].items():
+        for key, f in figures.items():
+            base = doc["summary"]["metrics"]["kernel-vxlan"][key]["median"]
+            if f["median"] is not None and base:
+                assert f["ratio"] == pytest.approx(f["median"] / base)
+    assert all(f["ratio"] in (1.0, None)
+               for f in doc["summary"]["metrics"]["kernel-vxlan"].values())
+
+
+def test_json_is_complete(run):
+    doc = run["doc"]
+    assert doc["schema"] == "dataplane-bench/1"
+    assert doc["command"].startswith("dataplane bench ") and "--quick" in doc["command"]
+    assert doc["machine"]["cpus"] == os.cpu_count() and doc["machine"]["kernel"]
+    assert set(doc["summary"]["metrics"]["host-gw"]) == set(METRICS)
+    assert doc["method"]["order"] == [d["name"] for d in doc["dataplanes"]]
+
+
+def test_report_has_a_row_per_dataplane(run):
+    text = (run["out"] / "report.md").read_text()
+    names = [d["name"] for d in run["doc"]["dataplanes"]]
+    lines = text.splitlines()
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("| dataplane | TCP 1 stream"))
+    rows = [ln for ln in lines[header + 2:header + 2 + len(names)]]
+    assert [r.split("|")[1].strip() for r in rows] == names
+    kv = next(r for r in rows if r.split("|")[1].strip() == "kernel-vxlan")
+    assert "(1.00×)" in kv.split("|")[2]
+    for section in ("## 1. Overlay or routing", "## 5. Method", "## 6. Machine", "Command: `"):
+        assert section in text
+
+
+def test_plots_are_images(run):
+    plots = run["out"] / "plots"
+    for name in ("throughput", "cpu_per_gb", "pps", "latency", "efficiency"):
+        png = (plots / f"{name}.png").read_bytes()
+        assert png[:8] == PNG_MAGIC
+        width, height = struct.unpack(">II", png[16:24])
+        assert width > 400 and height > 300
+        assert (plots / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_pcap_holds_underlay_packets(run):
+    info = run["doc"]["pcap"]
+    data = (run["out"] / "u.pcap").read_bytes()
+    assert data[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4")
+    assert info["records"] > 0 and len(data) > 24
+    assert len(data) <= 24 + info["records"] * (16 + info["snaplen"])
+
+
+def test_nothing_left_behind(run):
+    ours = [n for n in run["ns_after"].split() if topology.PREFIX_RE.match(n.split("-")[0])]
+    assert ours == []
+    assert not os.listdir(topology.STATE_ROOT) if os.path.isdir(topology.STATE_ROOT) else True
