@@ -53,6 +53,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="packets captured per test and dataplane (default %(default)s)")
     p.add_argument("--list", action="store_true",
                    help="list the dataplanes and whether this build can run them, then exit")
+    p.add_argument("--render", metavar="DIR",
+                   help="only redraw the report and plots of an earlier run from its "
+                        "results.json (no root needed)")
 
 
 def _positive(kind):
@@ -134,6 +137,28 @@ def command_line(args: argparse.Namespace, rounds: int, s: Settings,
     return shlex.join(argv)
 
 
+def write_outputs(doc: dict, out_dir: str) -> tuple[str, str]:
+    """Plots, results.json and report.md into out_dir."""
+    doc["plots"] = plots.write_all(doc, os.path.join(out_dir, "plots"))
+    json_path = results.write_json(doc, out_dir)
+    report_path = os.path.join(out_dir, "report.md")
+    with open(report_path, "w") as f:
+        f.write(report.render(doc))
+    return json_path, report_path
+
+
+def render(out_dir: str) -> int:
+    from dataplane.cli import CommandError
+
+    try:
+        doc = results.load(out_dir)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"--render {out_dir}: {exc}") from None
+    _, report_path = write_outputs(doc, out_dir)
+    print(f"report: {report_path}")
+    return 0
+
+
 def _sigterm_handler(owner: int):
     """SIGTERM as Ctrl-C, so the labs are torn down; but only in this process. pyroute2
     forks helpers that inherit the handler, and one that unwound the harness's stack would
@@ -154,6 +179,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"{dp.name:<16} {'ok' if reason is None else 'unavailable: ' + reason}"
                   f"{'  (baseline)' if dp.name == ladder.BASELINE else ''}")
         return 0
+    if args.render:
+        return render(args.render)
     if os.geteuid() != 0:
         raise CommandError("must run as root: the labs are network namespaces")
     missing = [t for t in TOOLS + (("tcpdump",) if args.pcap else ()) if not shutil.which(t)]
@@ -189,11 +216,7 @@ def main(args: argparse.Namespace) -> int:
     names = [dp["name"] for dp in doc["dataplanes"]]
     doc["summary"] = summarize(doc["samples"], names, ladder.BASELINE)
     doc["summary"]["histogram_edges_us"] = LogHistogram.edges()
-    doc["plots"] = plots.write_all(doc, os.path.join(out_dir, "plots"))
-    json_path = results.write_json(doc, out_dir)
-    report_path = os.path.join(out_dir, "report.md")
-    with open(report_path, "w") as f:
-        f.write(report.render(doc))
+    json_path, report_path = write_outputs(doc, out_dir)
     failed = sum(len(smp["errors"]) for smp in doc["samples"])
     print(f"report: {report_path}\nraw samples: {json_path}"
           + (f"\npcap: {doc['pcap']['path']}" if doc.get("pcap") else ""))

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from bench import overhead  # noqa: E402
-from bench.stats import LogHistogram  # noqa: E402
+from bench.stats import LogHistogram, cdf  # noqa: E402
 
 ENCAP_STYLE = {None: ("host-gw: no header", "tab:green"), "udp": ("udp: 28 bytes", "tab:orange"),
                "vxlan": ("VXLAN: 50 bytes", "tab:blue")}
@@ -60,9 +60,13 @@ def throughput(results: dict, out_dir: str) -> None:
 
 def cpu_per_gb(results: dict, out_dir: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    _bars(ax, results, [("tcp1_cpu_s_per_gb", "whole machine", 1.0),
-                        ("tcp1_daemon_cpu_s_per_gb", "our daemons", 1.0)], "CPU-seconds per GB")
-    ax.set_yscale("log")
+    series = [("tcp1_cpu_s_per_gb", "whole machine", 1.0)]
+    med = results["summary"]["metrics"]
+    if any(f["tcp1_daemon_cpu_s_per_gb"]["median"] for f in med.values()):
+        series.append(("tcp1_daemon_cpu_s_per_gb", "our daemons", 1.0))
+    _bars(ax, results, series, "CPU-seconds per GB")
+    if any(f["tcp1_cpu_s_per_gb"]["median"] for f in med.values()):
+        ax.set_yscale("log")      # the Python floor is an order of magnitude above the rest
     ax.set_title("CPU cost of moving a gigabyte, TCP 1 stream (lower is better)")
     _save(fig, out_dir, "cpu_per_gb")
 
@@ -84,20 +88,23 @@ def pps(results: dict, out_dir: str) -> None:
 def latency(results: dict, out_dir: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True, sharey=True)
     hists = results["summary"]["latency_hist"]
+    # The bins a run was recorded with, which need not be today's defaults.
+    edges = results["summary"].get("histogram_edges_us") or LogHistogram.edges()
     for ax, kind, title in ((axes[0], "rtt", "UDP ping-pong (sockperf, 64 B)"),
                             (axes[1], "ping", "ICMP echo")):
         for dp in results["dataplanes"]:
             counts = hists.get(dp["name"], {}).get(kind)
             if not counts or not sum(counts):
                 continue
-            xs, ys = LogHistogram(counts).cdf()
+            xs, ys = cdf(counts, edges)
             ax.step(xs, ys, where="post", label=dp["name"])
         ax.set_xscale("log")
         ax.set_xlabel("round-trip time (µs)")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("fraction of round trips at or below")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_lines():
+        axes[0].legend(fontsize=8)
     _save(fig, out_dir, "latency")
 
 

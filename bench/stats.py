@@ -81,12 +81,15 @@ class LogHistogram:
         return sum(self.counts)
 
     def cdf(self) -> tuple[list[float], list[float]]:
-        """(upper bin edge, fraction of values at or below it) for every non-empty prefix."""
-        edges, xs, ys, seen = self.edges(), [], [], 0
-        total = self.total
-        for i, c in enumerate(self.counts):
-            if c:
-                seen += c
-                xs.append(edges[i + 1])
-                ys.append(seen / total)
-        return xs, ys
+        return cdf(self.counts, self.edges())
+
+
+def cdf(counts: Sequence[int], edges: Sequence[float]) -> tuple[list[float], list[float]]:
+    """(upper bin edge, fraction of values at or below it) at every non-empty bin."""
+    xs, ys, seen, total = [], [], 0, sum(counts)
+    for i, c in enumerate(counts):
+        if c:
+            seen += c
+            xs.append(edges[i + 1])
+            ys.append(seen / total)
+    return xs, ys

@@ -114,3 +114,18 @@ def test_progress_plain_lines_and_time_left():
     assert lines[0].startswith("[  0%] round 1/3 host-gw: TCP, 1 stream (about ")
     assert lines[1] == "done" and "\r" not in out.getvalue()
     assert fmt_seconds(59) == "59s" and fmt_seconds(61) == "1m01s" and fmt_seconds(3700) == "1h01m"
+
+
+def test_render_redraws_report_and_plots_from_results_json(tmp_path):
+    import json
+
+    from bench import command, results
+    from bench.stats import LogHistogram
+
+    doc = results_doc()
+    doc["schema"] = results.SCHEMA
+    doc["summary"]["histogram_edges_us"] = LogHistogram.edges()
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    assert command.render(str(tmp_path)) == 0
+    assert (tmp_path / "report.md").read_text().startswith("# What each encapsulation costs")
+    assert (tmp_path / "plots" / "efficiency.png").read_bytes()[:4] == b"\x89PNG"
