@@ -41,12 +41,15 @@ class ConfigError(ValueError):
         self.line = line
         self.column = column
         self.source = source
+        what = f"{field}: {problem}" if field else problem
+        if source is None and line is None:
+            super().__init__(what)           # the problem says where (e.g. a missing path)
+            return
         where = source or "network config"
         if line is not None:
             where += f", line {line}"
             if column is not None:
                 where += f" column {column}"
-        what = f"{field}: {problem}" if field else problem
         super().__init__(f"{where}: {what}")
 
 
