@@ -85,7 +85,8 @@ def load_network_config(path: str) -> NetworkConfig:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        raise ConfigError("no such file (write flannel's net-conf.json there)", source=path) from None
+        raise ConfigError("no such file (write flannel's net-conf.json there)",
+                          source=path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", source=path) from None
     return parse_network_config(text, source=path)

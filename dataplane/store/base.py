@@ -46,10 +46,15 @@ Interface (all coroutines run on any asyncio loop, uvloop included):
         to the store that made them.
 
     await store.close()   (also `async with store:`)
+        Ends running watches; later calls raise StoreError. A store belongs to one loop.
 
-Errors: StoreError is the base. StoreUnavailable is retryable (I/O, lock timeout, etcd down).
-SubnetTaken, NoFreeSubnet and InvalidSubnet are about the request; ConfigError (and its
-ConfigNotFound) about the network config.
+    store.location -> str   where it is, for messages: a directory, or endpoints + prefix
+
+Errors: StoreError is the base of StoreUnavailable (retryable: I/O, lock timeout, etcd down),
+SubnetTaken (.subnet, .holder: the Lease holding it or None) and NoFreeSubnet. InvalidSubnet
+(a bad request) and ConfigError with its subclass ConfigNotFound (the network config) are
+ValueErrors. A TTL that is not positive, or below what a store supports (the directory store:
+1 s), is a plain ValueError.
 """
 
 from __future__ import annotations
@@ -67,7 +72,8 @@ from dataplane.netconf import ConfigError, NetworkConfig
 __all__ = [
     "LEASE_TTL", "RENEW_MARGIN", "Cursor", "EventKind", "LeaseEvent", "SubnetStore",
     "StoreError", "StoreUnavailable", "SubnetTaken", "NoFreeSubnet", "ConfigError",
-    "ConfigNotFound", "InvalidSubnet", "TTL", "Attrs", "as_attrs", "as_ttl", "diff_leases", "renewal_delay", "format_duration",
+    "ConfigNotFound", "InvalidSubnet", "TTL", "Attrs", "as_attrs", "as_ttl", "diff_leases",
+    "renewal_delay", "format_duration",
 ]
 
 LEASE_TTL = timedelta(hours=24)      # flannel's subnetTTL

@@ -1,4 +1,4 @@
-"""Command-line flags that choose a subnet store, shared by `dataplane run` and `dataplane leases`."""
+"""Command-line flags that choose a subnet store, for `dataplane run` and `dataplane leases`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The directory store: flannel's files, allocation, expiry, watch, and several processes at once."""
+"""The directory store: flannel's files, allocation, expiry, watch, several processes at once."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from conftest import FakeClock, make_store_dir
-from dataplane.lease import InvalidSubnet, LeaseAttrs
+from dataplane.lease import InvalidSubnet, Lease, LeaseAttrs
 from dataplane.netconf import ConfigError
 from dataplane.store.base import (ConfigNotFound, EventKind, LeaseEvent, NoFreeSubnet,
                                   StoreError, StoreUnavailable, SubnetStore,
@@ -90,7 +90,8 @@ def test_acquire_writes_flannels_lease_file(run, store_dir: Path) -> None:
         b'{"PublicIP":"10.99.0.1","PublicIPv6":null,"BackendType":"vxlan",'
         b'"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:00:0a"}}')}
     assert listed == [lease]                  # expiration exactly as read back from disk
-    assert timedelta(hours=23, minutes=59) < lease.expiration - before <= timedelta(hours=24, seconds=1)
+    left = lease.expiration - before
+    assert timedelta(hours=23, minutes=59) < left <= timedelta(hours=24, seconds=1)
     mtime = os.stat(store_dir / "subnets" / lease.key).st_mtime
     assert abs(mtime - lease.expiration.timestamp()) < 1e-3
 
@@ -98,7 +99,8 @@ def test_acquire_writes_flannels_lease_file(run, store_dir: Path) -> None:
 def test_acquire_accepts_a_mapping_and_seconds(run, store_dir: Path) -> None:
     lease = run(DirectoryStore(store_dir).acquire_lease({"public_ip": "10.99.0.1"}, ttl=60))
     assert lease.public_ip == "10.99.0.1" and lease.backend_type is None
-    assert timedelta(seconds=58) < lease.expiration - datetime.now(timezone.utc) <= timedelta(seconds=60)
+    left = lease.expiration - datetime.now(timezone.utc)
+    assert timedelta(seconds=58) < left <= timedelta(seconds=60)
     with pytest.raises(ValueError, match="positive"):
         run(DirectoryStore(store_dir).acquire_lease(vxlan("10.99.0.1"), ttl=0))
     with pytest.raises(ValueError, match="at least 1 s"):
@@ -185,8 +187,8 @@ def test_renew_pushes_expiry_and_keeps_the_file(run, store_dir: Path, clock: Fak
         assert (os.stat(path).st_ino, path.read_bytes()) == (inode, content)   # a utime only
         assert (await store.list_leases())[0] == [renewed]
         # Renewing with new attrs rewrites the content.
-        changed = await store.renew_lease(renewed.__class__.from_attrs(
-            lease.subnet, vxlan("10.99.0.1", MAC_B), renewed.expiration))
+        changed = await store.renew_lease(
+            Lease.from_attrs(lease.subnet, vxlan("10.99.0.1", MAC_B), renewed.expiration))
         assert json.loads(path.read_bytes())["BackendData"]["VtepMAC"] == MAC_B
         assert (await store.list_leases())[0] == [changed]
     run(go())
@@ -245,7 +247,8 @@ def test_expired_leases_are_free_and_collected(run, store_dir: Path, clock: Fake
     run(go())
 
 
-def test_expired_file_is_deleted_by_the_next_acquire(run, store_dir: Path, clock: FakeClock) -> None:
+def test_expired_file_is_deleted_by_the_next_acquire(run, store_dir: Path,
+                                                     clock: FakeClock) -> None:
     async def go() -> None:
         store = DirectoryStore(store_dir, clock=clock)
         a = await store.acquire_lease(vxlan("10.99.0.1"), ttl=5)
@@ -323,7 +326,7 @@ def test_watch_reports_add_change_renew_remove_expire(run, store_dir: Path,
         await node.acquire_lease(vxlan("10.99.0.1", MAC_B))                   # new attrs
         assert await next_batch(events) == [("added", "10.244.1.0/24", MAC_B)]
         clock.advance(5)
-        renewed = await node.renew_lease(a.__class__.from_attrs(a.subnet, vxlan("10.99.0.1", MAC_B)))
+        renewed = await node.renew_lease(Lease.from_attrs(a.subnet, vxlan("10.99.0.1", MAC_B)))
         batch = await asyncio.wait_for(events.__anext__(), 3)
         assert batch == [LeaseEvent(EventKind.ADDED, renewed)]               # new expiration
         await node.release_lease(a.subnet)

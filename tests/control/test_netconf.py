@@ -172,7 +172,7 @@ JSON = st.recursive(
     max_leaves=12)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(doc=JSON)
 def test_any_json_gives_a_config_or_a_config_error(doc: object) -> None:
     try:
