@@ -121,8 +121,9 @@ class Node:
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> bool:
         opts = self.opts
-        config = await self._retry("read the network config", self.store.get_network_config,
-                                   also=(ConfigNotFound,))
+        config = await self._retry(
+            "read the network config", self.store.get_network_config,
+            also=(ConfigNotFound,) if self.store.waits_for_config else ())
         if config is None:
             return False
         self.config = cfg = config

@@ -133,6 +133,10 @@ class LeaseEvent:
 class SubnetStore(abc.ABC):
     """See the module docstring for the exact semantics of each method."""
 
+    # Whether a missing network config is worth waiting for: an operator may yet write it to
+    # etcd (flanneld waits), while a directory store with no config is a setup mistake.
+    waits_for_config = True
+
     @abc.abstractmethod
     async def get_network_config(self) -> NetworkConfig: ...
 

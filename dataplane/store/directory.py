@@ -83,6 +83,8 @@ class _Entry:
 
 
 class DirectoryStore(SubnetStore):
+    waits_for_config = False     # no config in a local directory: say so and stop
+
     def __init__(self, path: str | os.PathLike[str], *, poll_interval: float = 0.5,
                  lock_timeout: float = 10.0, clock: Callable[[], float] = time.time) -> None:
         """`clock` (seconds since the epoch) is for tests; it must not run behind time.time()."""
