@@ -57,9 +57,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="overlay UDP port (default 8285 for udp, 8472 for vxlan)")
     up.add_argument("--vni", type=int, default=1, help="VXLAN network identifier (default 1)")
     up.add_argument("--no-ip-masq", dest="ip_masq", action="store_false",
-                    help="kernel nodes' subnet.env says FLANNEL_IPMASQ=false, so the CNI "
-                         "bridge masquerades pod traffic leaving the node (default: true, as "
-                         "kube-flannel runs flanneld with --ip-masq)")
+                    help="FLANNEL_IPMASQ=false in subnet.env (kernel nodes; daemons are not "
+                         "given --ip-masq), so the CNI bridge masquerades pod traffic leaving "
+                         "the node's subnet (default: true, as kube-flannel runs flanneld with "
+                         "--ip-masq; the lab has no egress to masquerade for)")
     up.add_argument("--daemon-timeout", type=float, default=30.0, metavar="SECONDS",
                     help="how long to wait for each daemon's subnet.env (default 30)")
     up.add_argument("--keep-on-error", action="store_true",

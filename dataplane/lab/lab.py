@@ -377,6 +377,11 @@ class Lab:
         kwargs.setdefault("env", netns.python_env())
         return subprocess.Popen(netns.ns_argv(_ns_name(ns), argv, cpus), **kwargs)
 
+    @staticmethod
+    def pin(pid: int, cpus: Iterable[int]) -> None:
+        """Pin a running process, all its threads, to CPUs (e.g. a daemon from daemon_pids())."""
+        netns.pin(pid, cpus)
+
     def daemon_pids(self) -> dict[str, int]:
         """Running daemons by node name (udp and vxlan nodes)."""
         return {n.name: n.pid for n in self.nodes

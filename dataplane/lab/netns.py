@@ -128,6 +128,18 @@ def alive(pid: int, started: int | None = None) -> bool:
     return started is None or int(fields[19]) == started
 
 
+def pin(pid: int, cpus: Iterable[int]) -> None:
+    """Pin every thread of a running process to `cpus` (sched_setaffinity on a pid moves one
+    thread only; threads created later inherit from their creator)."""
+    cpuset = set(cpus)
+    tasks = Path(f"/proc/{pid}/task")
+    for tid in (int(t.name) for t in tasks.iterdir()) if tasks.is_dir() else [pid]:
+        try:
+            os.sched_setaffinity(tid, cpuset)
+        except ProcessLookupError:
+            pass      # a thread that just ended
+
+
 def terminate(procs: Iterable[tuple[int, int | None]], grace: float = 5.0) -> None:
     """SIGTERM each (pid, start time), wait up to `grace` seconds, SIGKILL what is left."""
     targets = [(pid, st) for pid, st in procs if alive(pid, st)]

@@ -13,7 +13,7 @@ from dataplane.lab import cni, command, naming
 from dataplane.lab.dirstore import DirectoryStore, parse_subnet_key, subnet_key
 from dataplane.lab.errors import LabError
 from dataplane.lab.flannel import SubnetEnv, encode, lease_attrs, net_conf
-from dataplane.lab.lab import plan_backends
+from dataplane.lab.lab import Lab, plan_backends
 from dataplane.lab.probe import _checksum, _echo_request
 from dataplane.lab.state import LabState, Node, Pod
 
@@ -136,3 +136,14 @@ def test_cli_parses_and_documents_the_scheme() -> None:
     assert parser.parse_args(["down", "--prefix", "x1"]).lab_command == "down"
     assert "10.99.0.<i>/24" in parser.format_help()
     json.dumps(vars(parser.parse_args(["status", "--json", "--no-ping"])))
+
+
+def test_preflight_says_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(LabError, match="needs root"):
+        Lab("x1", state_root=tmp_path).up()
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setattr(cni, "PLUGIN_DIR", tmp_path / "no-cni")
+    with pytest.raises(LabError, match="apt-get install containernetworking-plugins"):
+        Lab("x1", state_root=tmp_path).up()
+    assert list(tmp_path.iterdir()) == []      # nothing was created
