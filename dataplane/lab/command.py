@@ -109,10 +109,11 @@ def _up(args: argparse.Namespace) -> int:
               port=args.port, daemon_timeout=args.daemon_timeout)
     lab.up(keep_on_error=args.keep_on_error)
     print(render(lab.status()))
+    print(f"\ncheck:  dataplane lab status --prefix {lab.prefix}")
     if len(lab.pods) >= 2:
         a, b = lab.pods[0], lab.pods[-1]
-        print(f"\ntry: ip netns exec {a.name} python3 -m dataplane.lab.probe ping {b.ip}"
-              f"\n     dataplane lab status --prefix {lab.prefix}")
+        print(f"iperf3: ip netns exec {b.name} iperf3 -s -1 -B {b.ip} &\n"
+              f"        ip netns exec {a.name} iperf3 -c {b.ip}")
     print(f"remove: dataplane lab down --prefix {lab.prefix}")
     return 0
 
@@ -135,7 +136,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from dataplane.lab.lab import teardown
+    from dataplane.lab.cleanup import teardown
 
     removed = teardown(args.prefix)
     print(f"lab {args.prefix}: removed {len(removed)} namespaces" if removed

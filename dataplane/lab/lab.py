@@ -13,7 +13,6 @@ after a crash) undoes whatever exists, from the state file and a scan of `ip net
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -21,38 +20,30 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from dataplane.lab import cni, daemon, kernel_backends, naming, netns, underlay
+from dataplane.lab import cni, daemon, kernel_backends, naming, netns, traffic, underlay
+from dataplane.lab.cleanup import existing_labs, teardown
 from dataplane.lab.dirstore import DirectoryStore
 from dataplane.lab.errors import LabError
 from dataplane.lab.flannel import (BACKENDS, DAEMON_BACKENDS, DEFAULT_PORT, ENCAP_OVERHEAD,
                                    FLANNEL_TYPE, SubnetEnv, lease_attrs, net_conf, write_atomic)
-from dataplane.lab.state import LabState, Node, Pod
+from dataplane.lab.state import STATE_ROOT, LabState, Node, Pod
+from dataplane.lab.traffic import TransferResult
+
+__all__ = ["Lab", "LabError", "Node", "Pod", "STATE_ROOT", "TransferResult", "plan_backends",
+           "preflight", "teardown"]
 
 log = logging.getLogger(__name__)
 
-STATE_ROOT = Path("/run/dataplane-lab")
 FASTPATHS = ("c", "python")
-PROBE = "dataplane.lab.probe"
 # Test-only crash injection: SIGKILL ourselves when `up` reaches this step (e.g. "pods",
 # "pod:<name>"), to prove that `down` cleans up after a crash at any point.
 FAILPOINT_ENV = "DATAPLANE_LAB_FAILPOINT"
 
 NsLike = Node | Pod | str | None
-
-
-@dataclass(frozen=True)
-class TransferResult:
-    ok: bool                 # every byte arrived and the digests match
-    sent: int
-    received: int
-    seconds: float
-    sha256_sent: str
-    sha256_received: str
 
 
 def plan_backends(backend: str, nodes: int, kernel_nodes: int = 0,
@@ -390,60 +381,22 @@ class Lab:
     def ping(self, src: Pod | str, dst: Pod | str | IPv4Address, *, count: int = 2,
              timeout: float = 1.0) -> bool:
         """ICMP echo from pod `src` to pod (or address) `dst`: any reply counts."""
-        target = str(dst) if isinstance(dst, IPv4Address) else str(self._pod(dst).ip)
-        proc = self.exec(self._pod(src), netns.python_argv(
-            PROBE, "ping", "--count", str(count), "--timeout", str(timeout), target),
-            timeout=count + timeout + 10)
-        return bool(json.loads(proc.stdout)[target])
+        return traffic.ping(self, self._pod(src),
+                            dst if isinstance(dst, IPv4Address) else self._pod(dst).ip,
+                            count=count, timeout=timeout)
 
     def reachability(self, *, count: int = 2, timeout: float = 1.0
                      ) -> dict[tuple[str, str], bool]:
-        """Ping every pod from every other pod, one probe process per source pod, all at once."""
-        pods = [p for p in self.pods if p.ip is not None]
-        procs = {}
-        for src in pods:
-            targets = [str(p.ip) for p in pods if p is not src]
-            if targets:
-                procs[src.name] = self.popen(src, netns.python_argv(
-                    PROBE, "ping", "--count", str(count), "--timeout", str(timeout), *targets),
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        by_ip = {str(p.ip): p.name for p in pods}
-        matrix: dict[tuple[str, str], bool] = {}
-        for name, proc in procs.items():
-            out, err = proc.communicate(timeout=count + timeout + 20)
-            if proc.returncode != 0:
-                raise LabError(f"ping probe in {name} failed: {err.strip()}")
-            for ip, ok in json.loads(out).items():
-                matrix[(name, by_ip[ip])] = ok
-        return matrix
+        """Ping every pod from every other pod: {(src name, dst name): reachable}."""
+        return traffic.reachability(self, [p for p in self.pods if p.ip is not None],
+                                    count=count, timeout=timeout)
 
     def tcp_check(self, src: Pod | str, dst: Pod | str, nbytes: int = 4 << 20, *,
                   port: int = 7777, seed: int = 1, timeout: float = 30.0) -> TransferResult:
         """Send `nbytes` pseudo-random bytes over TCP from pod `src` to pod `dst` and compare
         SHA-256 digests on both ends."""
-        s, d = self._pod(src), self._pod(dst)
-        server = self.popen(d, netns.python_argv(PROBE, "tcp-serve", str(d.ip), str(port),
-                                                 "--timeout", str(timeout)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            ready = server.stdout.readline().strip() if server.stdout else ""
-            if ready != "LISTENING":
-                raise LabError(f"tcp server in {d.name} did not start: {server.stderr.read()}")
-            sent = json.loads(self.exec(s, netns.python_argv(
-                PROBE, "tcp-send", str(d.ip), str(port), str(nbytes), "--seed", str(seed),
-                "--timeout", str(timeout)), timeout=timeout + 10).stdout)
-            out, err = server.communicate(timeout=timeout)
-            if server.returncode != 0:
-                raise LabError(f"tcp server in {d.name} failed: {err.strip()}")
-            got = json.loads(out)
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait()
-        return TransferResult(ok=sent["sha256"] == got["sha256"] and got["bytes"] == nbytes,
-                              sent=sent["bytes"], received=got["bytes"],
-                              seconds=sent["seconds"], sha256_sent=sent["sha256"],
-                              sha256_received=got["sha256"])
+        return traffic.tcp_check(self, self._pod(src), self._pod(dst), nbytes, port=port,
+                                 seed=seed, timeout=timeout)
 
     def _pod(self, key: Pod | str) -> Pod:
         pod = key if isinstance(key, Pod) else self.pod(key)
@@ -491,49 +444,3 @@ def preflight(backends: Iterable[str]) -> None:
     cni.check_plugins()
     if set(backends) & set(DAEMON_BACKENDS) and not Path("/dev/net/tun").exists():
         raise LabError("/dev/net/tun is missing: our daemon needs the tun driver")
-
-
-def existing_labs(state_root: Path | str = STATE_ROOT) -> list[str]:
-    root = Path(state_root)
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-
-
-def teardown(prefix: str, state_root: Path | str = STATE_ROOT) -> list[str]:
-    """Remove a lab by prefix, whatever state it is in: daemons (SIGTERM, then SIGKILL), any
-    other process left in its namespaces, pods (CNI DEL), namespaces, state dir. Works from
-    state.json, from a scan of `ip netns list` when that is gone, and twice in a row."""
-    naming.check_prefix(prefix)
-    labdir = Path(state_root) / prefix
-    state = None
-    try:
-        state = LabState.load(labdir / "state.json")
-    except FileNotFoundError:
-        pass
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring unreadable %s: %s", labdir / "state.json", exc)
-
-    namespaces = {n for n in netns.list_netns() if naming.owned_namespace(prefix, n)}
-    if state is not None:
-        namespaces |= {n for n in state.namespaces if netns.exists(n)}
-        netns.terminate((n.pid, n.pid_start) for n in state.nodes if n.pid is not None)
-    # Whatever else still runs in the lab: daemons of a lab whose state was lost, servers a
-    # benchmark left behind. They hold namespaces (and their links) alive after deletion.
-    netns.terminate((pid, netns.start_time(pid)) for ns in sorted(namespaces)
-                    for pid in netns.pids_in(ns))
-
-    # CNI DEL for every pod whose ADD was started (its saved delegate config exists).
-    for scratch in sorted(labdir.glob("*/cni/*.json")):
-        node_ns, pod_ns = scratch.parent.parent.name, scratch.stem
-        if netns.exists(node_ns):
-            try:
-                cni.del_pod(node_ns, pod_ns, pod_ns, scratch)
-            except LabError as exc:
-                log.warning("%s", exc)
-
-    for name in sorted(namespaces, key=naming.namespace_order):
-        netns.delete(name)
-    left = [n for n in namespaces if netns.exists(n)]
-    shutil.rmtree(labdir, ignore_errors=True)
-    if left:
-        raise LabError(f"could not remove namespaces {', '.join(sorted(left))}")
-    return sorted(namespaces, key=naming.namespace_order)

@@ -40,7 +40,7 @@ def exists(name: str) -> bool:
 def add(name: str) -> None:
     run(["ip", "netns", "add", name])
     # A fresh namespace has `lo` down; pods, daemons and probes all expect it up.
-    run(ns_argv(name, ["ip", "link", "set", "lo", "up"]))
+    run(["ip", "-n", name, "link", "set", "lo", "up"])
 
 
 def delete(name: str) -> None:
@@ -101,7 +101,8 @@ def pids_in(ns: str) -> list[int]:
     if not exists(ns):
         return []
     proc = run(["ip", "netns", "pids", ns], check=False)
-    return [int(tok) for tok in proc.stdout.split() if tok.isdigit()]
+    # Never ourselves, should `down` be run from inside the lab.
+    return [int(tok) for tok in proc.stdout.split() if tok.isdigit() and int(tok) != os.getpid()]
 
 
 # --- processes, identified by (pid, start time) so a recycled pid is never signalled ---------
