@@ -245,7 +245,7 @@ class Lab:
         self._start_daemons()
 
         self._enter("peers")
-        self._program_peers()
+        self.sync_peers()
 
         self._enter("pods")
         for node in self.nodes:
@@ -265,24 +265,47 @@ class Lab:
                      SubnetEnv.for_subnet(self.network, node.subnet, mtu, self.ip_masq).render())
 
     def _start_daemons(self) -> None:
-        started: dict[str, tuple[Node, subprocess.Popen[bytes]]] = {}
-        for node in self.nodes:
-            if not node.runs_daemon:
-                continue
-            proc = daemon.start(node, daemon.argv(node, self.store.daemon_args(),
-                                                  program=self.daemon_program,
-                                                  fastpath=self.fastpath,
-                                                  ip_masq=self.ip_masq,
-                                                  extra=self.daemon_args))
-            self._procs[node.name] = proc
-            node.pid, node.pid_start = proc.pid, netns.start_time(proc.pid)
-            self._save()
-            started[node.name] = (node, proc)
+        started = {node.name: (node, self._spawn_daemon(node, self.fastpath))
+                   for node in self.nodes if node.runs_daemon}
         daemon.wait_ready(started, self.daemon_timeout)
 
-    def _program_peers(self) -> None:
+    def _spawn_daemon(self, node: Node, fastpath: str | None) -> subprocess.Popen[bytes]:
+        proc = daemon.start(node, daemon.argv(node, self.store.daemon_args(),
+                                              program=self.daemon_program, fastpath=fastpath,
+                                              ip_masq=self.ip_masq, extra=self.daemon_args))
+        self._procs[node.name] = proc
+        node.pid, node.pid_start = proc.pid, netns.start_time(proc.pid)
+        self._save()
+        return proc
+
+    def stop_daemon(self, node: Node | str | int) -> None:
+        """SIGTERM one node's daemon (SIGKILL after 5 s); its lease stays in the store."""
+        n = node if isinstance(node, Node) else self.node(node)
+        proc = self._procs.pop(n.name, None)
+        if proc is not None:
+            _stop([proc])
+        elif n.pid is not None:
+            netns.terminate([(n.pid, n.pid_start)])
+        n.pid = n.pid_start = None
+        self._save()
+
+    def start_daemon(self, node: Node | str | int, *, fastpath: str | None = None) -> int:
+        """(Re)start one node's daemon, e.g. with another fast path, and wait until it is
+        ready again; returns its pid. Kernel nodes keep what they learnt at `up`: call
+        sync_peers() if the daemon came back with a new VtepMAC."""
+        n = node if isinstance(node, Node) else self.node(node)
+        if not n.runs_daemon:
+            raise LabError(f"{n.name} is a {n.backend} node: it runs no daemon")
+        if n.name in self.daemon_pids():
+            raise LabError(f"the daemon on {n.name} is running (pid {n.pid}); stop it first")
+        proc = self._spawn_daemon(n, fastpath or self.fastpath)
+        daemon.wait_ready({n.name: (n, proc)}, self.daemon_timeout)
+        return proc.pid
+
+    def sync_peers(self) -> None:
         """Kernel nodes learn every other node from the store, as flanneld does at start; our
-        daemons learn the kernel nodes' leases themselves (written before they started)."""
+        daemons learn the kernel nodes' leases themselves (written before they started).
+        Idempotent (every entry is a replace); `up` calls it once, there is no watch."""
         leases = self.store.leases()
         for node in self.nodes:
             lease = leases.get(node.subnet)
@@ -337,16 +360,7 @@ class Lab:
 
     def _stop_own_daemons(self) -> None:
         """Daemons this process spawned: through their Popen, so they are reaped."""
-        for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 5.0
-        for proc in self._procs.values():
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(list(self._procs.values()))
         self._procs.clear()
 
     # --- running things in the lab -----------------------------------------------------------
@@ -423,6 +437,20 @@ class Lab:
                 "underlay_ns": self.underlay_ns, "nodes": nodes,
                 "pods": [{"name": p.name, "node": p.node,
                           "ip": str(p.ip) if p.ip else None} for p in self.pods]}
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds, and reap: our own children only."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _ns_name(ns: NsLike) -> str | None:

@@ -47,6 +47,16 @@ def test_daemon_nodes_are_ready_tracked_and_stopped(prefix: str) -> None:
         assert comm.read_text().strip() == "sleep"
         assert os.sched_getaffinity(sleeper.pid) == {cpu}
 
+        # Restart one daemon with the other fast path: a new process, ready again.
+        lab.stop_daemon(1)
+        assert f"{prefix}-n1" not in lab.daemon_pids()
+        new_pid = lab.start_daemon(1, fastpath="c")
+        assert new_pid != pids[f"{prefix}-n1"] and lab.daemon_pids()[f"{prefix}-n1"] == new_pid
+        commands = [ln for ln in lab.node(1).log_file.read_text().splitlines()
+                    if ln.startswith("# ")]
+        assert "--fastpath c" in commands[-1] and "--fastpath python" in commands[0]
+        pids = lab.daemon_pids()
+
         out = lab_cli("status", "--prefix", prefix, "--no-ping").stdout
         assert out.count(" alive") == 2, out
 
