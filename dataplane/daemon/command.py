@@ -1,0 +1,108 @@
+"""`dataplane run`: the node daemon, with flanneld's flag names where flanneld has the option."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+
+from dataplane import fastpath, subnetenv
+from dataplane.cli import CommandError
+from dataplane.tun import TUN_PATH
+
+HELP = "run the node daemon: lease a subnet, bring up the TUN device and forward pod traffic"
+
+log = logging.getLogger("dataplane.daemon")
+
+DEFAULT_STORE_DIR = "/var/lib/dataplane/store"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("The backend (udp or vxlan), its port and VNI come from the network config in "
+                "the store (flannel's net-conf.json at STORE/config). Example: dataplane run "
+                "--store-dir /tmp/store --public-ip 10.99.0.1 --subnet 10.244.1.0/24")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    store = p.add_argument_group("subnet store")
+    store.add_argument("--store-dir", default=DEFAULT_STORE_DIR, metavar="DIR",
+                       help="directory store shared by the nodes of one machine "
+                            "(default %(default)s)")
+    node = p.add_argument_group("node")
+    node.add_argument("--public-ip", metavar="IP",
+                      help="address other nodes reach us at (default: of --iface, or of the "
+                           "default route's interface)")
+    node.add_argument("--iface", metavar="NAME", help="underlay interface")
+    node.add_argument("--subnet", metavar="CIDR", type=_network,
+                      help="ask for this subnet lease (default: the previous one, or any free)")
+    node.add_argument("--subnet-file", default=subnetenv.DEFAULT_PATH, metavar="PATH",
+                      help="where to write subnet.env for the CNI plugin (default %(default)s)")
+    node.add_argument("--ip-masq", action="store_true",
+                      help="record FLANNEL_IPMASQ=true in subnet.env (masquerading itself is "
+                           "left to the CNI bridge plugin)")
+    node.add_argument("--tun-name", metavar="NAME",
+                      help="TUN device name (default flannel0 for udp, flannel.<VNI> for vxlan)")
+    node.add_argument("--lease-ttl", type=float, default=24 * 3600, metavar="SECONDS",
+                      help="lease lifetime (default 24 h, renewed an hour before it ends)")
+    dp = p.add_argument_group("fast path")
+    dp.add_argument("--fastpath", choices=fastpath.IMPLEMENTATIONS, default=fastpath.DEFAULT,
+                    help="c: batched C hot path (default); python: the per-packet reference")
+
+
+def _network(value: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an IPv4 subnet: {exc}") from None
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Fail before touching anything, with what to do about it."""
+    if os.geteuid() != 0:
+        raise CommandError("must run as root: the TUN device, its address and routes need "
+                           "CAP_NET_ADMIN")
+    if not os.path.exists(TUN_PATH):
+        raise CommandError(f"{TUN_PATH} is missing: load the tun module (modprobe tun)")
+    try:
+        fastpath.load(args.fastpath)
+    except fastpath.FastpathUnavailable as exc:
+        raise CommandError(str(exc)) from None
+
+
+def main(args: argparse.Namespace) -> int:
+    preflight(args)
+    from dataplane.daemon.node import Node, NodeOptions
+    from dataplane.store.directory import DirectoryStore
+
+    store = DirectoryStore(args.store_dir)
+    node = Node(NodeOptions(
+        store=store, public_ip=args.public_ip, iface=args.iface, subnet=args.subnet,
+        subnet_file=args.subnet_file, fastpath=args.fastpath, ip_masq=args.ip_masq,
+        tun_name=args.tun_name, lease_ttl=args.lease_ttl,
+        renew_margin=min(3600.0, args.lease_ttl / 2)))
+    return run_node(node)
+
+
+def run_node(node) -> int:
+    import uvloop
+
+    from dataplane.errors import user_error
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, node.stop)
+        try:
+            await node.run()
+        finally:
+            await node.store.close()
+
+    try:
+        uvloop.run(go())
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        raise CommandError(message) from None
+    return 0

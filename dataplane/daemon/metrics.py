@@ -1,0 +1,154 @@
+"""Health and metrics over HTTP: /healthz, /readyz and /metrics (Prometheus text format 0.0.4).
+
+A few lines of asyncio rather than a web framework: three fixed GET endpoints on loopback by
+default, served from the daemon's own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+from typing import TYPE_CHECKING
+
+from dataplane.drops import Direction
+
+if TYPE_CHECKING:
+    from dataplane.daemon.node import Node
+
+log = logging.getLogger(__name__)
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE_SIZE
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(self, name: str, kind: str, help_: str,
+               samples: list[tuple[dict[str, str], float]]) -> None:
+        self.lines.append(f"# HELP {name} {help_}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            if labels:
+                text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+                self.lines.append(f"{name}{{{text}}} {value:g}" if isinstance(value, float)
+                                  else f"{name}{{{text}}} {value}")
+            else:
+                self.lines.append(f"{name} {value}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render_metrics(node: Node) -> str:
+    w = _Writer()
+    c = node.fwd.counters() if node.fwd is not None else None
+    dirs = list(Direction)
+    if c is not None:
+        w.metric("dataplane_packets_total", "counter", "Packets forwarded, by direction "
+                 "(egress: TUN to wire, ingress: wire to TUN).",
+                 [({"direction": d.label}, c.packets[d]) for d in dirs])
+        w.metric("dataplane_bytes_total", "counter", "Inner packet bytes forwarded.",
+                 [({"direction": d.label}, c.bytes[d]) for d in dirs])
+        w.metric("dataplane_drops_total", "counter", "Packets dropped, by direction and reason.",
+                 [({"direction": d.label, "reason": r.label}, n)
+                  for (d, r), n in sorted(c.drops.items())])
+        w.metric("dataplane_batches_total", "counter",
+                 "Fast-path calls that moved at least one packet.",
+                 [({"direction": d.label}, c.batches[d]) for d in dirs])
+        handled = {d: c.packets[d] + sum(n for (dd, _), n in c.drops.items() if dd == d)
+                   for d in dirs}
+        w.metric("dataplane_batch_packets_total", "counter",
+                 "Packets handled by those calls (forwarded or dropped); divide by "
+                 "dataplane_batches_total for the mean batch size.",
+                 [({"direction": d.label}, handled[d]) for d in dirs])
+        w.metric("dataplane_icmp_unreachable_sent_total", "counter",
+                 "ICMP net-unreachable errors written back for packets to unknown subnets.",
+                 [({}, c.icmp_sent)])
+    w.metric("dataplane_peers", "gauge", "Peers (other nodes' leases) in the forwarding table.",
+             [({}, len(node.peers))])
+    if node.lease is not None and node.lease.expiration is not None:
+        w.metric("dataplane_lease_expiry_timestamp_seconds", "gauge",
+                 "When our subnet lease expires unless renewed (Unix time).",
+                 [({"subnet": str(node.lease.subnet)}, node.lease.expiration.timestamp())])
+    w.metric("dataplane_store_errors_total", "counter",
+             "Subnet store operations that failed (and were retried).",
+             [({}, node.store_errors)])
+    w.metric("dataplane_ready", "gauge", "1 when the lease is held and the device is up.",
+             [({}, int(node.ready.is_set()))])
+    if node.config is not None:
+        w.metric("dataplane_info", "gauge", "Constant 1, labelled with what this node runs.",
+                 [({"backend": node.config.backend_type, "fastpath": node.opts.fastpath,
+                    "subnet": str(node.lease.subnet) if node.lease else "",
+                    "public_ip": node.underlay.address if node.underlay else ""}, 1)])
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    w.metric("process_cpu_seconds_total", "counter", "User and system CPU time of the daemon.",
+             [({}, round(usage.ru_utime + usage.ru_stime, 6))])
+    w.metric("process_resident_memory_bytes", "gauge", "Resident set size of the daemon.",
+             [({}, _rss_bytes())])
+    w.metric("process_start_time_seconds", "gauge", "When the daemon started (Unix time).",
+             [({}, node.started)])
+    return w.text()
+
+
+class MetricsServer:
+    def __init__(self, node: Node, host: str, port: int) -> None:
+        self.node, self.host, self.port = node, host, port
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("health and metrics on http://%s:%d/{healthz,readyz,metrics}", self.host,
+                 self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def _route(self, path: str) -> tuple[int, str, str]:
+        path = path.split("?", 1)[0]
+        if path == "/healthz":
+            return 200, "text/plain", "ok\n"
+        if path == "/readyz":
+            if self.node.ready.is_set():
+                return 200, "text/plain", "ready\n"
+            return 503, "text/plain", "not ready: lease or device not up yet\n"
+        if path == "/metrics":
+            return 200, "text/plain; version=0.0.4; charset=utf-8", render_metrics(self.node)
+        return 404, "text/plain", "not found: try /healthz, /readyz or /metrics\n"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            parts = request.decode("latin-1").split()
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass            # headers: nothing we need
+            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+                status, ctype, body = 405, "text/plain", "only GET\n"
+            else:
+                status, ctype, body = self._route(parts[1])
+            data = body.encode()
+            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
+                      503: "Service Unavailable"}[status]
+            head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
+            writer.write(head if parts and parts[0] == "HEAD" else head + data)
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()
+
