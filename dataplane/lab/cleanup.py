@@ -54,6 +54,10 @@ def teardown(prefix: str, state_root: Path | str = STATE_ROOT) -> list[str]:
         netns.delete(name)
     left = [n for n in namespaces if netns.exists(n)]
     shutil.rmtree(labdir, ignore_errors=True)
+    try:
+        labdir.parent.rmdir()          # the shared root, once the last lab is gone
+    except OSError:
+        pass
     if left:
         raise LabError(f"could not remove namespaces {', '.join(sorted(left))}")
     return sorted(namespaces, key=naming.namespace_order)

@@ -26,10 +26,11 @@ from typing import Any
 
 from dataplane.lab import cni, daemon, kernel_backends, naming, netns, traffic, underlay
 from dataplane.lab.cleanup import existing_labs, teardown
-from dataplane.lab.dirstore import DirectoryStore
+from dataplane import subnetenv
 from dataplane.lab.errors import LabError
 from dataplane.lab.flannel import (BACKENDS, DAEMON_BACKENDS, DEFAULT_PORT, ENCAP_OVERHEAD,
-                                   FLANNEL_TYPE, SubnetEnv, lease_attrs, net_conf, write_atomic)
+                                   FLANNEL_TYPE, SubnetEnv, config_json, lease_attrs, net_conf)
+from dataplane.lab.labstore import LabStore
 from dataplane.lab.state import STATE_ROOT, LabState, Node, Pod
 from dataplane.lab.traffic import TransferResult
 
@@ -106,7 +107,7 @@ class Lab:
         self.daemon_timeout = daemon_timeout
         self.state_root = Path(state_root)
         self.dir = self.state_root / self.prefix
-        self.store = DirectoryStore(self.dir / "store")
+        self.store = LabStore(self.dir / "store")
         self.underlay_ns = naming.underlay_ns(self.prefix)
         self.nodes: list[Node] = [
             Node(name=naming.node_ns(self.prefix, i), index=i, backend=b,
@@ -221,7 +222,10 @@ class Lab:
         netns.add(name)
 
     def _build(self) -> None:
-        self.dir.mkdir(parents=True)
+        try:
+            self.dir.mkdir(parents=True)
+        except FileNotFoundError:      # another lab's down removed the empty root meanwhile
+            self.dir.mkdir(parents=True)
         self._enter("underlay")
         self._add_netns(self.underlay_ns)
         underlay.build(self.underlay_ns, self.underlay_mtu)
@@ -234,8 +238,9 @@ class Lab:
                             self.underlay_mtu)
 
         self._enter("store")
-        self.store.write_config(net_conf(self.network, self.flannel_type, vni=self.vni,
-                                         port=self.port))
+        if self.uses_store:
+            self.store.write_config(config_json(net_conf(self.network, self.flannel_type,
+                                                         vni=self.vni, port=self.port)))
         for node in self.nodes:
             if not node.runs_daemon:
                 self._program_kernel_node(node)
@@ -259,10 +264,11 @@ class Lab:
             node.vtep_mac = kernel_backends.create_vxlan_device(
                 node.netns, vni=self.vni, port=self.port, local=node.underlay_ip,
                 underlay_mtu=self.underlay_mtu, subnet=node.subnet)
-        self.store.write_lease(node.subnet, lease_attrs(node.underlay_ip, self.flannel_type,
+        if self.uses_store:
+            self.store.acquire(node.subnet, lease_attrs(node.underlay_ip, self.flannel_type,
                                                         vni=self.vni, vtep_mac=node.vtep_mac))
-        write_atomic(node.subnet_file,
-                     SubnetEnv.for_subnet(self.network, node.subnet, mtu, self.ip_masq).render())
+        subnetenv.write(node.subnet_file, network=self.network, subnet=node.subnet, mtu=mtu,
+                        ipmasq=self.ip_masq)
 
     def _start_daemons(self) -> None:
         started = {node.name: (node, self._spawn_daemon(node, self.fastpath))
@@ -302,15 +308,28 @@ class Lab:
         daemon.wait_ready({n.name: (n, proc)}, self.daemon_timeout)
         return proc.pid
 
+    @property
+    def uses_store(self) -> bool:
+        """host-gw labs have no store: dataplane.netconf refuses backends our daemon cannot run,
+        and host-gw nodes need nothing but each other's underlay IPs, which the lab knows."""
+        return self.flannel_type != "host-gw"
+
     def sync_peers(self) -> None:
         """Kernel nodes learn every other node from the store, as flanneld does at start; our
         daemons learn the kernel nodes' leases themselves (written before they started).
         Idempotent (every entry is a replace); `up` calls it once, there is no watch."""
+        if not self.uses_store:
+            for node in self.nodes:
+                for peer in self.nodes:
+                    if peer is not node:
+                        kernel_backends.add_host_gw_peer(node.netns, subnet=peer.subnet,
+                                                         public_ip=peer.underlay_ip)
+            return
         leases = self.store.leases()
         for node in self.nodes:
             lease = leases.get(node.subnet)
-            if node.runs_daemon and lease and self.flannel_type == "vxlan":
-                node.vtep_mac = (lease.get("BackendData") or {}).get("VtepMAC")
+            if node.runs_daemon and lease:
+                node.vtep_mac = lease.vtep_mac
         for node in self.nodes:
             if node.runs_daemon:
                 continue
@@ -321,16 +340,12 @@ class Lab:
                 if lease is None:
                     raise LabError(f"no lease for {peer.name}'s subnet {peer.subnet} in "
                                    f"{self.store.root}: cannot program {node.name}")
-                public_ip = IPv4Address(lease["PublicIP"])
-                if node.backend == "kernel-vxlan":
-                    if lease.get("BackendType") != "vxlan":
-                        raise LabError(f"{peer.name}'s lease is not a vxlan lease: {lease}")
-                    kernel_backends.add_vxlan_peer(
-                        node.netns, vni=self.vni, subnet=peer.subnet, public_ip=public_ip,
-                        vtep_mac=lease["BackendData"]["VtepMAC"])
-                else:
-                    kernel_backends.add_host_gw_peer(node.netns, subnet=peer.subnet,
-                                                     public_ip=public_ip)
+                if lease.backend_type != "vxlan" or not lease.vtep_mac:
+                    raise LabError(f"{peer.name}'s lease is no vxlan lease with a VtepMAC: "
+                                   f"{lease.to_json().decode()}")
+                kernel_backends.add_vxlan_peer(node.netns, vni=self.vni, subnet=peer.subnet,
+                                               public_ip=IPv4Address(lease.public_ip),
+                                               vtep_mac=lease.vtep_mac)
         self._save()
 
     def _add_pods(self, node: Node) -> None:
@@ -420,11 +435,14 @@ class Lab:
 
     def status(self) -> dict[str, Any]:
         """The lab as plain data: nodes (with daemon liveness and VtepMAC), pods, phase."""
-        leases = self.store.leases()
+        try:
+            leases = self.store.leases() if self.uses_store else {}
+        except LabError:
+            leases = {}      # a lab that crashed before its store was written
         nodes = []
         for n in self.nodes:
-            lease = leases.get(n.subnet) or {}
-            mac = n.vtep_mac or (lease.get("BackendData") or {}).get("VtepMAC")
+            lease = leases.get(n.subnet)
+            mac = n.vtep_mac or (lease.vtep_mac if lease else None)
             nodes.append({"name": n.name, "backend": n.backend,
                           "underlay_ip": str(n.underlay_ip), "subnet": str(n.subnet),
                           "vtep_mac": mac, "daemon_pid": n.pid,
