@@ -1,0 +1,71 @@
+"""Starting our node daemon (`dataplane run`) inside a node namespace, and waiting until it is
+ready: it writes subnet.env once its lease is held and its device is up, as flanneld does."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Sequence
+
+from dataplane.lab import netns
+from dataplane.lab.errors import LabError
+from dataplane.lab.state import Node
+
+def default_program() -> list[str]:
+    return netns.python_argv("dataplane")
+
+
+def argv(node: Node, store_args: Sequence[str], *, program: Sequence[str] | None = None,
+         fastpath: str | None = None, ip_masq: bool = False,
+         extra: Sequence[str] = ()) -> list[str]:
+    """The daemon's command line (the contract with dataplane.daemon.command); `program`
+    replaces `python3 -m dataplane` (a wrapper such as perf, or a stand-in in tests)."""
+    args = ["run", *store_args, "--public-ip", str(node.underlay_ip),
+            "--subnet", str(node.subnet), "--subnet-file", str(node.subnet_file)]
+    if ip_masq:
+        args.append("--ip-masq")    # flanneld's flag: FLANNEL_IPMASQ=true, as on kernel nodes
+    if fastpath:
+        args += ["--fastpath", fastpath]
+    return [*(program or default_program()), *args, *extra]
+
+
+def start(node: Node, command: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Spawn the daemon in the node's namespace, in its own session so that it outlives a
+    `dataplane lab up` that has returned, with stdout and stderr in the node's log."""
+    node.subnet_file.unlink(missing_ok=True)     # readiness is this file appearing
+    node.dir.mkdir(parents=True, exist_ok=True)
+    with open(node.log_file, "ab") as log:
+        log.write(f"# {' '.join(command)}\n".encode())
+        log.flush()
+        return subprocess.Popen(netns.ns_argv(node.netns, command), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, env=netns.python_env(),
+                                start_new_session=True)
+
+
+def log_tail(node: Node, lines: int = 20) -> str:
+    try:
+        text = node.log_file.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "(empty log)"
+
+
+def wait_ready(procs: dict[str, tuple[Node, subprocess.Popen[bytes]]], timeout: float) -> None:
+    """Wait until every daemon has written its subnet.env; fail fast if one exits."""
+    deadline = time.monotonic() + timeout
+    pending = dict(procs)
+    while pending:
+        for name, (node, proc) in list(pending.items()):
+            if proc.poll() is not None:
+                raise LabError(f"daemon on {name} exited with status {proc.returncode} before "
+                               f"writing {node.subnet_file}; last lines of {node.log_file}:\n"
+                               f"{log_tail(node)}")
+            if node.subnet_file.exists():
+                del pending[name]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            node, _ = next(iter(pending.values()))
+            raise LabError(f"daemon on {', '.join(pending)} did not write its subnet.env within "
+                           f"{timeout:g} s; last lines of {node.log_file}:\n{log_tail(node)}")
+        time.sleep(0.05)

@@ -1,0 +1,65 @@
+"""The two backends whose dataplane is the kernel's, programmed as flanneld programs them.
+
+kernel-vxlan (flannel pkg/backend/vxlan): one `flannel.<VNI>` device per node, no learning,
+bound to the underlay address; for each remote node a permanent neighbour entry for its
+`<subnet>.0` gateway, an FDB entry sending its VtepMAC to its public IP, and an onlink route for
+its subnet via that gateway, in that order (the route last, so the kernel never ARPs for it).
+
+host-gw (flannel pkg/backend/hostgw): for each remote node, `<subnet> via <public IP>`.
+"""
+
+from __future__ import annotations
+
+import random
+from ipaddress import IPv4Address, IPv4Network
+
+from dataplane.lab import naming, netns
+from dataplane.lab.netlink import iproute
+
+RTNH_F_ONLINK = 0x4
+NTF_SELF = 0x2
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC, as flannel's mac.NewHardwareAddr makes."""
+    octets = [random.randrange(256) for _ in range(6)]
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+def create_vxlan_device(ns: str, *, vni: int, port: int, local: IPv4Address,
+                        underlay_mtu: int, subnet: IPv4Network) -> str:
+    """Create and configure `flannel.<vni>` like flanneld; returns its MAC (the VtepMAC)."""
+    mac = random_mac()
+    name = naming.vxlan_device(vni)
+    with iproute(ns) as ipr:
+        uplink = ipr.link_lookup(ifname=naming.NODE_UPLINK)[0]
+        ipr.link("add", ifname=name, kind="vxlan", address=mac, mtu=underlay_mtu - 50,
+                 vxlan_id=vni, vxlan_link=uplink, vxlan_local=str(local), vxlan_port=port,
+                 vxlan_learning=0)
+        dev = ipr.link_lookup(ifname=name)[0]
+        # <subnet>.0/32: a source address for host-to-pod traffic and no broadcast routes.
+        ipr.addr("add", index=dev, address=str(subnet.network_address), prefixlen=32)
+        ipr.link("set", index=dev, state="up")
+    netns.sysctl(ns, {f"net.ipv6.conf.{name}.accept_ra": 0})
+    return mac
+
+
+def add_vxlan_peer(ns: str, *, vni: int, subnet: IPv4Network, public_ip: IPv4Address,
+                   vtep_mac: str) -> None:
+    gateway = str(subnet.network_address)
+    with iproute(ns) as ipr:
+        dev = ipr.link_lookup(ifname=naming.vxlan_device(vni))[0]
+        # ip neigh replace <X>.0 lladdr <VtepMAC> dev flannel.1 nud permanent
+        ipr.neigh("replace", ifindex=dev, dst=gateway, lladdr=vtep_mac, state="permanent")
+        # bridge fdb replace <VtepMAC> dev flannel.1 dst <PublicIP> self permanent
+        ipr.fdb("replace", ifindex=dev, lladdr=vtep_mac, dst=str(public_ip),
+                state="permanent", flags=NTF_SELF)
+        # ip route replace <X>.0/24 via <X>.0 dev flannel.1 onlink
+        ipr.route("replace", dst=str(subnet), gateway=gateway, oif=dev, flags=RTNH_F_ONLINK)
+
+
+def add_host_gw_peer(ns: str, *, subnet: IPv4Network, public_ip: IPv4Address) -> None:
+    with iproute(ns) as ipr:
+        uplink = ipr.link_lookup(ifname=naming.NODE_UPLINK)[0]
+        ipr.route("replace", dst=str(subnet), gateway=str(public_ip), oif=uplink)

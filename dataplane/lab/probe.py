@@ -1,0 +1,154 @@
+"""Traffic probes run inside pod namespaces: `python3 -m dataplane.lab.probe ...`.
+
+    ping DST...            ICMP echo to several addresses at once; prints {"DST": true|false}
+    tcp-serve IP PORT      accept one connection, read to EOF; prints {"bytes", "sha256"}
+    tcp-send IP PORT N     send N deterministic pseudo-random bytes; prints the same
+
+In Python rather than iputils' ping: the Debian package is not among the lab's dependencies,
+and one process pinging every destination keeps a reachability matrix at one process per pod.
+Imports stay light (no pyroute2): a probe runs on every `lab status`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import select
+import socket
+import struct
+import sys
+import time
+
+ICMP_ECHO_REPLY = 0
+ICMP_ECHO_REQUEST = 8
+CHUNK = 64 * 1024
+LISTENING = "LISTENING"
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _echo_request(ident: int, seq: int, token: bytes) -> bytes:
+    header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
+    return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(header + token), ident,
+                       seq) + token
+
+
+def ping(targets: list[str], *, count: int = 2, interval: float = 0.2,
+         timeout: float = 1.0) -> dict[str, bool]:
+    """Send `count` echo requests to each target, `interval` apart; a target is reachable if
+    any reply arrives within `timeout` of the last request."""
+    ident = os.getpid() & 0xFFFF
+    token = os.urandom(16)    # ties replies to this process even if identifiers collide
+    replied: set[str] = set()
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        sock.setblocking(False)
+        start = time.monotonic()
+        deadline = start + (count - 1) * interval + timeout
+        next_send, sent = start, 0
+        while len(replied) < len(targets):
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if sent < count and now >= next_send:
+                for target in targets:
+                    if target not in replied:
+                        try:
+                            sock.sendto(_echo_request(ident, sent, token), (target, 0))
+                        except OSError:
+                            pass    # no route yet: counts as no reply
+                sent += 1
+                next_send += interval
+            wait = (deadline if sent >= count else min(next_send, deadline)) - time.monotonic()
+            if select.select([sock], [], [], max(wait, 0))[0]:
+                while True:
+                    try:
+                        packet, (src, _) = sock.recvfrom(2048)
+                    except BlockingIOError:
+                        break
+                    ihl = (packet[0] & 0x0F) * 4    # raw sockets deliver the IP header
+                    kind, _, _, rid, _ = struct.unpack_from("!BBHHH", packet, ihl)
+                    if (kind == ICMP_ECHO_REPLY and rid == ident and src in targets
+                            and packet[ihl + 8:ihl + 24] == token):
+                        replied.add(src)
+    return {t: t in replied for t in targets}
+
+
+def _payload(nbytes: int, seed: int):
+    rng = random.Random(seed)
+    left = nbytes
+    while left:
+        chunk = rng.randbytes(min(CHUNK, left))
+        left -= len(chunk)
+        yield chunk
+
+
+def tcp_serve(ip: str, port: int, timeout: float) -> dict[str, object]:
+    with socket.create_server((ip, port), reuse_port=False) as server:
+        print(LISTENING, flush=True)
+        server.settimeout(timeout)
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(timeout)
+            digest, total = hashlib.sha256(), 0
+            while data := conn.recv(CHUNK):
+                digest.update(data)
+                total += len(data)
+    return {"bytes": total, "sha256": digest.hexdigest()}
+
+
+def tcp_send(ip: str, port: int, nbytes: int, seed: int, timeout: float) -> dict[str, object]:
+    digest = hashlib.sha256()
+    start = time.monotonic()
+    with socket.create_connection((ip, port), timeout=timeout) as conn:
+        for chunk in _payload(nbytes, seed):
+            conn.sendall(chunk)
+            digest.update(chunk)
+        conn.shutdown(socket.SHUT_WR)
+        conn.recv(1)    # wait for the server to close: every byte has been read
+    return {"bytes": nbytes, "sha256": digest.hexdigest(),
+            "seconds": round(time.monotonic() - start, 6)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m dataplane.lab.probe")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("ping")
+    p.add_argument("targets", nargs="+")
+    p.add_argument("--count", type=int, default=2)
+    p.add_argument("--interval", type=float, default=0.2)
+    p.add_argument("--timeout", type=float, default=1.0)
+    s = sub.add_parser("tcp-serve")
+    s.add_argument("ip")
+    s.add_argument("port", type=int)
+    s.add_argument("--timeout", type=float, default=30.0)
+    c = sub.add_parser("tcp-send")
+    c.add_argument("ip")
+    c.add_argument("port", type=int)
+    c.add_argument("nbytes", type=int)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--timeout", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    if args.cmd == "ping":
+        result: dict[str, object] = dict(ping(args.targets, count=args.count,
+                                              interval=args.interval, timeout=args.timeout))
+    elif args.cmd == "tcp-serve":
+        result = tcp_serve(args.ip, args.port, args.timeout)
+    else:
+        result = tcp_send(args.ip, args.port, args.nbytes, args.seed, args.timeout)
+    json.dump(result, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Labs whose dataplane is the kernel's: host-gw and kernel-vxlan (flannel's vxlan backend)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dataplane.lab import Lab
+from dataplane.lease import subnet_key
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.mark.parametrize("nodes", [2, 3])
+@pytest.mark.parametrize("backend", ["host-gw", "kernel-vxlan"])
+def test_pods_reach_each_other_across_nodes(prefix: str, backend: str, nodes: int) -> None:
+    with Lab(prefix, nodes=nodes, pods=2, backend=backend) as lab:
+        assert len(lab.pods) == 2 * nodes and all(p.ip for p in lab.pods)
+        for node in lab.nodes:
+            assert all(p.ip in node.subnet for p in lab.pods_on(node))
+
+        matrix = lab.reachability()
+        assert len(matrix) == (2 * nodes) * (2 * nodes - 1)
+        assert [pair for pair, ok in matrix.items() if not ok] == []
+
+        first, last = lab.pod(1, 1), lab.pod(nodes, 2)
+        for src, dst in [(first, last), (last, first)]:
+            result = lab.tcp_check(src, dst, nbytes=4 << 20)
+            assert result.ok, result
+            assert result.received == 4 << 20
+
+
+def test_kernel_vxlan_is_programmed_as_flannel_does(prefix: str) -> None:
+    with Lab(prefix, nodes=2, pods=1, backend="kernel-vxlan") as lab:
+        n1, n2 = lab.nodes
+        link = json.loads(lab.exec(n1, ["ip", "-d", "-j", "link", "show", "flannel.1"]).stdout)[0]
+        info = link["linkinfo"]["info_data"]
+        assert (info["id"], info["port"], info["local"]) == (1, 8472, "10.99.0.1")
+        assert info["learning"] is False
+        assert link["mtu"] == 1450 and link["address"] == n1.vtep_mac
+        addrs = lab.exec(n1, ["ip", "-4", "-o", "addr", "show", "flannel.1"]).stdout
+        assert "10.244.1.0/32" in addrs
+
+        neigh = lab.exec(n1, ["ip", "neigh", "show", "dev", "flannel.1"]).stdout
+        assert f"10.244.2.0 lladdr {n2.vtep_mac} PERMANENT" in neigh
+        fdb = lab.exec(n1, ["bridge", "fdb", "show", "dev", "flannel.1"]).stdout
+        assert f"{n2.vtep_mac} dst 10.99.0.2 self permanent" in fdb
+        routes = lab.exec(n1, ["ip", "route", "show", "10.244.2.0/24"]).stdout
+        assert "via 10.244.2.0 dev flannel.1" in routes and "onlink" in routes
+
+        # What flanneld would have left for others: its lease and its subnet.env.
+        lease = json.loads((lab.store.root / "subnets" / subnet_key(n2.subnet)).read_text())
+        assert lease == {"PublicIP": "10.99.0.2", "PublicIPv6": None, "BackendType": "vxlan",
+                         "BackendData": {"VNI": 1, "VtepMAC": n2.vtep_mac}}
+        assert n1.subnet_file.read_text() == ("FLANNEL_NETWORK=10.244.0.0/16\n"
+                                              "FLANNEL_SUBNET=10.244.1.1/24\n"
+                                              "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+        # The pod got its MTU and routes from that file, through the bridge plugin.
+        pod = lab.pod(1, 1)
+        assert "mtu 1450" in lab.exec(pod, ["ip", "link", "show", "eth0"]).stdout
+        assert "10.244.0.0/16 via 10.244.1.1" in lab.exec(pod, ["ip", "route"]).stdout
+
+
+def test_host_gw_routes_and_jumbo_underlay(prefix: str) -> None:
+    with Lab(prefix, nodes=2, pods=1, backend="host-gw", underlay_mtu=9000) as lab:
+        routes = lab.exec(lab.node(2), ["ip", "route", "show", "10.244.1.0/24"]).stdout
+        assert "via 10.99.0.1 dev eth0" in routes
+        assert "FLANNEL_MTU=9000" in lab.node(2).subnet_file.read_text()
+        assert lab.ping(lab.pod(1, 1), lab.pod(2, 1))
