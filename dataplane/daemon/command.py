@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -11,31 +12,29 @@ import signal
 
 from dataplane import fastpath, subnetenv
 from dataplane.cli import CommandError
+from dataplane.store.options import add_store_arguments, open_store
 from dataplane.tun import TUN_PATH
 
 HELP = "run the node daemon: lease a subnet, bring up the TUN device and forward pod traffic"
 
 log = logging.getLogger("dataplane.daemon")
 
-DEFAULT_STORE_DIR = "/var/lib/dataplane/store"
-
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.epilog = ("The backend (udp or vxlan), its port and VNI come from the network config in "
-                "the store (flannel's net-conf.json at STORE/config). Example: dataplane run "
-                "--store-dir /tmp/store --public-ip 10.99.0.1 --subnet 10.244.1.0/24")
+                "the store (flannel's net-conf.json at STORE/config). Example:\n"
+                "  dataplane run --store-dir /tmp/store --public-ip 10.99.0.1 "
+                "--subnet 10.244.1.0/24")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    store = p.add_argument_group("subnet store")
-    store.add_argument("--store-dir", default=DEFAULT_STORE_DIR, metavar="DIR",
-                       help="directory store shared by the nodes of one machine "
-                            "(default %(default)s)")
+    add_store_arguments(p)
     node = p.add_argument_group("node")
     node.add_argument("--public-ip", metavar="IP",
                       help="address other nodes reach us at (default: of --iface, or of the "
                            "default route's interface)")
     node.add_argument("--iface", metavar="NAME", help="underlay interface")
     node.add_argument("--subnet", metavar="CIDR", type=_network,
-                      help="ask for this subnet lease (default: the previous one, or any free)")
+                      help="ask for this subnet lease (default: the one we held, the one in "
+                           "--subnet-file, or any free one)")
     node.add_argument("--subnet-file", default=subnetenv.DEFAULT_PATH, metavar="PATH",
                       help="where to write subnet.env for the CNI plugin (default %(default)s)")
     node.add_argument("--ip-masq", action="store_true",
@@ -43,8 +42,13 @@ def configure(p: argparse.ArgumentParser) -> None:
                            "left to the CNI bridge plugin)")
     node.add_argument("--tun-name", metavar="NAME",
                       help="TUN device name (default flannel0 for udp, flannel.<VNI> for vxlan)")
-    node.add_argument("--lease-ttl", type=float, default=24 * 3600, metavar="SECONDS",
+    node.add_argument("--lease-ttl", type=_positive, default=24 * 3600, metavar="SECONDS",
                       help="lease lifetime (default 24 h, renewed an hour before it ends)")
+    ops = p.add_argument_group("health and metrics")
+    ops.add_argument("--healthz-ip", default="127.0.0.1", metavar="IP",
+                     help="address of /healthz, /readyz and /metrics (default %(default)s)")
+    ops.add_argument("--healthz-port", type=int, default=0, metavar="PORT",
+                     help="port of /healthz, /readyz and /metrics (default 0: disabled)")
     dp = p.add_argument_group("fast path")
     dp.add_argument("--fastpath", choices=fastpath.IMPLEMENTATIONS, default=fastpath.DEFAULT,
                     help="c: batched C hot path (default); python: the per-packet reference")
@@ -55,6 +59,16 @@ def _network(value: str) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(value, strict=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an IPv4 subnet: {exc}") from None
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of seconds, at least 1")
+    return number
 
 
 def preflight(args: argparse.Namespace) -> None:
@@ -68,26 +82,25 @@ def preflight(args: argparse.Namespace) -> None:
         fastpath.load(args.fastpath)
     except fastpath.FastpathUnavailable as exc:
         raise CommandError(str(exc)) from None
+    if not 0 <= args.healthz_port <= 65535:
+        raise CommandError(f"--healthz-port {args.healthz_port}: not a port")
 
 
 def main(args: argparse.Namespace) -> int:
     preflight(args)
     from dataplane.daemon.node import Node, NodeOptions
-    from dataplane.store.directory import DirectoryStore
 
-    store = DirectoryStore(args.store_dir)
     node = Node(NodeOptions(
-        store=store, public_ip=args.public_ip, iface=args.iface, subnet=args.subnet,
+        store=open_store(args), public_ip=args.public_ip, iface=args.iface, subnet=args.subnet,
         subnet_file=args.subnet_file, fastpath=args.fastpath, ip_masq=args.ip_masq,
         tun_name=args.tun_name, lease_ttl=args.lease_ttl,
-        renew_margin=min(3600.0, args.lease_ttl / 2)))
+        renew_margin=min(3600.0, args.lease_ttl / 2),
+        healthz=(args.healthz_ip, args.healthz_port) if args.healthz_port else None))
     return run_node(node)
 
 
 def run_node(node) -> int:
     import uvloop
-
-    from dataplane.errors import user_error
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
@@ -106,3 +119,23 @@ def run_node(node) -> int:
             raise
         raise CommandError(message) from None
     return 0
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message for an error the user can act on; None for a bug."""
+    from dataplane.daemon.node import LeaseLost
+    from dataplane.hostnet import HostNetError
+    from dataplane.lease import InvalidSubnet
+    from dataplane.netconf import ConfigError
+    from dataplane.store.base import StoreError
+    from dataplane.tun import TunError
+
+    if isinstance(exc, (ConfigError, InvalidSubnet, StoreError, HostNetError, TunError,
+                        LeaseLost)):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return ("the tunnel port is in use (another dataplane or flanneld on this node?): "
+                f"{exc.strerror}")
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot bind the tunnel socket to the public IP: {exc.strerror}"
+    return None

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 # Packets one wakeup may move before yielding to the loop (timers, the control plane).
 BUDGET = 512
 SOCKET_BUFFER = 4 << 20
+# asm-generic/socket.h: set a buffer beyond net.core.[rw]mem_max (needs CAP_NET_ADMIN)
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 
 
 def open_udp_socket(address: str, port: int) -> socket.socket:
@@ -27,8 +29,8 @@ def open_udp_socket(address: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        for force, plain in ((socket.SO_RCVBUFFORCE, socket.SO_RCVBUF),
-                             (socket.SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                             (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
             except PermissionError:

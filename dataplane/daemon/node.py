@@ -2,9 +2,13 @@
 
     start: network config from the store -> underlay -> UDP socket -> lease -> TUN + route
            -> forwarder with a snapshot of the other leases -> readers -> subnet.env (ready)
-    run:   lease watch keeps the peer table in step; the lease is renewed before it expires
+    run:   the lease watch keeps the peer table in step; the lease is renewed before it ends
     stop:  readers off, TUN closed (the kernel removes it and its route), lease released,
            subnet.env removed
+
+The store may fail at any time (etcd down, a leader change): every store call is retried with
+backoff while forwarding goes on with the last known peers, and a watch that breaks is
+resumed from a fresh listing, whose difference with what we knew is applied as events.
 """
 
 from __future__ import annotations
@@ -17,20 +21,29 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import timedelta
+from typing import Awaitable, Callable, TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
 from dataplane.daemon.datapath import Datapath, open_udp_socket
 from dataplane.fastpath.types import MODE_UDP, MODE_VXLAN, ForwarderConfig, format_mac, parse_mac
-from dataplane.lease import Lease
+from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import NetworkConfig
-from dataplane.store.base import LeaseEvent, SubnetStore
+from dataplane.store.base import (ConfigNotFound, LeaseEvent, StoreUnavailable, SubnetStore,
+                                  SubnetTaken, diff_leases, renewal_delay)
 from dataplane.tun import open_tun
 
 log = logging.getLogger(__name__)
 
 OVERHEAD = {"udp": 28, "vxlan": 50}        # outer IPv4 + UDP (+ VXLAN + inner Ethernet)
-TXQUEUELEN = 5000                           # the default 500 drops bursts from a batch
+TXQUEUELEN = 5000                           # the default 500 drops the bursts a batch makes
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
+
+T = TypeVar("T")
+
+
+class LeaseLost(RuntimeError):
+    """Our subnet now belongs to another node: pods addressed from it cannot stay."""
 
 
 @dataclass
@@ -45,13 +58,14 @@ class NodeOptions:
     tun_name: str | None = None
     lease_ttl: float = 24 * 3600
     renew_margin: float = 3600
-    on_ready: list = field(default_factory=list)   # callbacks(node) once forwarding
+    healthz: tuple[str, int] | None = None      # (address, port) of /healthz and /metrics
+    on_ready: list[Callable[[Node], None]] = field(default_factory=list)
 
 
 def vtep_mac(public_ip: str, vni: int) -> bytes:
-    """A VtepMAC that is stable across restarts of the same node: derived, locally
-    administered, unicast. A kernel receiver drops frames whose source MAC equals its own, so
-    it must differ between nodes; the public IP makes it so."""
+    """A VtepMAC stable across restarts of the same node: derived, locally administered,
+    unicast. A kernel receiver drops frames whose source MAC equals its own, so it must differ
+    between nodes; the public IP makes it so."""
     digest = bytearray(hashlib.sha256(f"dataplane-vtep/{public_ip}/{vni}".encode()).digest()[:6])
     digest[0] = (digest[0] | 0x02) & 0xFE
     return bytes(digest)
@@ -64,15 +78,16 @@ class Node:
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None
         self.fwd = None
-        self.datapath: Datapath | None = None
         self.underlay: hostnet.Underlay | None = None
         self.tun_name = ""
         self.tun_mtu = 0
         self.mac = b""
-        self.peers: dict[ipaddress.IPv4Network, Lease] = {}
+        self.leases: dict[ipaddress.IPv4Network, Lease] = {}   # the store as we last saw it
+        self.peers: dict[ipaddress.IPv4Network, Lease] = {}    # those in the forwarder
         self.ready = asyncio.Event()
         self.started = time.time()
         self.store_errors = 0
+        self.metrics = None
         self._stop = asyncio.Event()
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -82,7 +97,13 @@ class Node:
 
     async def run(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
-            await self._start(stack)
+            if self.opts.healthz is not None:
+                from dataplane.daemon.metrics import MetricsServer
+                self.metrics = MetricsServer(self, *self.opts.healthz)
+                await self.metrics.start()
+                stack.push_async_callback(self.metrics.close)
+            if not await self._start(stack):
+                return                                   # stopped while starting
             tasks = [asyncio.create_task(self._follow_leases(), name="lease-watch"),
                      asyncio.create_task(self._keep_lease(), name="lease-renew")]
             stack.push_async_callback(_cancel, tasks)
@@ -92,88 +113,118 @@ class Node:
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
+            self.ready.clear()
             for task in done:
-                if task is not stop and task.exception():
+                if task is not stop and not task.cancelled() and task.exception():
                     raise task.exception()
             log.info("stopping")
 
-    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+    async def _start(self, stack: contextlib.AsyncExitStack) -> bool:
         opts = self.opts
-        self.config = cfg = await self.store.get_network_config()
+        config = await self._retry(
+            "read the network config", self.store.get_network_config,
+            also=(ConfigNotFound,) if self.store.waits_for_config else ())
+        if config is None:
+            return False
+        self.config = cfg = config
         backend = cfg.backend_type
-        self.underlay = ul = hostnet.find_underlay(opts.public_ip, opts.iface)
+        # pyroute2's synchronous API runs a loop of its own: keep it off ours, in a thread.
+        self.underlay = ul = await asyncio.to_thread(hostnet.find_underlay, opts.public_ip,
+                                                     opts.iface)
         self.tun_mtu = ul.mtu - OVERHEAD[backend]
         self.mac = vtep_mac(ul.address, cfg.vni) if backend == "vxlan" else b""
 
-        sock = open_udp_socket(ul.address, cfg.port)
+        sock = open_udp_socket(ul.address, cfg.port)   # before the lease: a busy port costs none
         stack.callback(sock.close)
 
-        self.lease = await self.store.acquire_lease(
-            self._lease_attrs(), requested=opts.subnet, previous=self._previous_subnet(),
-            ttl=opts.lease_ttl)
+        previous = subnetenv.previous_subnet(opts.subnet_file)
+        lease = await self._retry("acquire a lease", lambda: self.store.acquire_lease(
+            self._lease_attrs(), requested=opts.subnet, previous=previous, ttl=opts.lease_ttl))
+        if lease is None:
+            return False
+        self.lease = lease
         stack.push_async_callback(self._release)
-        subnet = self.lease.subnet
-        log.info("lease %s for %s (%s backend)", subnet, ul.address, backend)
+        log.info("lease %s for %s (%s backend, store %s)", lease.subnet, ul.address, backend,
+                 self.store.location)
 
         self.tun_name = opts.tun_name or ("flannel0" if backend == "udp" else f"flannel.{cfg.vni}")
         tun = open_tun(self.tun_name)
         stack.callback(tun.close)
-        hostnet.configure_tun(self.tun_name, str(subnet.network_address), self.tun_mtu,
-                              str(cfg.network), TXQUEUELEN)
+        await asyncio.to_thread(hostnet.configure_tun, self.tun_name,
+                                str(lease.subnet.network_address), self.tun_mtu,
+                                str(cfg.network), TXQUEUELEN)
 
         impl = fastpath.load(opts.fastpath)
         self.fwd = impl.Forwarder(ForwarderConfig(
             mode=MODE_VXLAN if backend == "vxlan" else MODE_UDP,
-            local_subnet=str(subnet), port=cfg.port, vni=cfg.vni,
+            local_subnet=str(lease.subnet), port=cfg.port, vni=cfg.vni,
             mac=self.mac or b"\0" * 6, max_inner=self.tun_mtu))
-        leases, cursor = await self.store.list_leases()
-        for lease in leases:
-            self._apply(LeaseEvent("added", lease))
-        self._cursor = cursor
+        listing = await self._retry("list leases", self.store.list_leases)
+        if listing is None:
+            return False
+        leases, self._cursor = listing
+        self._resync(leases)
 
-        self.datapath = Datapath(self.fwd, tun.fd, sock)
-        self.datapath.start()
-        stack.callback(self.datapath.stop)
+        datapath = Datapath(self.fwd, tun.fd, sock)
+        datapath.start()
+        stack.callback(datapath.stop)
 
-        subnetenv.write(opts.subnet_file, network=cfg.network, subnet=subnet,
+        subnetenv.write(opts.subnet_file, network=cfg.network, subnet=lease.subnet,
                         mtu=self.tun_mtu, ipmasq=opts.ip_masq)
         stack.callback(_unlink, opts.subnet_file)
         log.info("forwarding: %s mtu %d, %d peers, fastpath %s%s", self.tun_name, self.tun_mtu,
                  len(self.peers), opts.fastpath,
                  f", VtepMAC {format_mac(self.mac)}" if self.mac else "")
+        return True
 
-    def _lease_attrs(self) -> dict:
-        attrs = {"public_ip": self.underlay.address}
+    def _lease_attrs(self) -> LeaseAttrs:
         if self.config.backend_type == "vxlan":
-            attrs["backend_type"] = "vxlan"
-            attrs["backend_data"] = {"VNI": self.config.vni, "VtepMAC": format_mac(self.mac)}
-        return attrs
-
-    def _previous_subnet(self) -> ipaddress.IPv4Network | None:
-        try:
-            env = subnetenv.read(self.opts.subnet_file)
-        except (OSError, ValueError):
-            return None
-        value = env.get("FLANNEL_SUBNET")
-        return ipaddress.IPv4Network(value, strict=False) if value else None
+            return LeaseAttrs(self.underlay.address, "vxlan",
+                              {"VNI": self.config.vni, "VtepMAC": format_mac(self.mac)})
+        return LeaseAttrs(self.underlay.address)
 
     async def _release(self) -> None:
         if self.lease is None:
             return
         try:
-            await self.store.release_lease(self.lease.subnet)
+            await asyncio.wait_for(self.store.release_lease(self.lease.subnet), 5)
             log.info("released lease %s", self.lease.subnet)
-        except Exception as exc:        # the lease will expire on its own
+        except Exception as exc:        # it expires on its own
             log.warning("could not release lease %s: %s", self.lease.subnet, exc)
+
+    async def _retry(self, what: str, call: Callable[[], Awaitable[T]],
+                     also: tuple[type[Exception], ...] = ()) -> T | None:
+        """call() until it succeeds, backing off while the store is unavailable; None if the
+        node is stopped meanwhile. Other errors propagate: they are not the store's weather."""
+        delay = BACKOFF_MIN
+        while not self._stop.is_set():
+            try:
+                return await call()
+            except (StoreUnavailable, *also) as exc:
+                self.store_errors += 1
+                log.warning("cannot %s (%s); retrying in %.1f s", what, exc, delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+        return None
 
     # ---- peers ------------------------------------------------------------------------------
 
+    def _resync(self, leases: list[Lease]) -> None:
+        """Apply the difference between what we knew and a fresh listing."""
+        current = {lease.subnet: lease for lease in leases}
+        for event in diff_leases(self.leases, current):
+            self._apply(event)
+
     def _apply(self, event: LeaseEvent) -> None:
         lease = event.lease
+        if event.kind == "removed":
+            self.leases.pop(lease.subnet, None)
+        else:
+            self.leases[lease.subnet] = lease
         if lease.subnet == self.lease.subnet:
             if event.kind == "removed" and not self._stop.is_set():
-                log.warning("our lease %s was removed from the store; re-acquiring", lease.subnet)
-                self._lost_lease = True
+                self._lost = True
             return
         if event.kind == "removed":
             if self.peers.pop(lease.subnet, None) is not None:
@@ -182,46 +233,71 @@ class Node:
             return
         mac = b"\0" * 6
         if self.config.backend_type == "vxlan":
-            data = lease.backend_data or {}
-            if lease.backend_type != "vxlan" or "VtepMAC" not in data:
-                log.warning("ignoring lease %s: not a vxlan lease", lease.subnet)
-                return
             try:
-                mac = parse_mac(data["VtepMAC"])
-            except ValueError:
-                log.warning("ignoring lease %s: bad VtepMAC %r", lease.subnet, data["VtepMAC"])
+                if lease.backend_type != "vxlan" or lease.vtep_mac is None:
+                    raise ValueError("not a vxlan lease")
+                mac = parse_mac(lease.vtep_mac)
+            except ValueError as exc:
+                log.warning("ignoring lease %s of %s: %s", lease.subnet, lease.public_ip, exc)
                 return
         known = self.peers.get(lease.subnet)
         self.peers[lease.subnet] = lease
         self.fwd.set_peer(str(lease.subnet), lease.public_ip, mac)
-        if known is None or known.public_ip != lease.public_ip:
-            log.info("peer %s at %s", lease.subnet, lease.public_ip)
+        if known is None or (known.public_ip, known.vtep_mac) != (lease.public_ip, lease.vtep_mac):
+            log.info("peer %s at %s%s", lease.subnet, lease.public_ip,
+                     f" VtepMAC {lease.vtep_mac}" if lease.vtep_mac else "")
 
     async def _follow_leases(self) -> None:
-        async for events in self.store.watch_leases(self._cursor):
-            for event in events:
-                self._apply(event)
-            if getattr(self, "_lost_lease", False):
-                self._lost_lease = False
+        self._lost = False
+        while not self._stop.is_set():
+            try:
+                async for events in self.store.watch_leases(self._cursor):
+                    for event in events:
+                        self._apply(event)
+                    if self._lost:
+                        await self._reacquire()
+                return                                    # the store was closed
+            except StoreUnavailable as exc:
+                self.store_errors += 1
+                log.warning("lease watch broke (%s); forwarding goes on with %d known peers",
+                            exc, len(self.peers))
+            listing = await self._retry("list leases", self.store.list_leases)
+            if listing is None:
+                return
+            leases, self._cursor = listing
+            self._resync(leases)
+            if self._lost:
                 await self._reacquire()
+            log.info("lease watch resumed: %d peers", len(self.peers))
 
     async def _reacquire(self) -> None:
-        self.lease = await self.store.acquire_lease(
-            self._lease_attrs(), requested=self.lease.subnet, previous=None,
-            ttl=self.opts.lease_ttl)
-        log.info("re-acquired lease %s", self.lease.subnet)
+        """An operator (or expiry) removed our lease: take the same subnet back."""
+        self._lost = False
+        subnet = self.lease.subnet
+        log.warning("our lease %s was removed from the store; re-acquiring it", subnet)
+        try:
+            lease = await self._retry("re-acquire our lease", lambda: self.store.acquire_lease(
+                self._lease_attrs(), requested=subnet, ttl=self.opts.lease_ttl))
+        except SubnetTaken as exc:
+            raise LeaseLost(f"lease {subnet} was taken by another node: {exc}") from None
+        if lease is not None:
+            self.lease = lease
+            self.leases[lease.subnet] = lease
 
     async def _keep_lease(self) -> None:
+        margin = timedelta(seconds=self.opts.renew_margin)
         while True:
-            expires = self.lease.expiration
-            if expires is None:
-                wait = self.opts.lease_ttl - self.opts.renew_margin
-            else:
-                left = (expires - datetime.now(timezone.utc)).total_seconds()
-                wait = left - self.opts.renew_margin
-            await asyncio.sleep(max(wait, 1.0))
-            self.lease = await self.store.renew_lease(self.lease, ttl=self.opts.lease_ttl)
-            log.debug("renewed lease %s", self.lease.subnet)
+            await asyncio.sleep(max(renewal_delay(self.lease, margin), 0.2))
+            try:
+                lease = await self._retry("renew our lease", lambda: self.store.renew_lease(
+                    self.lease, ttl=self.opts.lease_ttl))
+            except SubnetTaken as exc:
+                raise LeaseLost(f"lease {self.lease.subnet} was taken by another node: "
+                                f"{exc}") from None
+            if lease is None:
+                return
+            self.lease = lease
+            log.debug("renewed lease %s until %s", lease.subnet, lease.expiration)
 
 
 async def _cancel(tasks: list[asyncio.Task]) -> None:

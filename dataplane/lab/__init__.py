@@ -14,8 +14,8 @@ from typing import Any
 
 __all__ = ["Lab", "LabError", "Node", "Pod", "TransferResult", "teardown", "STATE_ROOT"]
 
-_HOMES = {"Lab": "lab", "TransferResult": "lab", "teardown": "lab", "STATE_ROOT": "lab",
-          "LabError": "errors", "Node": "state", "Pod": "state"}
+_HOMES = {"Lab": "lab", "TransferResult": "traffic", "teardown": "cleanup",
+          "STATE_ROOT": "state", "LabError": "errors", "Node": "state", "Pod": "state"}
 
 
 def __getattr__(name: str) -> Any:

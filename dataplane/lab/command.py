@@ -57,9 +57,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="overlay UDP port (default 8285 for udp, 8472 for vxlan)")
     up.add_argument("--vni", type=int, default=1, help="VXLAN network identifier (default 1)")
     up.add_argument("--no-ip-masq", dest="ip_masq", action="store_false",
-                    help="kernel nodes' subnet.env says FLANNEL_IPMASQ=false, so the CNI "
-                         "bridge masquerades pod traffic leaving the node (default: true, as "
-                         "kube-flannel runs flanneld with --ip-masq)")
+                    help="FLANNEL_IPMASQ=false in subnet.env (kernel nodes; daemons are not "
+                         "given --ip-masq), so the CNI bridge masquerades pod traffic leaving "
+                         "the node's subnet (default: true, as kube-flannel runs flanneld with "
+                         "--ip-masq; the lab has no egress to masquerade for)")
     up.add_argument("--daemon-timeout", type=float, default=30.0, metavar="SECONDS",
                     help="how long to wait for each daemon's subnet.env (default 30)")
     up.add_argument("--keep-on-error", action="store_true",
@@ -108,10 +109,11 @@ def _up(args: argparse.Namespace) -> int:
               port=args.port, daemon_timeout=args.daemon_timeout)
     lab.up(keep_on_error=args.keep_on_error)
     print(render(lab.status()))
+    print(f"\ncheck:  dataplane lab status --prefix {lab.prefix}")
     if len(lab.pods) >= 2:
         a, b = lab.pods[0], lab.pods[-1]
-        print(f"\ntry: ip netns exec {a.name} python3 -m dataplane.lab.probe ping {b.ip}"
-              f"\n     dataplane lab status --prefix {lab.prefix}")
+        print(f"iperf3: ip netns exec {b.name} iperf3 -s -1 -B {b.ip} &\n"
+              f"        ip netns exec {a.name} iperf3 -c {b.ip}")
     print(f"remove: dataplane lab down --prefix {lab.prefix}")
     return 0
 
@@ -134,7 +136,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from dataplane.lab.lab import teardown
+    from dataplane.lab.cleanup import teardown
 
     removed = teardown(args.prefix)
     print(f"lab {args.prefix}: removed {len(removed)} namespaces" if removed

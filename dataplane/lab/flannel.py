@@ -1,7 +1,6 @@
-"""flannel's files, byte for byte: network config, lease value and subnet.env.
-
-The lab writes these for the nodes it programs itself (kernel-vxlan, host-gw) so that those
-nodes look, to the store and to the CNI plugin, exactly like nodes run by flanneld.
+"""What flannel's parts exchange, seen from the lab: the network config it writes as the
+operator, the lease a kernel node publishes as flanneld would, and subnet.env read the way
+flannel's CNI plugin reads it. Formats themselves live in dataplane.lease / dataplane.subnetenv.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dataplane.lab.errors import LabError
+from dataplane.lease import LeaseAttrs
 
 # The lab's backend names. kernel-vxlan is flannel's own `vxlan` backend (the kernel device);
 # `vxlan` and `udp` are our daemon; host-gw is flannel's plain-routes backend.
@@ -38,43 +38,29 @@ def net_conf(network: IPv4Network, flannel_type: str, *, vni: int = 1,
     return {"Network": str(network), "SubnetLen": subnet_len, "Backend": backend}
 
 
+def config_json(conf: dict[str, Any]) -> str:
+    return json.dumps(conf, separators=(",", ":"))
+
+
 def lease_attrs(public_ip: IPv4Address, flannel_type: str, *, vni: int = 1,
-                vtep_mac: str | None = None) -> dict[str, Any]:
-    """The lease value flanneld writes (subnet.LeaseAttrs): udp omits BackendType entirely."""
-    attrs: dict[str, Any] = {"PublicIP": str(public_ip), "PublicIPv6": None}
+                vtep_mac: str | None = None) -> LeaseAttrs:
+    """What flanneld publishes for a node: udp writes no BackendType at all, vxlan its VNI
+    and VtepMAC, host-gw just its type."""
     if flannel_type == "vxlan":
         if not vtep_mac:
             raise ValueError("a vxlan lease needs the node's VtepMAC")
-        attrs["BackendType"] = "vxlan"
-        attrs["BackendData"] = {"VNI": vni, "VtepMAC": vtep_mac}
-    elif flannel_type != "udp":
-        attrs["BackendType"] = flannel_type
-    return attrs
-
-
-def encode(value: Any) -> str:
-    """JSON as Go's encoding/json writes it: compact, keys in the order given."""
-    return json.dumps(value, separators=(",", ":"))
+        return LeaseAttrs(str(public_ip), "vxlan", {"VNI": vni, "VtepMAC": vtep_mac})
+    return LeaseAttrs(str(public_ip), None if flannel_type == "udp" else flannel_type)
 
 
 @dataclass(frozen=True)
 class SubnetEnv:
+    """subnet.env as flannel's CNI plugin sees it."""
+
     network: IPv4Network
     subnet: IPv4Interface     # FLANNEL_SUBNET is the gateway address: 10.244.1.1/24
     mtu: int
     ipmasq: bool
-
-    def render(self) -> str:
-        return (f"FLANNEL_NETWORK={self.network}\n"
-                f"FLANNEL_SUBNET={self.subnet}\n"
-                f"FLANNEL_MTU={self.mtu}\n"
-                f"FLANNEL_IPMASQ={'true' if self.ipmasq else 'false'}\n")
-
-    @classmethod
-    def for_subnet(cls, network: IPv4Network, subnet: IPv4Network, mtu: int,
-                   ipmasq: bool) -> SubnetEnv:
-        return cls(network, IPv4Interface(f"{subnet.network_address + 1}/{subnet.prefixlen}"),
-                   mtu, ipmasq)
 
     @classmethod
     def parse(cls, text: str, source: str = "subnet.env") -> SubnetEnv:

@@ -13,7 +13,6 @@ after a crash) undoes whatever exists, from the state file and a scan of `ip net
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -21,38 +20,31 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from dataplane.lab import cni, daemon, kernel_backends, naming, netns, underlay
-from dataplane.lab.dirstore import DirectoryStore
+from dataplane.lab import cni, daemon, kernel_backends, naming, netns, traffic, underlay
+from dataplane.lab.cleanup import existing_labs, teardown
+from dataplane import subnetenv
 from dataplane.lab.errors import LabError
 from dataplane.lab.flannel import (BACKENDS, DAEMON_BACKENDS, DEFAULT_PORT, ENCAP_OVERHEAD,
-                                   FLANNEL_TYPE, SubnetEnv, lease_attrs, net_conf, write_atomic)
-from dataplane.lab.state import LabState, Node, Pod
+                                   FLANNEL_TYPE, SubnetEnv, config_json, lease_attrs, net_conf)
+from dataplane.lab.labstore import LabStore
+from dataplane.lab.state import STATE_ROOT, LabState, Node, Pod
+from dataplane.lab.traffic import TransferResult
+
+__all__ = ["Lab", "LabError", "Node", "Pod", "STATE_ROOT", "TransferResult", "plan_backends",
+           "preflight", "teardown"]
 
 log = logging.getLogger(__name__)
 
-STATE_ROOT = Path("/run/dataplane-lab")
 FASTPATHS = ("c", "python")
-PROBE = "dataplane.lab.probe"
 # Test-only crash injection: SIGKILL ourselves when `up` reaches this step (e.g. "pods",
 # "pod:<name>"), to prove that `down` cleans up after a crash at any point.
 FAILPOINT_ENV = "DATAPLANE_LAB_FAILPOINT"
 
 NsLike = Node | Pod | str | None
-
-
-@dataclass(frozen=True)
-class TransferResult:
-    ok: bool                 # every byte arrived and the digests match
-    sent: int
-    received: int
-    seconds: float
-    sha256_sent: str
-    sha256_received: str
 
 
 def plan_backends(backend: str, nodes: int, kernel_nodes: int = 0,
@@ -115,7 +107,7 @@ class Lab:
         self.daemon_timeout = daemon_timeout
         self.state_root = Path(state_root)
         self.dir = self.state_root / self.prefix
-        self.store = DirectoryStore(self.dir / "store")
+        self.store = LabStore(self.dir / "store")
         self.underlay_ns = naming.underlay_ns(self.prefix)
         self.nodes: list[Node] = [
             Node(name=naming.node_ns(self.prefix, i), index=i, backend=b,
@@ -230,7 +222,10 @@ class Lab:
         netns.add(name)
 
     def _build(self) -> None:
-        self.dir.mkdir(parents=True)
+        try:
+            self.dir.mkdir(parents=True)
+        except FileNotFoundError:      # another lab's down removed the empty root meanwhile
+            self.dir.mkdir(parents=True)
         self._enter("underlay")
         self._add_netns(self.underlay_ns)
         underlay.build(self.underlay_ns, self.underlay_mtu)
@@ -243,8 +238,9 @@ class Lab:
                             self.underlay_mtu)
 
         self._enter("store")
-        self.store.write_config(net_conf(self.network, self.flannel_type, vni=self.vni,
-                                         port=self.port))
+        if self.uses_store:
+            self.store.write_config(config_json(net_conf(self.network, self.flannel_type,
+                                                         vni=self.vni, port=self.port)))
         for node in self.nodes:
             if not node.runs_daemon:
                 self._program_kernel_node(node)
@@ -254,7 +250,7 @@ class Lab:
         self._start_daemons()
 
         self._enter("peers")
-        self._program_peers()
+        self.sync_peers()
 
         self._enter("pods")
         for node in self.nodes:
@@ -268,35 +264,72 @@ class Lab:
             node.vtep_mac = kernel_backends.create_vxlan_device(
                 node.netns, vni=self.vni, port=self.port, local=node.underlay_ip,
                 underlay_mtu=self.underlay_mtu, subnet=node.subnet)
-        self.store.write_lease(node.subnet, lease_attrs(node.underlay_ip, self.flannel_type,
+        if self.uses_store:
+            self.store.acquire(node.subnet, lease_attrs(node.underlay_ip, self.flannel_type,
                                                         vni=self.vni, vtep_mac=node.vtep_mac))
-        write_atomic(node.subnet_file,
-                     SubnetEnv.for_subnet(self.network, node.subnet, mtu, self.ip_masq).render())
+        subnetenv.write(node.subnet_file, network=self.network, subnet=node.subnet, mtu=mtu,
+                        ipmasq=self.ip_masq)
 
     def _start_daemons(self) -> None:
-        started: dict[str, tuple[Node, subprocess.Popen[bytes]]] = {}
-        for node in self.nodes:
-            if not node.runs_daemon:
-                continue
-            proc = daemon.start(node, daemon.argv(node, self.store.daemon_args(),
-                                                  program=self.daemon_program,
-                                                  fastpath=self.fastpath,
-                                                  ip_masq=self.ip_masq,
-                                                  extra=self.daemon_args))
-            self._procs[node.name] = proc
-            node.pid, node.pid_start = proc.pid, netns.start_time(proc.pid)
-            self._save()
-            started[node.name] = (node, proc)
+        started = {node.name: (node, self._spawn_daemon(node, self.fastpath))
+                   for node in self.nodes if node.runs_daemon}
         daemon.wait_ready(started, self.daemon_timeout)
 
-    def _program_peers(self) -> None:
+    def _spawn_daemon(self, node: Node, fastpath: str | None) -> subprocess.Popen[bytes]:
+        proc = daemon.start(node, daemon.argv(node, self.store.daemon_args(),
+                                              program=self.daemon_program, fastpath=fastpath,
+                                              ip_masq=self.ip_masq, extra=self.daemon_args))
+        self._procs[node.name] = proc
+        node.pid, node.pid_start = proc.pid, netns.start_time(proc.pid)
+        self._save()
+        return proc
+
+    def stop_daemon(self, node: Node | str | int) -> None:
+        """SIGTERM one node's daemon (SIGKILL after 5 s); its lease stays in the store."""
+        n = node if isinstance(node, Node) else self.node(node)
+        proc = self._procs.pop(n.name, None)
+        if proc is not None:
+            _stop([proc])
+        elif n.pid is not None:
+            netns.terminate([(n.pid, n.pid_start)])
+        n.pid = n.pid_start = None
+        self._save()
+
+    def start_daemon(self, node: Node | str | int, *, fastpath: str | None = None) -> int:
+        """(Re)start one node's daemon, e.g. with another fast path, and wait until it is
+        ready again; returns its pid. Kernel nodes keep what they learnt at `up`: call
+        sync_peers() if the daemon came back with a new VtepMAC."""
+        n = node if isinstance(node, Node) else self.node(node)
+        if not n.runs_daemon:
+            raise LabError(f"{n.name} is a {n.backend} node: it runs no daemon")
+        if n.name in self.daemon_pids():
+            raise LabError(f"the daemon on {n.name} is running (pid {n.pid}); stop it first")
+        proc = self._spawn_daemon(n, fastpath or self.fastpath)
+        daemon.wait_ready({n.name: (n, proc)}, self.daemon_timeout)
+        return proc.pid
+
+    @property
+    def uses_store(self) -> bool:
+        """host-gw labs have no store: dataplane.netconf refuses backends our daemon cannot run,
+        and host-gw nodes need nothing but each other's underlay IPs, which the lab knows."""
+        return self.flannel_type != "host-gw"
+
+    def sync_peers(self) -> None:
         """Kernel nodes learn every other node from the store, as flanneld does at start; our
-        daemons learn the kernel nodes' leases themselves (written before they started)."""
+        daemons learn the kernel nodes' leases themselves (written before they started).
+        Idempotent (every entry is a replace); `up` calls it once, there is no watch."""
+        if not self.uses_store:
+            for node in self.nodes:
+                for peer in self.nodes:
+                    if peer is not node:
+                        kernel_backends.add_host_gw_peer(node.netns, subnet=peer.subnet,
+                                                         public_ip=peer.underlay_ip)
+            return
         leases = self.store.leases()
         for node in self.nodes:
             lease = leases.get(node.subnet)
-            if node.runs_daemon and lease and self.flannel_type == "vxlan":
-                node.vtep_mac = (lease.get("BackendData") or {}).get("VtepMAC")
+            if node.runs_daemon and lease:
+                node.vtep_mac = lease.vtep_mac
         for node in self.nodes:
             if node.runs_daemon:
                 continue
@@ -307,16 +340,12 @@ class Lab:
                 if lease is None:
                     raise LabError(f"no lease for {peer.name}'s subnet {peer.subnet} in "
                                    f"{self.store.root}: cannot program {node.name}")
-                public_ip = IPv4Address(lease["PublicIP"])
-                if node.backend == "kernel-vxlan":
-                    if lease.get("BackendType") != "vxlan":
-                        raise LabError(f"{peer.name}'s lease is not a vxlan lease: {lease}")
-                    kernel_backends.add_vxlan_peer(
-                        node.netns, vni=self.vni, subnet=peer.subnet, public_ip=public_ip,
-                        vtep_mac=lease["BackendData"]["VtepMAC"])
-                else:
-                    kernel_backends.add_host_gw_peer(node.netns, subnet=peer.subnet,
-                                                     public_ip=public_ip)
+                if lease.backend_type != "vxlan" or not lease.vtep_mac:
+                    raise LabError(f"{peer.name}'s lease is no vxlan lease with a VtepMAC: "
+                                   f"{lease.to_json().decode()}")
+                kernel_backends.add_vxlan_peer(node.netns, vni=self.vni, subnet=peer.subnet,
+                                               public_ip=IPv4Address(lease.public_ip),
+                                               vtep_mac=lease.vtep_mac)
         self._save()
 
     def _add_pods(self, node: Node) -> None:
@@ -346,16 +375,7 @@ class Lab:
 
     def _stop_own_daemons(self) -> None:
         """Daemons this process spawned: through their Popen, so they are reaped."""
-        for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 5.0
-        for proc in self._procs.values():
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(list(self._procs.values()))
         self._procs.clear()
 
     # --- running things in the lab -----------------------------------------------------------
@@ -377,6 +397,11 @@ class Lab:
         kwargs.setdefault("env", netns.python_env())
         return subprocess.Popen(netns.ns_argv(_ns_name(ns), argv, cpus), **kwargs)
 
+    @staticmethod
+    def pin(pid: int, cpus: Iterable[int]) -> None:
+        """Pin a running process, all its threads, to CPUs (e.g. a daemon from daemon_pids())."""
+        netns.pin(pid, cpus)
+
     def daemon_pids(self) -> dict[str, int]:
         """Running daemons by node name (udp and vxlan nodes)."""
         return {n.name: n.pid for n in self.nodes
@@ -385,60 +410,22 @@ class Lab:
     def ping(self, src: Pod | str, dst: Pod | str | IPv4Address, *, count: int = 2,
              timeout: float = 1.0) -> bool:
         """ICMP echo from pod `src` to pod (or address) `dst`: any reply counts."""
-        target = str(dst) if isinstance(dst, IPv4Address) else str(self._pod(dst).ip)
-        proc = self.exec(self._pod(src), netns.python_argv(
-            PROBE, "ping", "--count", str(count), "--timeout", str(timeout), target),
-            timeout=count + timeout + 10)
-        return bool(json.loads(proc.stdout)[target])
+        return traffic.ping(self, self._pod(src),
+                            dst if isinstance(dst, IPv4Address) else self._pod(dst).ip,
+                            count=count, timeout=timeout)
 
     def reachability(self, *, count: int = 2, timeout: float = 1.0
                      ) -> dict[tuple[str, str], bool]:
-        """Ping every pod from every other pod, one probe process per source pod, all at once."""
-        pods = [p for p in self.pods if p.ip is not None]
-        procs = {}
-        for src in pods:
-            targets = [str(p.ip) for p in pods if p is not src]
-            if targets:
-                procs[src.name] = self.popen(src, netns.python_argv(
-                    PROBE, "ping", "--count", str(count), "--timeout", str(timeout), *targets),
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        by_ip = {str(p.ip): p.name for p in pods}
-        matrix: dict[tuple[str, str], bool] = {}
-        for name, proc in procs.items():
-            out, err = proc.communicate(timeout=count + timeout + 20)
-            if proc.returncode != 0:
-                raise LabError(f"ping probe in {name} failed: {err.strip()}")
-            for ip, ok in json.loads(out).items():
-                matrix[(name, by_ip[ip])] = ok
-        return matrix
+        """Ping every pod from every other pod: {(src name, dst name): reachable}."""
+        return traffic.reachability(self, [p for p in self.pods if p.ip is not None],
+                                    count=count, timeout=timeout)
 
     def tcp_check(self, src: Pod | str, dst: Pod | str, nbytes: int = 4 << 20, *,
                   port: int = 7777, seed: int = 1, timeout: float = 30.0) -> TransferResult:
         """Send `nbytes` pseudo-random bytes over TCP from pod `src` to pod `dst` and compare
         SHA-256 digests on both ends."""
-        s, d = self._pod(src), self._pod(dst)
-        server = self.popen(d, netns.python_argv(PROBE, "tcp-serve", str(d.ip), str(port),
-                                                 "--timeout", str(timeout)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            ready = server.stdout.readline().strip() if server.stdout else ""
-            if ready != "LISTENING":
-                raise LabError(f"tcp server in {d.name} did not start: {server.stderr.read()}")
-            sent = json.loads(self.exec(s, netns.python_argv(
-                PROBE, "tcp-send", str(d.ip), str(port), str(nbytes), "--seed", str(seed),
-                "--timeout", str(timeout)), timeout=timeout + 10).stdout)
-            out, err = server.communicate(timeout=timeout)
-            if server.returncode != 0:
-                raise LabError(f"tcp server in {d.name} failed: {err.strip()}")
-            got = json.loads(out)
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait()
-        return TransferResult(ok=sent["sha256"] == got["sha256"] and got["bytes"] == nbytes,
-                              sent=sent["bytes"], received=got["bytes"],
-                              seconds=sent["seconds"], sha256_sent=sent["sha256"],
-                              sha256_received=got["sha256"])
+        return traffic.tcp_check(self, self._pod(src), self._pod(dst), nbytes, port=port,
+                                 seed=seed, timeout=timeout)
 
     def _pod(self, key: Pod | str) -> Pod:
         pod = key if isinstance(key, Pod) else self.pod(key)
@@ -448,11 +435,14 @@ class Lab:
 
     def status(self) -> dict[str, Any]:
         """The lab as plain data: nodes (with daemon liveness and VtepMAC), pods, phase."""
-        leases = self.store.leases()
+        try:
+            leases = self.store.leases() if self.uses_store else {}
+        except LabError:
+            leases = {}      # a lab that crashed before its store was written
         nodes = []
         for n in self.nodes:
-            lease = leases.get(n.subnet) or {}
-            mac = n.vtep_mac or (lease.get("BackendData") or {}).get("VtepMAC")
+            lease = leases.get(n.subnet)
+            mac = n.vtep_mac or (lease.vtep_mac if lease else None)
             nodes.append({"name": n.name, "backend": n.backend,
                           "underlay_ip": str(n.underlay_ip), "subnet": str(n.subnet),
                           "vtep_mac": mac, "daemon_pid": n.pid,
@@ -465,6 +455,20 @@ class Lab:
                 "underlay_ns": self.underlay_ns, "nodes": nodes,
                 "pods": [{"name": p.name, "node": p.node,
                           "ip": str(p.ip) if p.ip else None} for p in self.pods]}
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds, and reap: our own children only."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _ns_name(ns: NsLike) -> str | None:
@@ -486,49 +490,3 @@ def preflight(backends: Iterable[str]) -> None:
     cni.check_plugins()
     if set(backends) & set(DAEMON_BACKENDS) and not Path("/dev/net/tun").exists():
         raise LabError("/dev/net/tun is missing: our daemon needs the tun driver")
-
-
-def existing_labs(state_root: Path | str = STATE_ROOT) -> list[str]:
-    root = Path(state_root)
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-
-
-def teardown(prefix: str, state_root: Path | str = STATE_ROOT) -> list[str]:
-    """Remove a lab by prefix, whatever state it is in: daemons (SIGTERM, then SIGKILL), any
-    other process left in its namespaces, pods (CNI DEL), namespaces, state dir. Works from
-    state.json, from a scan of `ip netns list` when that is gone, and twice in a row."""
-    naming.check_prefix(prefix)
-    labdir = Path(state_root) / prefix
-    state = None
-    try:
-        state = LabState.load(labdir / "state.json")
-    except FileNotFoundError:
-        pass
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring unreadable %s: %s", labdir / "state.json", exc)
-
-    namespaces = {n for n in netns.list_netns() if naming.owned_namespace(prefix, n)}
-    if state is not None:
-        namespaces |= {n for n in state.namespaces if netns.exists(n)}
-        netns.terminate((n.pid, n.pid_start) for n in state.nodes if n.pid is not None)
-    # Whatever else still runs in the lab: daemons of a lab whose state was lost, servers a
-    # benchmark left behind. They hold namespaces (and their links) alive after deletion.
-    netns.terminate((pid, netns.start_time(pid)) for ns in sorted(namespaces)
-                    for pid in netns.pids_in(ns))
-
-    # CNI DEL for every pod whose ADD was started (its saved delegate config exists).
-    for scratch in sorted(labdir.glob("*/cni/*.json")):
-        node_ns, pod_ns = scratch.parent.parent.name, scratch.stem
-        if netns.exists(node_ns):
-            try:
-                cni.del_pod(node_ns, pod_ns, pod_ns, scratch)
-            except LabError as exc:
-                log.warning("%s", exc)
-
-    for name in sorted(namespaces, key=naming.namespace_order):
-        netns.delete(name)
-    left = [n for n in namespaces if netns.exists(n)]
-    shutil.rmtree(labdir, ignore_errors=True)
-    if left:
-        raise LabError(f"could not remove namespaces {', '.join(sorted(left))}")
-    return sorted(namespaces, key=naming.namespace_order)

@@ -40,7 +40,7 @@ def exists(name: str) -> bool:
 def add(name: str) -> None:
     run(["ip", "netns", "add", name])
     # A fresh namespace has `lo` down; pods, daemons and probes all expect it up.
-    run(ns_argv(name, ["ip", "link", "set", "lo", "up"]))
+    run(["ip", "-n", name, "link", "set", "lo", "up"])
 
 
 def delete(name: str) -> None:
@@ -101,7 +101,8 @@ def pids_in(ns: str) -> list[int]:
     if not exists(ns):
         return []
     proc = run(["ip", "netns", "pids", ns], check=False)
-    return [int(tok) for tok in proc.stdout.split() if tok.isdigit()]
+    # Never ourselves, should `down` be run from inside the lab.
+    return [int(tok) for tok in proc.stdout.split() if tok.isdigit() and int(tok) != os.getpid()]
 
 
 # --- processes, identified by (pid, start time) so a recycled pid is never signalled ---------
@@ -126,6 +127,18 @@ def alive(pid: int, started: int | None = None) -> bool:
     if fields[0] in ("Z", "X"):
         return False
     return started is None or int(fields[19]) == started
+
+
+def pin(pid: int, cpus: Iterable[int]) -> None:
+    """Pin every thread of a running process to `cpus` (sched_setaffinity on a pid moves one
+    thread only; threads created later inherit from their creator)."""
+    cpuset = set(cpus)
+    tasks = Path(f"/proc/{pid}/task")
+    for tid in (int(t.name) for t in tasks.iterdir()) if tasks.is_dir() else [pid]:
+        try:
+            os.sched_setaffinity(tid, cpuset)
+        except ProcessLookupError:
+            pass      # a thread that just ended
 
 
 def terminate(procs: Iterable[tuple[int, int | None]], grace: float = 5.0) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from dataplane.lab.flannel import DAEMON_BACKENDS, write_atomic
 
 STATE_VERSION = 1
+STATE_ROOT = Path("/run/dataplane-lab")    # one directory per lab prefix; tmpfs, like netns
 
 
 @dataclass

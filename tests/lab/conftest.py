@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lab_helpers import NETNS_UNAVAILABLE, leftovers
 
-from dataplane.lab import naming, netns
-from dataplane.lab.lab import STATE_ROOT, teardown
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if shutil.which("ip") is None:
-        return "needs iproute2's `ip`"
-    probe = f"dplprobe{secrets.token_hex(3)}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
-    if made.returncode != 0:
-        return f"cannot create network namespaces here: {made.stderr.strip()}"
-    return None
-
-
-NETNS_UNAVAILABLE = _netns_unavailable()
+from dataplane.lab.lab import teardown
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,14 +19,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for item in items:
             if "netns" in item.keywords and here in item.path.parents:
                 item.add_marker(skip)
-
-
-def leftovers(prefix: str) -> list[str]:
-    """Anything of this lab's still on the host: namespaces and the state dir."""
-    left = [n for n in netns.list_netns() if naming.owned_namespace(prefix, n)]
-    if (STATE_ROOT / prefix).exists():
-        left.append(str(STATE_ROOT / prefix))
-    return left
 
 
 @pytest.fixture
@@ -61,15 +31,3 @@ def prefix() -> Iterator[str]:
     finally:
         teardown(name)
         assert leftovers(name) == []
-
-
-def lab_cli(*args: str, env: dict[str, str] | None = None,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`python3 -m dataplane.lab ...` as a separate process, from this source tree."""
-    proc = subprocess.run([sys.executable, "-m", "dataplane.lab", *args],
-                          capture_output=True, text=True, timeout=120,
-                          env=netns.python_env(env), cwd=REPO)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"dataplane lab {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
-    return proc

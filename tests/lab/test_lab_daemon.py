@@ -1,23 +1,33 @@
 """Labs running our node daemon: udp, vxlan, and vxlan mixed with kernel-vxlan nodes.
 
-WAITING ON THE DAEMON: skipped while `dataplane.daemon.command` does not import (it is being
-written on another branch). Once it imports these run; a failure then shows the daemon's log.
+WAITING ON THE DAEMON: skipped while the daemon's modules do not import (it is being written
+on another branch; its draft in main still lacks dataplane.errors). Once they import these run,
+and a failure shows the daemon's log. DATAPLANE_LAB_DAEMON_TESTS=1 runs them regardless.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
 
 from dataplane.lab import Lab
 
 
+# What `dataplane run` imports on its way to a running node (some of it lazily).
+DAEMON_MODULES = ("dataplane.daemon.command", "dataplane.daemon.node", "dataplane.errors",
+                  "dataplane.store.directory")
+
+
 def _daemon_missing() -> str | None:
-    try:
-        importlib.import_module("dataplane.daemon.command")
-    except ImportError as exc:
-        return f"waiting on the node daemon: dataplane.daemon.command does not import ({exc})"
+    if os.environ.get("DATAPLANE_LAB_DAEMON_TESTS") == "1":
+        return None
+    for name in DAEMON_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            return f"waiting on the node daemon: {name} does not import ({exc})"
     return None
 
 

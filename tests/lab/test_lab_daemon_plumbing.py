@@ -4,11 +4,13 @@ lab's lease exchange with kernel nodes. Traffic through our daemon is test_lab_d
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import lab_cli, leftovers
+from lab_helpers import lab_cli, leftovers
 
 from dataplane.lab import Lab, LabError, netns
 
@@ -33,12 +35,35 @@ def test_daemon_nodes_are_ready_tracked_and_stopped(prefix: str) -> None:
             link = lab.exec(pod, ["ip", "link", "show", "eth0"]).stdout
             assert "mtu 1472" in link         # udp: 1500 - 28, from FLANNEL_MTU
 
+        # What the benchmark harness does: pin a daemon, start a pinned process in a pod.
+        cpu = max(os.sched_getaffinity(0))
+        Lab.pin(pids[f"{prefix}-n1"], {cpu})
+        assert os.sched_getaffinity(pids[f"{prefix}-n1"]) == {cpu}
+        sleeper = lab.popen(lab.pod(2, 1), ["sleep", "30"], cpus={cpu})
+        comm = Path(f"/proc/{sleeper.pid}/comm")
+        deadline = time.monotonic() + 5       # taskset and ip exec into sleep, same pid
+        while comm.read_text().strip() != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert comm.read_text().strip() == "sleep"
+        assert os.sched_getaffinity(sleeper.pid) == {cpu}
+
+        # Restart one daemon with the other fast path: a new process, ready again.
+        lab.stop_daemon(1)
+        assert f"{prefix}-n1" not in lab.daemon_pids()
+        new_pid = lab.start_daemon(1, fastpath="c")
+        assert new_pid != pids[f"{prefix}-n1"] and lab.daemon_pids()[f"{prefix}-n1"] == new_pid
+        commands = [ln for ln in lab.node(1).log_file.read_text().splitlines()
+                    if ln.startswith("# ")]
+        assert "--fastpath c" in commands[-1] and "--fastpath python" in commands[0]
+        pids = lab.daemon_pids()
+
         out = lab_cli("status", "--prefix", prefix, "--no-ping").stdout
         assert out.count(" alive") == 2, out
 
         # Another process (the CLI) stops them: SIGTERM to the recorded pids.
         lab_cli("down", "--prefix", prefix)
         assert not any(netns.alive(pid) for pid in pids.values())
+        assert sleeper.wait(timeout=5) < 0          # what ran in a pod was stopped too
         assert leftovers(prefix) == []
     finally:
         lab.down()

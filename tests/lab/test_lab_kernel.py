@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dataplane.lab import Lab
-from dataplane.lab.dirstore import subnet_key
+from dataplane.lease import subnet_key
 
 pytestmark = pytest.mark.netns
 

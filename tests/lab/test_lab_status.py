@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import lab_cli
+from lab_helpers import lab_cli
 
 from dataplane.lab import Lab
 

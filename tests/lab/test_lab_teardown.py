@@ -7,7 +7,7 @@ import json
 import signal
 
 import pytest
-from conftest import lab_cli, leftovers
+from lab_helpers import lab_cli, leftovers
 
 from dataplane.lab import Lab, teardown
 from dataplane.lab.lab import FAILPOINT_ENV, STATE_ROOT

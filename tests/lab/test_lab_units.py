@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from dataplane import subnetenv
 from dataplane.lab import cni, command, naming
-from dataplane.lab.dirstore import DirectoryStore, parse_subnet_key, subnet_key
 from dataplane.lab.errors import LabError
-from dataplane.lab.flannel import SubnetEnv, encode, lease_attrs, net_conf
-from dataplane.lab.lab import plan_backends
+from dataplane.lab.flannel import SubnetEnv, config_json, lease_attrs, net_conf
+from dataplane.lab.labstore import LabStore
+from dataplane.lab.lab import Lab, plan_backends
 from dataplane.lab.probe import _checksum, _echo_request
 from dataplane.lab.state import LabState, Node, Pod
 
@@ -60,26 +61,23 @@ def test_backend_plans() -> None:
 
 def test_flannel_wire_formats() -> None:
     net = IPv4Network("10.244.0.0/16")
-    assert encode(net_conf(net, "vxlan")) == \
+    assert config_json(net_conf(net, "vxlan")) == \
         '{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}'
-    assert encode(net_conf(net, "udp")).endswith('"Backend":{"Type":"udp","Port":8285}}')
-    assert encode(net_conf(net, "host-gw")).endswith('"Backend":{"Type":"host-gw"}}')
+    assert config_json(net_conf(net, "udp")).endswith('"Backend":{"Type":"udp","Port":8285}}')
+    assert config_json(net_conf(net, "host-gw")).endswith('"Backend":{"Type":"host-gw"}}')
     ip = IPv4Address("10.99.0.1")
-    assert encode(lease_attrs(ip, "udp")) == '{"PublicIP":"10.99.0.1","PublicIPv6":null}'
-    assert encode(lease_attrs(ip, "vxlan", vtep_mac="0e:00:00:00:00:01")) == (
-        '{"PublicIP":"10.99.0.1","PublicIPv6":null,"BackendType":"vxlan",'
-        '"BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}}')
-    assert subnet_key(IPv4Network("10.244.1.0/24")) == "10.244.1.0-24"
-    assert parse_subnet_key("10.244.1.0-24") == IPv4Network("10.244.1.0/24")
+    assert lease_attrs(ip, "udp").to_json() == b'{"PublicIP":"10.99.0.1","PublicIPv6":null}'
+    assert lease_attrs(ip, "vxlan", vtep_mac="0e:00:00:00:00:01").to_json() == (
+        b'{"PublicIP":"10.99.0.1","PublicIPv6":null,"BackendType":"vxlan",'
+        b'"BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}}')
+    assert lease_attrs(ip, "host-gw").to_json().endswith(b',"BackendType":"host-gw"}')
 
 
-def test_subnet_env_roundtrip_and_flannel_parsing() -> None:
-    env = SubnetEnv.for_subnet(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"),
-                               1450, True)
-    text = env.render()
-    assert text == ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n"
-                    "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
-    assert SubnetEnv.parse(text) == env
+def test_subnet_env_as_flannels_cni_plugin_reads_it() -> None:
+    text = subnetenv.render(network=IPv4Network("10.244.0.0/16"),
+                            subnet=IPv4Network("10.244.3.0/24"), mtu=1450, ipmasq=True)
+    assert SubnetEnv.parse(text) == SubnetEnv(IPv4Network("10.244.0.0/16"),
+                                              IPv4Interface("10.244.3.1/24"), 1450, True)
     assert not SubnetEnv.parse(text.replace("=true", "=True")).ipmasq   # only "true" is true
     with pytest.raises(LabError, match="FLANNEL_MTU"):
         SubnetEnv.parse(text.replace("FLANNEL_MTU=1450\n", ""))
@@ -111,13 +109,18 @@ def test_state_roundtrip(tmp_path: Path) -> None:
     assert LabState.load(tmp_path / "state.json") == state
 
 
-def test_directory_store_reads_back_what_it_wrote(tmp_path: Path) -> None:
-    store = DirectoryStore(tmp_path)
+def test_lab_store_takes_leases_like_a_daemon(tmp_path: Path) -> None:
+    store = LabStore(tmp_path)
+    store.write_config(config_json(net_conf(IPv4Network("10.244.0.0/16"), "vxlan")))
     attrs = lease_attrs(IPv4Address("10.99.0.2"), "vxlan", vtep_mac="0e:00:00:00:00:02")
-    store.write_lease(IPv4Network("10.244.2.0/24"), attrs)
-    (tmp_path / "subnets" / ".10.244.3.0-24.tmp").write_text("{half")
-    assert store.leases() == {IPv4Network("10.244.2.0/24"): attrs}
+    store.acquire(IPv4Network("10.244.2.0/24"), attrs)
+    assert (tmp_path / "subnets" / "10.244.2.0-24").read_bytes() == attrs.to_json()
+    leases = store.leases()
+    assert list(leases) == [IPv4Network("10.244.2.0/24")]
+    assert leases[IPv4Network("10.244.2.0/24")].vtep_mac == "0e:00:00:00:00:02"
     assert store.daemon_args() == ["--store-dir", str(tmp_path)]
+    with pytest.raises(LabError, match="10.244.2.0"):      # held by another node
+        store.acquire(IPv4Network("10.244.2.0/24"), lease_attrs(IPv4Address("10.99.0.3"), "udp"))
 
 
 def test_icmp_echo_checksum() -> None:
@@ -136,3 +139,14 @@ def test_cli_parses_and_documents_the_scheme() -> None:
     assert parser.parse_args(["down", "--prefix", "x1"]).lab_command == "down"
     assert "10.99.0.<i>/24" in parser.format_help()
     json.dumps(vars(parser.parse_args(["status", "--json", "--no-ping"])))
+
+
+def test_preflight_says_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(LabError, match="needs root"):
+        Lab("x1", state_root=tmp_path).up()
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setattr(cni, "PLUGIN_DIR", tmp_path / "no-cni")
+    with pytest.raises(LabError, match="apt-get install containernetworking-plugins"):
+        Lab("x1", state_root=tmp_path).up()
+    assert list(tmp_path.iterdir()) == []      # nothing was created

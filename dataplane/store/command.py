@@ -1,0 +1,92 @@
+"""`dataplane leases`: the subnet leases in the store, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from dataplane.cli import CommandError
+from dataplane.lease import Lease
+from dataplane.netconf import ConfigError
+from dataplane.store.base import StoreError, format_duration
+from dataplane.store.directory import DirectoryStore
+from dataplane.store.options import add_store_arguments, open_store
+
+HELP = "list the subnet leases in the store: subnet, public IP, backend, VtepMAC, expiry"
+
+COLUMNS = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_store_arguments(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON array (one object per lease) instead of a table")
+    parser.add_argument("--all", action="store_true",
+                        help="include expired leases still on disk (directory store)")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        leases = asyncio.run(_fetch(args))
+    except (StoreError, ConfigError) as exc:
+        raise CommandError(str(exc)) from None
+    now = datetime.now(timezone.utc)
+    if args.json:
+        text = json.dumps([lease_to_dict(lease, now) for lease in leases], indent=2)
+    else:
+        text = format_table(leases, now) if leases else "no leases"
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:                   # `dataplane leases | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+async def _fetch(args: argparse.Namespace) -> list[Lease]:
+    async with open_store(args) as store:
+        if args.all:
+            if not isinstance(store, DirectoryStore):
+                raise CommandError("--all applies to the directory store only")
+            return await store.list_all_leases()
+        leases, _ = await store.list_leases()
+        return leases
+
+
+def backend_name(lease: Lease) -> str:
+    # flannel's udp backend is the one that writes no BackendType.
+    return lease.backend_type or "udp"
+
+
+def expires_in(lease: Lease, now: datetime) -> str:
+    if lease.expiration is None:
+        return "never"
+    return format_duration(lease.expiration - now)
+
+
+def format_table(leases: list[Lease], now: datetime) -> str:
+    rows = [COLUMNS] + [(str(l.subnet), l.public_ip, backend_name(l), l.vtep_mac or "-",
+                         expires_in(l, now)) for l in leases]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def lease_to_dict(lease: Lease, now: datetime) -> dict[str, Any]:
+    exp = lease.expiration
+    return {
+        "subnet": str(lease.subnet),
+        "key": lease.key,
+        "public_ip": lease.public_ip,
+        "backend_type": lease.backend_type,
+        "backend_data": lease.backend_data,
+        "vtep_mac": lease.vtep_mac,
+        "expiration": exp.isoformat(timespec="seconds") if exp else None,
+        "expires_in": max(0, int((exp - now).total_seconds())) if exp else None,
+        "expired": lease.expired(now),
+        "value": json.loads(lease.to_json()),      # the lease JSON as flannel stores it
+    }

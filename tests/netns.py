@@ -1,0 +1,68 @@
+"""Small helpers for tests that need their own network namespaces (root only).
+
+Every name carries a per-run prefix, and teardown kills what runs inside before deleting, so a
+failed test leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network namespaces, TUN devices and routes")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs /dev/net/tun")
+
+
+def run(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
+
+
+def prefix() -> str:
+    return "t" + secrets.token_hex(3)
+
+
+def netns_add(name: str) -> None:
+    run("ip", "netns", "add", name)
+    run("ip", "-n", name, "link", "set", "lo", "up")
+
+
+def netns_del(name: str) -> None:
+    pids = run("ip", "netns", "pids", name, check=False).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    run("ip", "netns", "del", name, check=False)
+
+
+def dataplane_cmd(*args: str) -> list[str]:
+    return ["python3", "-m", "dataplane", *args]
+
+
+def env() -> dict[str, str]:
+    """Child processes import this checkout, whatever is installed."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
