@@ -47,7 +47,7 @@ def pin_daemons(topo: Topology, settings: Settings) -> None:
     if not settings.pin:
         return
     for pid, cpus in zip(topo.daemon_pids(), (settings.client_cpus, settings.server_cpus)):
-        procstat.pin(pid, cpus)
+        topo.pin(pid, cpus)
 
 
 class _CpuWindow:

@@ -1,5 +1,5 @@
 """CPU time and memory from /proc: the whole machine (/proc/stat) and single processes
-(/proc/<pid>/stat, /proc/<pid>/status), plus pinning every thread of a process to CPUs."""
+(/proc/<pid>/stat, /proc/<pid>/status)."""
 
 from __future__ import annotations
 
@@ -67,11 +67,3 @@ def rss_bytes(pid: int) -> int | None:
         return None
     return None
 
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Pin every thread of a process (sched_setaffinity applies to one thread id)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            os.sched_setaffinity(int(tid), cpus)
-        except ProcessLookupError:
-            pass            # a thread that just ended

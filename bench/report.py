@@ -152,7 +152,8 @@ def method_section(results: dict) -> list[str]:
         f"({' → '.join(m['order'])}), so drift of this noisy machine spreads over all of them. "
         "Figures are medians over the rounds; ratios are median / baseline median.",
         f"- Each visit: iperf3 TCP for {m['duration']:g} s with 1 stream, then with "
-        f"{m['streams']} streams; iperf3 UDP at `-b 0` for {m['duration']:g} s at each payload "
+        f"{m['streams']} streams; iperf3 UDP at `-b 0 -w 4M` (as fast as one sender goes, 4 MB "
+        f"socket buffers) for {m['duration']:g} s at each payload "
         f"size ({payloads} bytes; the first is the small-packet test); sockperf UDP ping-pong, "
         f"64-byte messages, {m['latency_mps']} per second, {m['duration']:g} s (RTT from each "
         f"message's send and receive times in its full log); {m['echo_count']} ICMP echoes "

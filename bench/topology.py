@@ -122,6 +122,10 @@ class Topology:
         pids = self.lab.daemon_pids()
         return [pids[n.name] for n in self.lab.nodes if n.name in pids]
 
+    def pin(self, pid: int, cpus: set[int]) -> None:
+        """Every thread of a running process onto `cpus`."""
+        self.lab.pin(pid, cpus)
+
     def run(self, netns: str, argv: Sequence[str], *, cpus: set[int] | None = None,
             timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return self.lab.exec(netns, argv, cpus=cpus, timeout=timeout, check=False)

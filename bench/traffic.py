@@ -30,10 +30,15 @@ def iperf3_tcp(ip: str, seconds: float, streams: int) -> list[str]:
             "-P", str(streams)]
 
 
+UDP_SOCKET_BUFFER = "4M"
+
+
 def iperf3_udp(ip: str, seconds: float, payload: int) -> list[str]:
-    # -b 0: as fast as the sender can; the receiver's count says what got through.
+    # -b 0: as fast as the sender can; the receiver's count says what got through. -w gives
+    # both ends 4 MB socket buffers, so that what is lost is lost in the dataplane, not in a
+    # receiving socket that was scheduled out for a moment.
     return ["iperf3", "-c", ip, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J",
-            "-u", "-b", "0", "-l", str(payload)]
+            "-u", "-b", "0", "-l", str(payload), "-w", UDP_SOCKET_BUFFER]
 
 
 def sockperf_server(ip: str) -> list[str]:
