@@ -9,7 +9,7 @@ import shutil
 import signal
 import sys
 
-from bench import ladder, machine, plots, report, results, runner, topology
+from bench import ladder, machine, report, results, runner, topology
 from bench.measure import Settings
 from bench.overhead import IP_UDP
 from bench.progress import Progress, fmt_seconds
@@ -139,6 +139,10 @@ def command_line(args: argparse.Namespace, rounds: int, s: Settings,
 
 def write_outputs(doc: dict, out_dir: str) -> tuple[str, str]:
     """Plots, results.json and report.md into out_dir."""
+    # matplotlib only here: cli.py imports every command module, the node daemon included,
+    # and a daemon must not carry a plotting library in its memory.
+    from bench import plots
+
     doc["plots"] = plots.write_all(doc, os.path.join(out_dir, "plots"))
     json_path = results.write_json(doc, out_dir)
     report_path = os.path.join(out_dir, "report.md")
@@ -207,6 +211,9 @@ def main(args: argparse.Namespace) -> int:
         doc = runner.execute(plan, progress)
     except runner.BaselineUnavailable as exc:
         raise CommandError(str(exc)) from None
+    except KeyboardInterrupt:
+        print("interrupted: every lab of this run has been removed", file=sys.stderr)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 

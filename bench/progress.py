@@ -35,9 +35,11 @@ class Progress:
         self.where = ""
         self._live = False
 
+    PRIOR = 10.0     # planned seconds assumed run at plan speed: early steps sway it less
+
     def left(self) -> float:
         elapsed = time.monotonic() - self.start
-        pace = elapsed / self.done_planned if self.done_planned > 0 else 1.0
+        pace = (elapsed + self.PRIOR) / (self.done_planned + self.PRIOR)
         return (self.planned - self.done_planned) * pace
 
     def status(self, where: str, what: str) -> None:

@@ -64,3 +64,15 @@ def test_command_line_spells_out_the_run():
     # and it parses back to the same settings
     again = parse(*line.split()[2:])
     assert command.settings_from(again, dps) == s
+
+
+def test_the_command_module_stays_light():
+    """cli.py imports every command module, so every `dataplane run` daemon imports this
+    one: matplotlib (40 MB of RSS) must wait until plots are drawn."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bench.command; "
+            "print(sorted(m for m in ('matplotlib', 'numpy', 'bench.plots') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
