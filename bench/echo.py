@@ -17,47 +17,43 @@ import struct
 import sys
 import time
 
-ECHO_REQUEST, ECHO_REPLY = 8, 0
+# The lab's reachability probe builds the same echo requests.
+from dataplane.lab.probe import ICMP_ECHO_REPLY, _echo_request
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total & 0xFFFF) + (total >> 16)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
-def request(ident: int, seq: int, payload: bytes) -> bytes:
-    header = struct.pack("!BBHHH", ECHO_REQUEST, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", ECHO_REQUEST, 0, _checksum(header + payload), ident,
-                       seq) + payload
+SO_TIMESTAMPNS = 35          # Linux; also the type of the control message it adds
+TIMESPEC = struct.Struct("@qq")
 
 
 def round_trips(dst: str, count: int, interval: float, size: int, timeout: float
                 ) -> list[float]:
-    """RTT in microseconds of each echo that was answered within `timeout`."""
+    """RTT in microseconds of each echo that was answered within `timeout`: from just before
+    sendto to the kernel's receive timestamp (SO_TIMESTAMPNS, as ping does), so the time this
+    process takes to wake up is not counted."""
     ident = os.getpid() & 0xFFFF
     payload = os.urandom(max(size, 8))
     rtts = []
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         for seq in range(count):
-            start = time.perf_counter_ns()
-            sock.sendto(request(ident, seq, payload), (dst, 0))
-            deadline = start + int(timeout * 1e9)
-            while (left := deadline - time.perf_counter_ns()) > 0:
-                if not select.select([sock], [], [], left / 1e9)[0]:
+            start = time.time_ns()                # the clock the kernel stamps with
+            sock.sendto(_echo_request(ident, seq, payload), (dst, 0))
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                if not select.select([sock], [], [], left)[0]:
                     break
-                packet, (src, _) = sock.recvfrom(65535)
-                now = time.perf_counter_ns()
+                packet, ancillary, _, (src, _) = sock.recvmsg(65535, 64)
+                stamp = next((TIMESPEC.unpack(data[:TIMESPEC.size]) for level, kind, data
+                              in ancillary if level == socket.SOL_SOCKET
+                              and kind == SO_TIMESTAMPNS), None)
+                received = stamp[0] * 10**9 + stamp[1] if stamp else time.time_ns()
                 ihl = (packet[0] & 0x0F) * 4      # a raw socket hands over the IP header
                 kind, _, _, rid, rseq = struct.unpack_from("!BBHHH", packet, ihl)
-                if (kind == ECHO_REPLY and rid == ident and rseq == seq and src == dst
+                if (kind == ICMP_ECHO_REPLY and rid == ident and rseq == seq and src == dst
                         and packet[ihl + 8:] == payload):
-                    rtts.append((now - start) / 1e3)
+                    rtts.append((received - start) / 1e3)
                     break
-            pause = start + int(interval * 1e9) - time.perf_counter_ns()
+            pause = start + int(interval * 1e9) - time.time_ns()
             if pause > 0:
                 time.sleep(pause / 1e9)
     return rtts

@@ -157,7 +157,12 @@ def method_section(results: dict) -> list[str]:
         f"size ({payloads} bytes; the first is the small-packet test); sockperf UDP ping-pong, "
         f"64-byte messages, {m['latency_mps']} per second, {m['duration']:g} s (RTT from each "
         f"message's send and receive times in its full log); {m['echo_count']} ICMP echoes "
-        f"{m['echo_interval'] * 1000:g} ms apart (bench.echo: what ping measures).",
+        f"{m['echo_interval'] * 1000:g} ms apart (bench.echo: what ping measures, RTT from "
+        "just before sending to the kernel's receive timestamp; with the CPUs idle between "
+        "echoes, waking them is part of each round trip).",
+        "- The small-packet rate is what one iperf3 sender (one core) offers, less what the "
+        "dataplane drops: where the loss is near zero the sender, not the dataplane, set the "
+        "rate.",
         "- CPU: /proc/stat busy time (user+nice+system+irq+softirq, all CPUs; steal and idle "
         "left out) and our daemons' utime+stime, over the client's whole run, divided by "
         "the bytes (or packets) the receiver got.",

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from bench.stats import LogHistogram, median, ratio
 
+MIB = 1 << 20
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -98,19 +100,23 @@ def _hists(by_dp: dict[str, list[dict]]) -> dict:
 
 
 def rss_overview(results: dict) -> dict[str, dict]:
-    """Per daemon dataplane: RSS before any traffic, after the last round, the largest seen,
-    in MiB, and whether it stayed within the limit."""
+    """Per daemon dataplane: the largest daemon RSS before any traffic, after the last round
+    and over all rounds, in MiB, and whether it stayed within the limit."""
     limit = results["method"]["rss_limit_mb"]
+
+    def largest(values) -> float | None:
+        known = [v for v in values or [] if v]
+        return max(known) / MIB if known else None
+
     out = {}
     for name, before in results.get("rss_before", {}).items():
-        after_rounds = [s["raw"]["rss_bytes"] for s in results["samples"]
-                        if s["dataplane"] == name and s.get("raw", {}).get("rss_bytes")]
-        if not before or not after_rounds:
+        after = [largest(s["raw"].get("rss_bytes")) for s in results["samples"]
+                 if s["dataplane"] == name]
+        after = [a for a in after if a is not None]
+        b = largest(before)
+        if b is None or not after:
             continue
-        last = after_rounds[-1]
-        peak = max(max(v for v in r if v) for r in after_rounds)
-        mib = 1 << 20
-        b, a = max(v for v in before if v) / mib, max(v for v in last if v) / mib
-        out[name] = {"before_mb": b, "after_mb": a, "peak_mb": peak / mib,
-                     "growth_mb": a - b, "within_limit": peak / mib <= limit}
+        peak = max(after)
+        out[name] = {"before_mb": b, "after_mb": after[-1], "peak_mb": peak,
+                     "growth_mb": after[-1] - b, "within_limit": peak <= limit}
     return out

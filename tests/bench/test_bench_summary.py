@@ -129,3 +129,19 @@ def test_render_redraws_report_and_plots_from_results_json(tmp_path):
     assert command.render(str(tmp_path)) == 0
     assert (tmp_path / "report.md").read_text().startswith("# What each encapsulation costs")
     assert (tmp_path / "plots" / "efficiency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rss_overview_before_after_and_limit():
+    from bench.summary import rss_overview
+
+    mib = 1 << 20
+    doc = {"method": {"rss_limit_mb": 64},
+           "rss_before": {"udp/c": [30 * mib, 31 * mib], "vxlan/c": [None, None]},
+           "samples": [{"dataplane": "udp/c", "raw": {"rss_bytes": [33 * mib, 32 * mib]}},
+                       {"dataplane": "udp/c", "raw": {"rss_bytes": [70 * mib, 32 * mib]}},
+                       {"dataplane": "udp/c", "raw": {"rss_bytes": [34 * mib, None]}},
+                       {"dataplane": "vxlan/c", "raw": {}}]}
+    r = rss_overview(doc)
+    assert list(r) == ["udp/c"]
+    assert r["udp/c"] == {"before_mb": 31.0, "after_mb": 34.0, "peak_mb": 70.0,
+                          "growth_mb": 3.0, "within_limit": False}
