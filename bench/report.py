@@ -79,7 +79,9 @@ def results_section(results: dict) -> list[str]:
     for title, metrics in TABLES:
         if all(summary["metrics"][n][k.key]["median"] is None for n in names for k in metrics):
             continue
-        header = ["dataplane"] + [f"{k.label} ({k.unit})" for k in metrics]
+        streams = f"{m['streams']} streams"
+        header = ["dataplane"] + [f"{k.label.replace('N streams', streams)} ({k.unit})"
+                                  for k in metrics]
         rows = []
         for n in names:
             row = [n]

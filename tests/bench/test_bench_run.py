@@ -137,3 +137,19 @@ def test_nothing_left_behind(run):
     ours = [n for n in run["ns_after"].split() if topology.PREFIX_RE.match(n.split("-")[0])]
     assert ours == []
     assert not os.listdir(topology.STATE_ROOT) if os.path.isdir(topology.STATE_ROOT) else True
+
+
+def test_labs_of_a_killed_harness_are_removed_by_the_next_run():
+    from dataplane.lab import Lab
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                   # a pid that no longer runs
+    (prefix,) = topology.prefixes(1, pid=gone.pid)
+    lab = Lab(prefix, nodes=1, pods=0, backend="host-gw", state_root=topology.STATE_ROOT)
+    try:
+        lab.up()
+        assert prefix in topology.remove_stale_labs()
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert not [n for n in listed.split() if n.startswith(prefix + "-")]
+    finally:
+        lab.down()
