@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip --disable-pip-version-check --quiet --root-user-action=ignore
 # Debian packages: the lab's CNI plugins, traffic tools, etcd for the cluster store.
-APT_PACKAGES := iproute2 iputils-ping containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump
+APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump
 ASAN_RT := $(shell gcc -print-file-name=libasan.so)
 
 .PHONY: all deps apt-deps py-deps build test test-fast test-asan bench bench-micro demo clean

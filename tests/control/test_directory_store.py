@@ -251,7 +251,7 @@ def test_expired_file_is_deleted_by_the_next_acquire(run, store_dir: Path,
                                                      clock: FakeClock) -> None:
     async def go() -> None:
         store = DirectoryStore(store_dir, clock=clock)
-        a = await store.acquire_lease(vxlan("10.99.0.1"), ttl=5)
+        a = await store.acquire_lease(vxlan("10.99.0.1"), requested=net("10.244.5.0/24"), ttl=5)
         clock.advance(6)
         b = await store.acquire_lease(vxlan("10.99.0.2", MAC_B), requested=net("10.244.77.0/24"))
         assert files(store_dir).keys() == {b.key} != {a.key}
