@@ -164,3 +164,20 @@ def test_garbage_never_crashes_and_both_agree(case, headroom, cap):
     event(res.drop.name)
     if res.drop == Drop.NONE:
         assert sum(headroom + len(s) for s in res.segments) <= cap
+
+
+@settings(max_examples=300)
+@given(case=mangled(), headroom=st.sampled_from([0, 22]), cap=st.integers(0, 70000))
+def test_c_stays_inside_exact_buffers(case, headroom, cap):
+    """Input and output in buffers of exactly their size, so the AddressSanitizer build
+    (DATAPLANE_CMODULE=_dpc_asan) catches a read or write one byte past either."""
+    hdr, pkt = case
+    vnet = C.ffi.new("uint8_t[]", list(hdr.pack()))
+    src = C.ffi.new("uint8_t[]", len(pkt))
+    C.ffi.memmove(src, pkt, len(pkt))
+    out = C.ffi.new("uint8_t[]", cap) if cap else C.ffi.NULL
+    res = C.ffi.new("struct dp_gso_result *")
+    why = C.lib.dp_gso_segment(vnet, src, len(pkt), headroom, out, cap, res)
+    assert why == P.gso_segment(hdr, pkt, headroom, capacity=cap).drop
+    if why == Drop.NONE:
+        assert res.total <= cap
