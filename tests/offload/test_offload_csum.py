@@ -1,4 +1,5 @@
-"""dp_csum_copy: copies exactly and sums exactly as dp_csum_partial, at any length/alignment."""
+"""dp_csum64 and dp_csum_copy: the sum of dp_csum_partial (and an exact copy), at any length
+and alignment."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def test_csum_copy_agrees(data, skew, initial):
     copy, total = C.csum_copy(view, initial)
     assert copy == data
     assert (copy, total) == P.csum_copy(data, initial)
-    assert total == C.csum_partial(data, initial)
+    assert total == C.csum_partial(data, initial) == C.csum64(view, initial)
     if data or initial:
         assert total == inet_sum(data, initial)
 
@@ -26,9 +27,16 @@ def test_csum_copy_agrees(data, skew, initial):
 def test_csum_copy_long_buffers():
     for n in (1447, 1448, 9000, 65535):
         data = bytes((i * 131 + 7) & 0xFF for i in range(n))
-        assert C.csum_copy(data)[1] == P.csum_partial(data) == inet_sum(data)
+        assert C.csum_copy(data)[1] == C.csum64(data) == P.csum_partial(data) == inet_sum(data)
 
 
 def test_all_ones_sum_is_ffff_not_zero():
-    assert C.csum_copy(b"\xff\xff" * 40)[1] == 0xFFFF
-    assert C.csum_copy(b"\0" * 40)[1] == 0
+    assert C.csum_copy(b"\xff\xff" * 40)[1] == C.csum64(b"\xff\xff" * 40) == 0xFFFF
+    assert C.csum_copy(b"\0" * 40)[1] == C.csum64(b"\0" * 40) == 0
+
+
+@given(data=st.lists(st.sampled_from([0x00, 0x01, 0xFE, 0xFF]), max_size=600).map(bytes),
+       initial=st.sampled_from([0, 1, 0xFFFF, 0x10000, 0xFFFFFFFF]))
+def test_carries_at_the_edges(data, initial):
+    """Bytes near 0 and 0xff make the 64-bit adds carry (or just miss) at every step."""
+    assert C.csum64(data, initial) == C.csum_copy(data, initial)[1] == P.csum_partial(data, initial)
