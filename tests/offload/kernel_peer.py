@@ -131,7 +131,8 @@ def fwd(tun: Tun, report: dict) -> None:
     """Our merged frames, segmented again by the kernel's software GSO on the way to ko1."""
     fd = open_plain_tun()
     body = random.Random(5).randbytes(30 * MSS)
-    flow = dict(src=PEER, dst=FWD_DST, sport=40002, dport=9000, options=b"\x01\x01\x08\x0a" + bytes(8))
+    flow = dict(src=PEER, dst=FWD_DST, sport=40002, dport=9000,
+                options=b"\x01\x01\x08\x0a" + bytes(8))
     segs = [tcp(body[i * MSS:(i + 1) * MSS], seq=77 + i * MSS, ident=500 + i,
                 flags=ACK | (PSH if i == 29 else 0), **flow) for i in range(30)]
     dgrams = [udp(body[i * 999:(i + 1) * 999], src=PEER, dst=FWD_DST, sport=40003, dport=9001,

@@ -9,6 +9,8 @@ import array
 import struct
 import sys
 
+from hypothesis import HealthCheck, settings
+
 from dataplane.fastpath.types import (
     GSO_TCPV4,
     GSO_UDP_L4,
@@ -17,6 +19,15 @@ from dataplane.fastpath.types import (
 )
 
 TCP, UDP, ICMP = 6, 17, 1
+
+
+def budget(examples: int = 100) -> settings:
+    """Hypothesis settings for these tests: a fixed number of examples (the directory should
+    run in well under 40 s), no per-example deadline (the Python reference is slow on 64 KiB)."""
+    return settings(max_examples=examples, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 DF = 0x4000
 SRC, DST = bytes([10, 244, 1, 2]), bytes([10, 244, 2, 3])

@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 
 from dataplane.fastpath import cnative as C
 from dataplane.fastpath import pyref as P
-from offload_packets import inet_sum
+from offload_packets import budget, inet_sum
 
 
+@budget()
 @given(data=st.binary(max_size=300), skew=st.integers(0, 7),
        initial=st.integers(0, 0xFFFFFFFF))
 def test_csum_copy_agrees(data, skew, initial):
@@ -35,6 +36,7 @@ def test_all_ones_sum_is_ffff_not_zero():
     assert C.csum_copy(b"\0" * 40)[1] == C.csum64(b"\0" * 40) == 0
 
 
+@budget()
 @given(data=st.lists(st.sampled_from([0x00, 0x01, 0xFE, 0xFF]), max_size=600).map(bytes),
        initial=st.sampled_from([0, 1, 0xFFFF, 0x10000, 0xFFFFFFFF]))
 def test_carries_at_the_edges(data, initial):

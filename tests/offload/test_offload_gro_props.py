@@ -5,9 +5,8 @@ segmenting then coalescing gives back the super-packet."""
 from __future__ import annotations
 
 import random
-import struct
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from dataplane.fastpath import cnative as C
@@ -23,7 +22,7 @@ from dataplane.fastpath.types import (
 )
 from offload_packets import (
     ACK, CWR, ECE, FIN, PSH, RST, SYN, TCP, UDP, URG,
-    inet_sum, ip_ok, l4_ok, payload_len, pseudo_sum, tcp, tcp_fields, tso, udp, uso,
+    budget, ip_ok, l4_ok, payload_len, pseudo_sum, tcp, tcp_fields, tso, udp, uso,
 )
 
 BODY = random.Random(11).randbytes(200_000)
@@ -173,7 +172,7 @@ def check_merged(pkts, f, flags):
         assert got == want
 
 
-@settings(max_examples=150)
+@budget(150)
 @given(pkts=batches(), flags=st.sampled_from([GRO_TCP, GRO_TCP | GRO_UDP, GRO_UDP, 0]))
 def test_random_batches_agree_and_keep_order(pkts, flags):
     frames = C.gro_coalesce(pkts, flags)
@@ -194,7 +193,7 @@ def super_packets(draw):
                df=draw(st.booleans()), ack=draw(st.integers(0, 2**32 - 1)))
 
 
-@settings(max_examples=300)
+@budget(300)
 @given(sp=super_packets())
 def test_segment_then_coalesce_gives_back_the_super_packet(sp):
     hdr, pkt = sp
@@ -216,7 +215,7 @@ def test_segment_then_coalesce_gives_back_the_super_packet(sp):
     check_frames(segs, frames, GRO_TCP)
 
 
-@settings(max_examples=100)
+@budget(100)
 @given(size=st.integers(1, 2000), count=st.integers(2, 64), last=st.integers(1, 2000),
        off=st.integers(0, 50_000))
 def test_uso_then_udp_coalesce_gives_back_the_super_packet(size, count, last, off):
@@ -244,7 +243,7 @@ def mangled_batches(draw):
     return pkts
 
 
-@settings(max_examples=60)
+@budget(60)
 @given(pkts=mangled_batches(), flags=st.sampled_from([GRO_TCP, GRO_TCP | GRO_UDP]))
 def test_c_stays_inside_exact_buffers(pkts, flags):
     """Every packet and every frame in a buffer of exactly its size, so the AddressSanitizer

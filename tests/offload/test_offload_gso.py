@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from dataplane.drops import Drop
@@ -21,7 +21,7 @@ from dataplane.fastpath.types import (
 )
 from offload_packets import (
     ACK, CWR, ECE, FIN, PSH, URG, UDP,
-    ip_ok, l4_ok, payload_len, tcp, tcp_fields, tso, udp, uso,
+    budget, ip_ok, l4_ok, payload_len, tcp, tcp_fields, tso, udp, uso,
 )
 
 ffi, lib = C.ffi, C.lib
@@ -80,7 +80,7 @@ def check_tcp_segments(hdr: VnetHdr, pkt: bytes, res, headroom: int) -> None:
         assert t[18:f["hlen"] - ihl] == o[18:orig["hlen"] - ihl]
 
 
-@settings(max_examples=300)
+@budget(300)
 @given(tso_cases())
 def test_tso_c_and_python_agree_and_segments_are_right(case):
     hdr, pkt, headroom = case
@@ -89,7 +89,7 @@ def test_tso_c_and_python_agree_and_segments_are_right(case):
     check_tcp_segments(hdr, pkt, res, headroom)
 
 
-@settings(max_examples=150)
+@budget(150)
 @given(size=st.integers(1, 2000), n=st.integers(0, 30000), seed=st.integers(),
        ident=st.integers(0, 0xFFFF), headroom=st.sampled_from([0, 22]))
 def test_uso_c_and_python_agree_and_datagrams_are_right(size, n, seed, ident, headroom):
@@ -106,6 +106,7 @@ def test_uso_c_and_python_agree_and_datagrams_are_right(size, n, seed, ident, he
         assert (seg[4] << 8 | seg[5]) == (ident + i) & 0xFFFF
 
 
+@budget()
 @given(n=st.integers(0, 3000), seed=st.integers(), proto=st.sampled_from(["tcp", "udp"]),
        opts=options)
 def test_needs_csum_single_packet_is_completed(n, seed, proto, opts):

@@ -6,7 +6,7 @@ import random
 import struct
 
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from dataplane.drops import Drop
@@ -22,7 +22,7 @@ from dataplane.fastpath.types import (
     VNET_F_NEEDS_CSUM,
     VnetHdr,
 )
-from offload_packets import ACK, inet_sum, ipv4, tcp, tso, udp, uso
+from offload_packets import ACK, budget, inet_sum, ipv4, tcp, tso, udp, uso
 
 BODY = random.Random(9).randbytes(5000)
 HDR, PKT = tso(BODY, 1448)                        # a good super-packet: hlen 40
@@ -154,7 +154,7 @@ def mangled(draw):
     return hdr, bytes(b)
 
 
-@settings(max_examples=400)
+@budget(400)
 @given(case=mangled(), headroom=st.sampled_from([0, 22, 22, 70000]),
        cap=st.sampled_from([0, 100, 3000, 64 * 1024, 64 * 1024]))
 def test_garbage_never_crashes_and_both_agree(case, headroom, cap):
@@ -166,7 +166,7 @@ def test_garbage_never_crashes_and_both_agree(case, headroom, cap):
         assert sum(headroom + len(s) for s in res.segments) <= cap
 
 
-@settings(max_examples=300)
+@budget(300)
 @given(case=mangled(), headroom=st.sampled_from([0, 22]), cap=st.integers(0, 70000))
 def test_c_stays_inside_exact_buffers(case, headroom, cap):
     """Input and output in buffers of exactly their size, so the AddressSanitizer build
