@@ -173,7 +173,8 @@ static int find_flow(const struct gro *g, uint8_t proto, uint32_t saddr, uint32_
 /* A packet that will not merge: close whatever of its flow is open, so it stays behind it. */
 static void close_related(struct gro *g, const uint8_t *p, size_t len)
 {
-    if (len < 20 || p[IPH_VHL] >> 4 != 4 || (p[IPH_PROTO] != PROTO_TCP && p[IPH_PROTO] != PROTO_UDP))
+    if (len < 20 || p[IPH_VHL] >> 4 != 4 ||
+        (p[IPH_PROTO] != PROTO_TCP && p[IPH_PROTO] != PROTO_UDP))
         return;
     size_t ihl = (size_t)(p[IPH_VHL] & 0x0f) * 4;
     uint32_t saddr = rd32(p + IPH_SRC), daddr = rd32(p + IPH_DST);

@@ -21,7 +21,8 @@ static int gso_check(const uint8_t *vnet, const uint8_t *pkt, size_t tot, size_t
 
     if (type == DP_VNET_GSO_NONE) {
         /* The checksum to complete must lie in the L4 part of the packet. */
-        if ((flags & DP_VNET_F_NEEDS_CSUM) && (cstart < ihl || cstart > tot || coff + 2 > tot - cstart))
+        if ((flags & DP_VNET_F_NEEDS_CSUM) &&
+            (cstart < ihl || cstart > tot || coff + 2 > tot - cstart))
             return DP_DROP_BAD_VNET_HDR;
         return DP_OK;
     }
