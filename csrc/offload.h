@@ -5,6 +5,8 @@
 #include "dp.h"
 
 _Static_assert(DP_GRO_HEAD_MAX >= DP_VNET_HLEN + 20 + 60, "room for the longest TCP header");
+_Static_assert(sizeof(((struct dp_gro_frame *)0)->head) == DP_GRO_HEAD_MAX,
+               "dp_api.h spells the head size out for cffi: keep the two equal");
 
 /* virtio_net_hdr field offsets; the 16-bit fields are little-endian. */
 #define VNET_FLAGS 0
