@@ -2,8 +2,8 @@
 
 Two implementations share this interface and flannel's layout:
 - DirectoryStore (store/directory.py): `DIR/config`, `DIR/subnets/<key>`; one machine.
-- an etcd v3 store (later): `<prefix>/config`, `<prefix>/subnets/<key>`, each lease bound to an
-  etcd lease (TTL 24 h, renewed 1 h before expiry).
+- EtcdStore (store/etcd.py): `<prefix>/config`, `<prefix>/subnets/<key>`, each lease bound to
+  an etcd lease (TTL 24 h, renewed 1 h before expiry); a cluster, shared with flanneld.
 
 Interface (all coroutines run on any asyncio loop, uvloop included):
 
