@@ -17,7 +17,7 @@ import pytest
 import uvloop
 
 from dataplane.store.etcd_server import INSTALL_HINT, EtcdServer, find_etcd, start_cluster
-from etcd_helpers import DirectoryKind, EtcdKind, StoreKind, shm_tempdir
+from tests.etcd.etcd_helpers import DirectoryKind, EtcdKind, StoreKind, shm_tempdir
 
 
 def _need_etcd() -> None:

@@ -19,7 +19,8 @@ import pytest
 from dataplane.lease import InvalidSubnet, Lease, LeaseAttrs
 from dataplane.store.base import (EventKind, LeaseEvent, NoFreeSubnet, StoreError, SubnetStore,
                                   SubnetTaken)
-from etcd_helpers import MAC_A, MAC_B, SMALL, StoreKind, net, open_spec, vxlan
+from tests.etcd.etcd_helpers import (MAC_A, MAC_B, SMALL, StoreKind, net, open_spec,
+                                     vxlan)
 
 FLANNEL_VXLAN = (b'{"PublicIP":"10.99.0.1","PublicIPv6":null,"BackendType":"vxlan",'
                  b'"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:00:0a"}}')
