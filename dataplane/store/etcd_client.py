@@ -362,7 +362,7 @@ class EtcdClient:
         else:
             self.endpoints = parse_endpoints(endpoints)              # type: ignore[arg-type]
         self.timeout = timeout
-        self.attempt_timeout = attempt_timeout
+        self.attempt_timeout = min(attempt_timeout, timeout)
         self.connect_timeout = connect_timeout
         self.idle_check = idle_check
         self._current = 0                         # the endpoint that last answered
@@ -664,9 +664,9 @@ class Watch:
         try:
             status = await self.client.status(self.endpoint)
         except EtcdUnavailable as exc:
-            self.close()
-            raise EtcdUnavailable(f"watch idle for {self.client.idle_check:g} s and {exc}") \
-                from None
+            why = str(exc).removeprefix(f"{self.endpoint}: ")
+            raise self._broken(f"watch idle for {self.client.idle_check:g} s and the member "
+                               f"does not answer a status request ({why})") from None
         if _int(status, "leader") == 0:
             raise self._broken("member has no leader")
 

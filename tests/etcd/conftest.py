@@ -17,7 +17,8 @@ import pytest
 import uvloop
 
 from dataplane.store.etcd_server import INSTALL_HINT, EtcdServer, find_etcd, start_cluster
-from tests.etcd.etcd_helpers import DirectoryKind, EtcdKind, StoreKind, shm_tempdir
+from tests.etcd.etcd_helpers import (DirectoryKind, EtcdKind, StoreKind, close_stores,
+                                     shm_tempdir)
 
 
 def _need_etcd() -> None:
@@ -27,12 +28,18 @@ def _need_etcd() -> None:
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def run(request: pytest.FixtureRequest) -> Callable[..., Any]:
-    """run(coro, timeout=10): the coroutine's result, on a fresh loop of the parametrized kind."""
+    """run(coro, timeout=10): the coroutine's result, on a fresh loop of the parametrized kind;
+    then the stores it opened through StoreKind.new_store() are closed on that loop."""
     factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
 
     def run(coro: Awaitable[Any], timeout: float = 10.0) -> Any:
+        async def main() -> Any:
+            try:
+                return await asyncio.wait_for(coro, timeout)
+            finally:
+                await close_stores()           # those the test made with StoreKind.new_store
         with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(asyncio.wait_for(coro, timeout))
+            return runner.run(main())
     return run
 
 

@@ -24,6 +24,12 @@ NET_CONF = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}\n'
 SMALL = ('{"Network": "10.244.0.0/16", "SubnetMin": "10.244.10.0", "SubnetMax": "10.244.15.0", '
          '"Backend": {"Type": "vxlan"}}')     # six subnets
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+_opened: list[SubnetStore] = []     # by StoreKind.new_store(); the run fixture closes them
+
+
+async def close_stores() -> None:
+    while _opened:
+        await _opened.pop().close()
 
 
 def vxlan(ip: str, mac: str = MAC_A) -> LeaseAttrs:
@@ -97,7 +103,8 @@ class DirectoryKind(StoreKind):
             self.set_config(config)
 
     def new_store(self) -> DirectoryStore:
-        return DirectoryStore(self.path, poll_interval=0.02)
+        _opened.append(store := DirectoryStore(self.path, poll_interval=0.02))
+        return store
 
     def set_config(self, text: str) -> None:
         (self.path / "config").write_text(text)
@@ -127,7 +134,8 @@ class EtcdKind(StoreKind):
             self.set_config(config)
 
     def new_store(self) -> EtcdStore:
-        return EtcdStore(self.endpoints, prefix=self.prefix)
+        _opened.append(store := EtcdStore(self.endpoints, prefix=self.prefix))
+        return store
 
     def set_config(self, text: str) -> None:
         etcdctl(self.endpoints, "put", f"{self.prefix}/config", text)
