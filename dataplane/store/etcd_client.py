@@ -502,6 +502,8 @@ class EtcdClient:
         while True:
             refused = 0
             for i in range(n):
+                if self._closed:
+                    raise EtcdError("etcd client is closed")
                 index = (self._current + i) % n
                 endpoint = self.endpoints[index]
                 left = deadline - loop.time()

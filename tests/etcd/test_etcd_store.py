@@ -316,6 +316,25 @@ def test_cluster_keeps_serving_when_a_member_dies(etcd_factory, victim: str) -> 
     run_once(go(), timeout=30)
 
 
+def test_a_member_that_loses_quorum_ends_the_watch(etcd_factory) -> None:
+    members = etcd_factory.cluster(3)
+    kind = EtcdKind(members[0].client_url)
+
+    async def go() -> None:
+        store = EtcdStore(members[0].client_url, prefix=kind.prefix, timeout=1, idle_check=0.5)
+        _, cursor = await store.list_leases()
+        pending = asyncio.ensure_future(store.watch_leases(cursor).__anext__())
+        await asyncio.sleep(0.2)
+        for m in members[1:]:
+            m.kill()
+        with pytest.raises(StoreUnavailable, match=members[0].client_url):
+            await asyncio.wait_for(pending, 5)          # no leader: cancelled, or found out
+        with pytest.raises(StoreUnavailable):
+            await store.list_leases()
+        await store.close()
+    run_once(go())
+
+
 def test_a_member_that_hangs_ends_the_watch(etcd_factory) -> None:
     server = etcd_factory.one()
     kind = EtcdKind(server.client_url)
