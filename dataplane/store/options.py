@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 
+from typing import Any
+
 from dataplane.store.base import SubnetStore
 from dataplane.store.directory import DEFAULT_STORE_DIR, DirectoryStore
-from dataplane.store.etcd import DEFAULT_PREFIX, EtcdStore, normalize_prefix
-from dataplane.store.etcd_client import Endpoint, parse_endpoints
+
+# etcd.DEFAULT_PREFIX, spelt out so that a directory store's daemon never loads the etcd modules
+# (tests/etcd checks they agree).
+DEFAULT_ETCD_PREFIX = "/coreos.com/network"
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +30,7 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
                             "http://10.0.0.1:2379,http://10.0.0.2:2379): use the etcd store "
                             "flanneld uses")
     group.add_argument("--etcd-prefix", metavar="PATH", type=_prefix,
-                       help=f"etcd key prefix (default {DEFAULT_PREFIX}): the network config is "
+                       help=f"etcd key prefix (default {DEFAULT_ETCD_PREFIX}): the network config is "
                             "PATH/config, leases PATH/subnets/")
 
 
@@ -35,14 +39,16 @@ def open_store(args: argparse.Namespace) -> SubnetStore:
     endpoints = getattr(args, "etcd_endpoints", None)
     prefix = getattr(args, "etcd_prefix", None)
     if endpoints:
-        return EtcdStore(endpoints, prefix=prefix or DEFAULT_PREFIX)
+        from dataplane.store.etcd import EtcdStore
+        return EtcdStore(endpoints, prefix=prefix or DEFAULT_ETCD_PREFIX)
     if prefix:
         from dataplane.cli import CommandError
         raise CommandError("--etcd-prefix applies to the etcd store: give --etcd-endpoints too")
     return DirectoryStore(args.store_dir or DEFAULT_STORE_DIR)
 
 
-def _endpoints(value: str) -> list[Endpoint]:
+def _endpoints(value: str) -> list[Any]:
+    from dataplane.store.etcd_client import parse_endpoints
     try:
         return parse_endpoints(value)
     except ValueError as exc:
@@ -50,6 +56,7 @@ def _endpoints(value: str) -> list[Endpoint]:
 
 
 def _prefix(value: str) -> str:
+    from dataplane.store.etcd import normalize_prefix
     try:
         return normalize_prefix(value)
     except ValueError as exc:

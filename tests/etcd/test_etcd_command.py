@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,9 +17,11 @@ from dataplane.cli import CommandError
 from dataplane.lease import LeaseAttrs
 from dataplane.store import command
 from dataplane.store.directory import DirectoryStore
-from dataplane.store.etcd import EtcdStore
-from dataplane.store.options import add_store_arguments, open_store
+from dataplane.store.etcd import DEFAULT_PREFIX, EtcdStore
+from dataplane.store.options import DEFAULT_ETCD_PREFIX, add_store_arguments, open_store
 from tests.etcd.etcd_helpers import EtcdKind, net
+
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -26,6 +32,17 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def leases(*argv: str) -> int:
     return command.main(parse(*argv))
+
+
+def test_the_directory_store_does_not_load_the_etcd_modules() -> None:
+    code = ("import sys, argparse; from dataplane.store import options; "
+            "p = argparse.ArgumentParser(); options.add_store_arguments(p); "
+            "options.open_store(p.parse_args(['--store-dir', '/nonexistent'])); "
+            "print(sorted(m for m in sys.modules if 'etcd' in m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": ROOT}).stdout
+    assert out.strip() == "[]"
+    assert DEFAULT_ETCD_PREFIX == DEFAULT_PREFIX
 
 
 def test_flags_choose_the_store(tmp_path) -> None:
