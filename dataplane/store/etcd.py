@@ -97,7 +97,7 @@ _GONE = object()    # an etcd lease that has already run out: its key is about t
 
 
 class EtcdStore(SubnetStore):
-    def __init__(self, endpoints: str | Iterable[str] | Iterable[Endpoint], *,
+    def __init__(self, endpoints: str | Iterable[str | Endpoint], *,
                  prefix: str = DEFAULT_PREFIX, timeout: float = 5.0,
                  idle_check: float = 15.0) -> None:
         """endpoints: "http://a:2379,http://b:2379" or a list. Nothing is contacted yet."""
@@ -152,6 +152,9 @@ class EtcdStore(SubnetStore):
                                        if e is not None and e.etcd_lease != lease_id)
                     return Lease.from_attrs(target, attrs, expiration)
                 log.info("lost a race for %s; looking again", target)
+        except StoreUnavailable:
+            grant = None                # out of reach: the unused grant runs out on its own
+            raise
         finally:
             if grant is not None:
                 await self._retire([grant[0]])
@@ -183,6 +186,9 @@ class EtcdStore(SubnetStore):
                     if entry is not None and entry.etcd_lease != lease_id:
                         await self._retire([entry.etcd_lease])
                     return Lease.from_attrs(lease.subnet, lease.attrs, expiration)
+        except StoreUnavailable:
+            grant = None
+            raise
         finally:
             if grant is not None:
                 await self._retire([grant[0]])

@@ -97,11 +97,15 @@ class Endpoint:
         return self.url
 
 
-def parse_endpoints(urls: str | Iterable[str]) -> list[Endpoint]:
+def parse_endpoints(urls: str | Iterable[str | Endpoint]) -> list[Endpoint]:
     """Endpoints from "http://a:2379,http://b:2379" or a list; ValueError names a bad one."""
     items = urls.split(",") if isinstance(urls, str) else list(urls)
     endpoints = []
-    for item in (u.strip() for u in items):
+    for item in items:
+        if isinstance(item, Endpoint):
+            endpoints.append(item)
+            continue
+        item = item.strip()
         if not item:
             continue
         try:
@@ -351,16 +355,11 @@ class EtcdClient:
     """etcd v3 over its JSON gateway. Create it anywhere; it connects on first use, on the
     running loop, and belongs to that loop from then on."""
 
-    def __init__(self, endpoints: str | Iterable[str] | Sequence[Endpoint], *,
+    def __init__(self, endpoints: str | Iterable[str | Endpoint], *,
                  timeout: float = DEFAULT_TIMEOUT, attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  idle_check: float = DEFAULT_IDLE_CHECK, max_connections: int = 8) -> None:
-        if not isinstance(endpoints, str):
-            endpoints = list(endpoints)
-        if not isinstance(endpoints, str) and endpoints and isinstance(endpoints[0], Endpoint):
-            self.endpoints: list[Endpoint] = list(endpoints)       # type: ignore[arg-type]
-        else:
-            self.endpoints = parse_endpoints(endpoints)              # type: ignore[arg-type]
+        self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
         self.attempt_timeout = min(attempt_timeout, timeout)
         self.connect_timeout = connect_timeout
