@@ -213,7 +213,7 @@ class EtcdStore(SubnetStore):
             try:
                 watch = await self.client.watch(self.subnets_prefix,
                                                 prefix_end(self.subnets_prefix),
-                                                start_revision=revision + 1, prev_kv=True)
+                                                start_revision=revision + 1)
             except EtcdError as exc:
                 if self._closed:
                     return

@@ -15,7 +15,7 @@ import pytest
 import uvloop
 
 from dataplane.lease import LeaseAttrs
-from dataplane.store.base import ConfigNotFound, StoreUnavailable, SubnetTaken
+from dataplane.store.base import ConfigNotFound, NoFreeSubnet, StoreUnavailable, SubnetTaken
 from dataplane.store.etcd import DEFAULT_PREFIX, EtcdStore
 from dataplane.store.etcd_client import EtcdClient
 from tests.etcd.etcd_helpers import (MAC_A, MAC_B, NET_CONF, EtcdKind, etcd_get_prefix,
@@ -117,6 +117,22 @@ def test_a_key_without_an_etcd_lease_is_a_reservation(run, etcd_url: str) -> Non
     run(go())
     [kv] = etcd_get_prefix(etcd_url, f"{kind.prefix}/subnets/")
     assert kv["lease"] == 0 and json.loads(kv["value"])["BackendType"] == "vxlan"
+
+
+def test_dual_stack_keys_count_as_taken(run, etcd_url: str) -> None:
+    kind = EtcdKind(etcd_url, config='{"Network": "10.244.0.0/16", "SubnetMin": "10.244.10.0", '
+                                     '"SubnetMax": "10.244.11.0"}')
+    kind.put_raw("10.244.11.0-24&fc00:0:0:b::-64", b'{"PublicIP":"10.99.0.11"}')   # flannel's
+
+    async def go() -> None:
+        async with kind.new_store() as store:
+            assert (await store.list_leases())[0] == []            # not an IPv4 lease we use
+            with pytest.raises(SubnetTaken, match="by a dual-stack lease"):
+                await store.acquire_lease(vxlan("10.99.0.1"), requested=net("10.244.11.0/24"))
+            assert (await store.acquire_lease(vxlan("10.99.0.1"))).subnet == net("10.244.10.0/24")
+            with pytest.raises(NoFreeSubnet):
+                await store.acquire_lease(vxlan("10.99.0.2"))
+    run(go())
 
 
 def test_missing_config_names_the_key(run, etcd_url: str) -> None:
