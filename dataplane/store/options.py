@@ -30,8 +30,8 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
                             "http://10.0.0.1:2379,http://10.0.0.2:2379): use the etcd store "
                             "flanneld uses")
     group.add_argument("--etcd-prefix", metavar="PATH", type=_prefix,
-                       help=f"etcd key prefix (default {DEFAULT_ETCD_PREFIX}): the network config is "
-                            "PATH/config, leases PATH/subnets/")
+                       help=f"etcd key prefix (default {DEFAULT_ETCD_PREFIX}): the network "
+                            "config is PATH/config, leases PATH/subnets/")
 
 
 def open_store(args: argparse.Namespace) -> SubnetStore:

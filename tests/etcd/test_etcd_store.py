@@ -363,8 +363,8 @@ def test_a_member_that_hangs_ends_the_watch(etcd_factory) -> None:
         os.kill(server.proc.pid, signal.SIGSTOP)
         try:
             started = asyncio.get_running_loop().time()
-            with pytest.raises(StoreUnavailable, match="watch idle for 0.5 s and the member does "
-                                                         r"not answer a status request \(no answer"):
+            with pytest.raises(StoreUnavailable, match=r"watch idle for 0.5 s and the member "
+                               r"does not answer a status request \(no answer"):
                 await asyncio.wait_for(pending, 5)
             assert asyncio.get_running_loop().time() - started < 3
             with pytest.raises(StoreUnavailable, match="no answer within 1 s"):
