@@ -79,7 +79,7 @@ __all__ = [
 LEASE_TTL = timedelta(hours=24)      # flannel's subnetTTL
 RENEW_MARGIN = timedelta(hours=1)    # flannel's default --subnet-lease-renew-margin (60 min)
 
-Cursor = Any   # opaque: a snapshot (directory store) or a revision (etcd)
+Cursor = Any   # opaque: a snapshot (directory store), a revision and snapshot (etcd)
 TTL = Union[timedelta, float]                  # float: seconds
 Attrs = Union[LeaseAttrs, Mapping[str, Any]]   # mapping: LeaseAttrs field names
 
