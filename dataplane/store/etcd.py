@@ -260,6 +260,15 @@ class EtcdStore(SubnetStore):
         self._closed = True
         await self.client.close()
 
+    # -- also useful outside the interface -------------------------------------------------
+
+    async def write_network_config(self, text: str) -> NetworkConfig:
+        """Put net-conf.json at <prefix>/config, as an operator does (for labs and tools);
+        ConfigError, and nothing written, if flannel would refuse it."""
+        config = parse_network_config(text, source=f"etcd {self.config_key.decode()}")
+        await self._call(self.client.put(self.config_key, text.encode()))
+        return config
+
     # -- reading -----------------------------------------------------------------------------
 
     def _check_open(self) -> None:

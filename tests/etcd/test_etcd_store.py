@@ -135,6 +135,21 @@ def test_dual_stack_keys_count_as_taken(run, etcd_url: str) -> None:
     run(go())
 
 
+def test_write_network_config(run, etcd_url: str) -> None:
+    kind = EtcdKind(etcd_url, config=None)
+
+    async def go() -> None:
+        async with kind.new_store() as store:
+            with pytest.raises(ValueError, match="Network"):
+                await store.write_network_config('{"Network": "10.244.0.0/33"}')
+            with pytest.raises(ConfigNotFound):
+                await store.get_network_config()
+            written = await store.write_network_config(NET_CONF)
+            assert await store.get_network_config() == written
+    run(go())
+    assert etcdctl(etcd_url, "get", "--print-value-only", f"{kind.prefix}/config") == NET_CONF + "\n"
+
+
 def test_missing_config_names_the_key(run, etcd_url: str) -> None:
     kind = EtcdKind(etcd_url, config=None)
     with pytest.raises(ConfigNotFound, match=f"{etcd_url}: no network config at "
