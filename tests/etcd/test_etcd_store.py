@@ -147,7 +147,8 @@ def test_write_network_config(run, etcd_url: str) -> None:
             written = await store.write_network_config(NET_CONF)
             assert await store.get_network_config() == written
     run(go())
-    assert etcdctl(etcd_url, "get", "--print-value-only", f"{kind.prefix}/config") == NET_CONF + "\n"
+    stored = etcdctl(etcd_url, "get", "--print-value-only", f"{kind.prefix}/config")
+    assert stored == NET_CONF + "\n"                    # etcdctl adds a newline
 
 
 def test_missing_config_names_the_key(run, etcd_url: str) -> None:
