@@ -1,11 +1,11 @@
 # dataplane: every target installs what it needs, so each works on a fresh machine.
 PYTHON ?= python3
-PIP := $(PYTHON) -m pip --disable-pip-version-check --quiet --root-user-action=ignore
+PIP := PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip --disable-pip-version-check --quiet
 # Debian packages: the lab's CNI plugins, traffic tools, etcd for the cluster store.
-APT_PACKAGES := iproute2 iputils-ping containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump
+APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump
 ASAN_RT := $(shell gcc -print-file-name=libasan.so)
 
-.PHONY: all deps apt-deps py-deps build test test-fast test-asan bench bench-micro demo clean
+.PHONY: all deps apt-deps py-deps build test test-asan bench bench-micro demo clean
 
 all: build
 
@@ -39,6 +39,14 @@ test-asan: build
 bench-micro: deps build
 	$(PYTHON) -m pytest -q bench/micro --benchmark-only --benchmark-autosave \
 		--benchmark-storage=bench/results/micro --benchmark-columns=min,median,mean,ops
+
+# A mixed cluster: two nodes on our userspace VXLAN, one on kernel VXLAN, two pods each;
+# pod-to-pod pings across every pair, then everything is removed (also on failure).
+demo: deps build
+	$(PYTHON) -m dataplane explain --backend vxlan | tail -3
+	@trap '$(PYTHON) -m dataplane lab down --prefix demo' EXIT; \
+	$(PYTHON) -m dataplane lab up --prefix demo --nodes 3 --pods 2 --backend vxlan --kernel-nodes 1 && \
+	$(PYTHON) -m dataplane lab status --prefix demo
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .benchmarks

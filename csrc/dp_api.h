@@ -28,7 +28,10 @@ enum dp_drop {
     DP_DROP_OVERSIZE = 15,
     DP_DROP_TX_ERROR = 16,
     DP_DROP_TUN_WRITE_ERROR = 17,
-    DP_DROP_COUNT = 18
+    DP_DROP_BAD_VNET_HDR = 18,
+    DP_DROP_BAD_L4_HEADER = 19,
+    DP_DROP_IPV6_UNSUPPORTED = 20,
+    DP_DROP_COUNT = 21
 };
 
 #define DP_MAX_DROPS 32        /* capacity of the drop arrays; DP_DROP_COUNT must not exceed it */
@@ -145,3 +148,86 @@ void dp_ingress_batch(struct dp_fwd *f, struct dp_pkt *pkts, int n);
 int dp_drain_tun(struct dp_fwd *f, int tun_fd, int sock_fd, int budget);
 /* Drain the UDP socket with recvmmsg (until EAGAIN or budget), decide, write to the TUN. */
 int dp_drain_udp(struct dp_fwd *f, int sock_fd, int tun_fd, int budget);
+
+/* ---- offloads: virtio_net_hdr, segmentation (GSO) and coalescing (GRO) --------------------
+ *
+ * Pure functions over buffers (csum64.c, gso.c, gro.c); pyref.py holds the reference of
+ * each. The virtio_net_hdr is the 10 bytes a TUN opened with IFF_VNET_HDR puts before every
+ * packet it hands out and expects before every packet written to it; its 16-bit fields are
+ * little-endian (the TUN default on little-endian hosts): flags, gso_type, hdr_len, gso_size,
+ * csum_start, csum_offset. */
+
+#define DP_VNET_HLEN 10
+#define DP_VNET_F_NEEDS_CSUM 1     /* L4 checksum field holds the pseudo-header sum only */
+#define DP_VNET_F_DATA_VALID 2     /* the checksum was verified */
+#define DP_VNET_GSO_NONE 0
+#define DP_VNET_GSO_TCPV4 1
+#define DP_VNET_GSO_UDP 3          /* UFO (IP fragmentation of UDP): never negotiated here */
+#define DP_VNET_GSO_TCPV6 4
+#define DP_VNET_GSO_UDP_L4 5       /* USO: UDP datagrams of gso_size payload each */
+#define DP_VNET_GSO_ECN 0x80       /* TCP: the super-packet carries CWR */
+
+/* dp_csum_partial's result (same `initial`, same folding) summed 64 bits at a time with
+ * add-with-carry: about twice as fast. */
+uint32_t dp_csum64(const uint8_t *buf, size_t len, uint32_t initial);
+/* The same sum of src while copying it to dst, in one pass. dst and src must not overlap. */
+uint32_t dp_csum_copy(uint8_t *dst, const uint8_t *src, size_t len, uint32_t initial);
+
+/* Where dp_gso_segment put the segments: segment i starts at out + i * stride, its IPv4 packet
+ * at out + i * stride + headroom; all but the last are seg_len bytes long. The caller fills the
+ * head-room of each (encapsulation) and sends the `total` bytes from out with UDP_SEGMENT =
+ * stride, cut at multiples of stride: one sendmsg takes at most 65507 bytes of UDP payload and
+ * UDP_MAX_SEGMENTS datagrams (128 on 6.18, 64 before). */
+struct dp_gso_result {
+    uint32_t segs;            /* >= 1 */
+    uint32_t stride;          /* headroom + seg_len */
+    uint32_t seg_len;         /* IPv4 length of every segment but the last */
+    uint32_t last_len;        /* IPv4 length of the last segment */
+    uint32_t total;           /* (segs - 1) * stride + headroom + last_len */
+};
+
+/* Turn what a TUN read handed out (its virtio_net_hdr `vnet`, DP_VNET_HLEN bytes, and the IPv4
+ * packet after it) into wire-ready packets: a TCPV4 or UDP_L4 super-packet is cut into
+ * gso_size-payload segments with their own IP length, ID, checksum, TCP sequence and flags and
+ * complete L4 checksums; a NEEDS_CSUM packet gets its checksum completed; anything else is
+ * copied. Head-room bytes are left untouched. Returns DP_OK and fills *res, or a drop reason
+ * (DP_DROP_OVERSIZE when the output does not fit in cap bytes). */
+int dp_gso_segment(const uint8_t *vnet, const uint8_t *pkt, size_t len, size_t headroom,
+                   uint8_t *out, size_t cap, struct dp_gso_result *res);
+
+/* One packet handed to the coalescer. */
+struct dp_buf {
+    const uint8_t *data;
+    uint32_t len;
+};
+
+#define DP_GRO_TCP 1               /* coalesce TCP segments (written as GSO_TCPV4) */
+#define DP_GRO_UDP 2               /* coalesce UDP datagrams (written as GSO_UDP_L4) */
+#define DP_GRO_FLOWS 16            /* flows open at once; others go alone until one closes */
+#define DP_GRO_UDP_MAX_SEGS 64     /* datagrams per UDP_L4 frame (older kernels accept 64) */
+#define DP_GRO_HEAD_MAX 96         /* virtio_net_hdr + IPv4 (20) + TCP header (<= 60) */
+
+/* One frame to write to the TUN: head[0:head_len], then for each member packet k (input
+ * indices first, next[first], next[next[first]], ... until -1) its bytes from `skip` on.
+ * A single packet: head is a zero virtio_net_hdr, skip is 0, the packet goes out unchanged.
+ * A merged one: head is the virtio_net_hdr plus the rewritten IP and TCP/UDP headers of the
+ * first member, skip is that header length, so the members contribute their payloads only. */
+struct dp_gro_frame {
+    uint8_t head[96];         /* DP_GRO_HEAD_MAX */
+    uint16_t head_len;
+    uint16_t skip;
+    uint32_t len;             /* head_len + the members' bytes: what one write() takes */
+    int32_t first;            /* input index of the first member */
+    uint32_t count;           /* members */
+};
+
+/* Coalesce n decapsulated IPv4 packets, in arrival order, into frames (at most n; the caller
+ * provides n of each array). Frames come out ordered by their first member; packets of one
+ * flow never change order. Returns the number of frames. */
+int dp_gro_coalesce(const struct dp_buf *pkts, int n, int flags, struct dp_gro_frame *frames,
+                    int32_t *next);
+/* Copy one frame into out (frame->len bytes) for a single write(). Measured against writev of
+ * the pieces (bench/micro/gro_tun_write.py): as fast or slightly faster, since the kernel's
+ * per-iovec walk costs about what the copy does; either way one write per frame. */
+size_t dp_gro_frame_copy(uint8_t *out, const struct dp_gro_frame *frame,
+                         const struct dp_buf *pkts, const int32_t *next);

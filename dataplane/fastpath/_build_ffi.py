@@ -16,7 +16,8 @@ from cffi import FFI
 # Paths handed to set_source are relative to the project root, where setup.py runs.
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CSRC = "csrc"
-SOURCES = ["csum.c", "packet.c", "routes.c", "forward.c", "io.c"]
+SOURCES = ["csum.c", "packet.c", "routes.c", "forward.c", "io.c",
+           "csum64.c", "gso.c", "gro.c"]   # offloads: GSO and GRO
 
 CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
 ASAN_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",

@@ -14,14 +14,20 @@ import socket
 
 from dataplane.drops import Direction, Drop
 from dataplane.fastpath.types import (
+    GRO_TCP,
+    GSO_CAPACITY,
     HEADROOM,
     ICMP_MAX,
     MODE_VXLAN,
     SPORT_RANGE,
+    VNET_HLEN,
     Action,
     Counters,
     ForwarderConfig,
+    GroFrame,
+    GsoResult,
     Verdict,
+    VnetHdr,
     int_to_ip,
     ip_to_int,
     parse_mac,
@@ -243,3 +249,59 @@ class Forwarder:
         n = lib.dp_drain_udp(self._f, sock.fileno(), tun_fd, budget)
         _check(n)
         return n
+
+
+# ---- offloads: segmentation (GSO) and coalescing (GRO) ------------------------------------
+
+def csum64(data: bytes, initial: int = 0) -> int:
+    return lib.dp_csum64(_buf(data), len(data), initial)
+
+
+def csum_copy(src: bytes, initial: int = 0) -> tuple[bytes, int]:
+    out = ffi.new("uint8_t[]", max(len(src), 1))
+    total = lib.dp_csum_copy(out, _buf(src), len(src), initial)
+    return bytes(ffi.buffer(out, len(src))), total
+
+
+def gso_segment(vnet: bytes | VnetHdr, pkt: bytes, headroom: int = 0,
+                capacity: int = GSO_CAPACITY) -> GsoResult:
+    raw = vnet.pack() if isinstance(vnet, VnetHdr) else bytes(vnet[:VNET_HLEN])
+    if len(raw) < VNET_HLEN:
+        VnetHdr.parse(raw)                       # raises the same ValueError as pyref
+    if headroom < 0:
+        raise ValueError("head-room cannot be negative")
+    out = ffi.new("uint8_t[]", max(capacity, 1))
+    res = ffi.new("struct dp_gso_result *")
+    why = Drop(lib.dp_gso_segment(raw, _buf(pkt), len(pkt), headroom, out, capacity, res))
+    if why:
+        return GsoResult(why, [], 0)
+    segs = [bytes(ffi.buffer(out + i * res.stride + headroom, res.seg_len))
+            for i in range(res.segs - 1)]
+    segs.append(bytes(ffi.buffer(out + (res.segs - 1) * res.stride + headroom, res.last_len)))
+    return GsoResult(Drop.NONE, segs, res.stride)
+
+
+def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP) -> list[GroFrame]:
+    n = len(packets)
+    if n == 0:
+        return []
+    keep = [_buf(p) for p in packets]            # alive for the duration of the call
+    pkts = ffi.new("struct dp_buf[]", n)
+    for i, p in enumerate(keep):
+        pkts[i].data = p
+        pkts[i].len = len(packets[i])
+    frames = ffi.new("struct dp_gro_frame[]", n)
+    nxt = ffi.new("int32_t[]", n)
+    count = lib.dp_gro_coalesce(pkts, n, flags, frames, nxt)
+    out = []
+    for f in range(count):
+        fr = frames[f]
+        buf = ffi.new("uint8_t[]", fr.len)
+        assert lib.dp_gro_frame_copy(buf, ffi.addressof(frames, f), pkts, nxt) == fr.len
+        members = []
+        k = fr.first
+        while k >= 0:
+            members.append(k)
+            k = nxt[k]
+        out.append(GroFrame(bytes(ffi.buffer(buf, fr.len)), tuple(members)))
+    return out

@@ -14,14 +14,28 @@ import struct
 
 from dataplane.drops import Direction, Drop
 from dataplane.fastpath.types import (
+    GRO_FLOWS,
+    GRO_TCP,
+    GRO_UDP,
+    GRO_UDP_MAX_SEGS,
+    GSO_CAPACITY,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_UDP_L4,
     ICMP_MAX,
     MODE_VXLAN,
     SPORT_RANGE,
+    VNET_F_NEEDS_CSUM,
+    VNET_HLEN,
     VXLAN_OVERHEAD,
     Action,
     Counters,
     ForwarderConfig,
+    GroFrame,
+    GsoResult,
     Verdict,
+    VnetHdr,
     int_to_ip,
     ip_to_int,
     parse_mac,
@@ -437,3 +451,296 @@ def _tun_write(fd: int, data: bytes) -> bool:
 
 
 assert ICMP_MAX >= 96
+
+
+# ---- offloads: segmentation (GSO) and coalescing (GRO) ------------------------------------
+#
+# The references of csrc/csum64.c, gso.c and gro.c. The checks run in the same order as
+# in C, so both give the same Drop for the same input; read the C files for the why.
+
+_TCP_FIN, _TCP_PSH, _TCP_ACK, _TCP_CWR = 0x01, 0x08, 0x10, 0x80
+_IP_DF, _IP_MF, _IP_OFFMASK = 0x4000, 0x2000, 0x1FFF
+_ZERO_VNET = bytes(VNET_HLEN)
+
+
+def csum64(data: bytes, initial: int = 0) -> int:
+    """csum_partial computed another way in C (64-bit add-with-carry): the same result."""
+    return csum_partial(data, initial)
+
+
+def csum_copy(src: bytes, initial: int = 0) -> tuple[bytes, int]:
+    """A copy of src and its csum_partial: what dp_csum_copy produces in one pass."""
+    return bytes(src), csum_partial(src, initial)
+
+
+def _gso_check(h: VnetHdr, pkt: bytes, tot: int, ihl: int) -> tuple[Drop, int]:
+    if h.gso_type == GSO_NONE:
+        cs, co = h.csum_start, h.csum_offset
+        if h.flags & VNET_F_NEEDS_CSUM and (cs < ihl or cs > tot or co + 2 > tot - cs):
+            return Drop.BAD_VNET_HDR, 0
+        return Drop.NONE, 0
+    tcp = h.gso_type & ~GSO_ECN == GSO_TCPV4
+    if not tcp and h.gso_type != GSO_UDP_L4:
+        return Drop.BAD_VNET_HDR, 0
+    frag = (pkt[6] << 8) | pkt[7]
+    if (not h.flags & VNET_F_NEEDS_CSUM or frag & (_IP_MF | _IP_OFFMASK)
+            or pkt[9] != (_PROTO_TCP if tcp else _PROTO_UDP) or h.csum_start != ihl
+            or h.csum_offset != (16 if tcp else 6)):
+        return Drop.BAD_VNET_HDR, 0
+    if tcp:
+        if tot < ihl + 20:
+            return Drop.TRUNCATED, 0
+        l4hl = (pkt[ihl + 12] >> 4) * 4
+        if l4hl < 20:
+            return Drop.BAD_L4_HEADER, 0
+        if ihl + l4hl > tot:
+            return Drop.TRUNCATED, 0
+    else:
+        l4hl = 8
+        if tot < ihl + 8:
+            return Drop.TRUNCATED, 0
+        if (pkt[ihl + 4] << 8) | pkt[ihl + 5] != tot - ihl:
+            return Drop.BAD_L4_HEADER, 0
+    if h.hdr_len > tot or h.gso_size == 0 or ihl + l4hl + h.gso_size > 0xFFFF:
+        return Drop.BAD_VNET_HDR, 0
+    return Drop.NONE, ihl + l4hl
+
+
+def _gso_one(pkt: bytes, ihl: int, hlen: int, off: int, plen: int, i: int, segs: int,
+             tcp: bool) -> bytes:
+    seg = bytearray(pkt[:hlen]) + pkt[off: off + plen]
+    struct.pack_into("!HH", seg, 2, hlen + plen, (((pkt[4] << 8) | pkt[5]) + i) & 0xFFFF)
+    seg[10:12] = b"\0\0"
+    struct.pack_into("!H", seg, 10, checksum(seg[:ihl]))
+    l4len = hlen - ihl + plen
+    if tcp:
+        seq = int.from_bytes(pkt[ihl + 4: ihl + 8], "big")
+        struct.pack_into("!I", seg, ihl + 4, (seq + off - hlen) & 0xFFFFFFFF)
+        if i > 0:
+            seg[ihl + 13] &= ~_TCP_CWR & 0xFF
+        if i + 1 < segs:
+            seg[ihl + 13] &= ~(_TCP_FIN | _TCP_PSH) & 0xFF
+        at = ihl + 16
+    else:
+        struct.pack_into("!H", seg, ihl + 4, l4len)
+        at = ihl + 6
+    seg[at: at + 2] = b"\0\0"
+    check = checksum(seg[ihl:], csum_partial(seg[12:20], pkt[9] + l4len))
+    struct.pack_into("!H", seg, at, check or 0xFFFF)
+    return bytes(seg)
+
+
+def gso_segment(vnet: bytes | VnetHdr, pkt: bytes, headroom: int = 0,
+                capacity: int = GSO_CAPACITY) -> GsoResult:
+    """Wire-ready IPv4 packets from one TUN read (virtio_net_hdr + packet); see csrc/gso.c.
+
+    The C version writes segment i at out + i * stride + headroom of a `capacity`-byte buffer;
+    this returns the packets and the stride, and Drop.OVERSIZE when they would not fit."""
+    h = vnet if isinstance(vnet, VnetHdr) else VnetHdr.parse(vnet)
+    if headroom < 0:
+        raise ValueError("head-room cannot be negative")
+    if len(pkt) >= 1 and pkt[0] >> 4 == 6:
+        return GsoResult(Drop.IPV6_UNSUPPORTED, [], 0)
+    why = ipv4_validate(pkt)
+    if why:
+        return GsoResult(why, [], 0)
+    tot = (pkt[2] << 8) | pkt[3]
+    ihl = (pkt[0] & 0x0F) * 4
+    pkt = bytes(pkt[:tot])
+    why, hlen = _gso_check(h, pkt, tot, ihl)
+    if why:
+        return GsoResult(why, [], 0)
+    if headroom > 0xFFFF:
+        return GsoResult(Drop.OVERSIZE, [], 0)
+
+    if h.gso_type == GSO_NONE:
+        if headroom + tot > capacity:
+            return GsoResult(Drop.OVERSIZE, [], 0)
+        out = bytearray(pkt)
+        if h.flags & VNET_F_NEEDS_CSUM:
+            check = checksum(out[h.csum_start:])
+            struct.pack_into("!H", out, h.csum_start + h.csum_offset, check or 0xFFFF)
+        return GsoResult(Drop.NONE, [bytes(out)], headroom + tot)
+
+    gso = h.gso_size
+    pay = tot - hlen
+    segs = -(-pay // gso) if pay > gso else 1
+    seg_len = hlen + min(pay, gso)
+    last_len = hlen + pay - (segs - 1) * gso
+    stride = headroom + seg_len
+    if (segs - 1) * stride + headroom + last_len > capacity:
+        return GsoResult(Drop.OVERSIZE, [], 0)
+    tcp = h.gso_type & ~GSO_ECN == GSO_TCPV4
+    out = [_gso_one(pkt, ihl, hlen, hlen + i * gso, gso if i + 1 < segs else last_len - hlen,
+                    i, segs, tcp) for i in range(segs)]
+    return GsoResult(Drop.NONE, out, stride)
+
+
+class _Seg:
+    """What a coalescing candidate offers (csrc/gro.c: struct seg)."""
+
+    __slots__ = ("key", "seq", "id", "hlen", "pay", "proto", "tflags")
+
+
+class _Flow:
+    """An open frame of one flow (csrc/gro.c: struct flow)."""
+
+    __slots__ = ("first", "frame", "key", "proto", "psh", "hlen", "gso", "last_id", "next_seq",
+                 "ip_len")
+
+
+def _gro_candidate(p: bytes, flags: int) -> _Seg | None:
+    n = len(p)
+    if (n < 20 or p[0] != 0x45 or (p[2] << 8) | p[3] != n or ((p[6] << 8) | p[7]) & ~_IP_DF
+            or checksum(p[:20]) != 0):
+        return None
+    s = _Seg()
+    s.proto = p[9]
+    if s.proto == _PROTO_TCP and flags & GRO_TCP:
+        if n < 40:
+            return None
+        thl = (p[32] >> 4) * 4
+        s.tflags = p[33]
+        if (thl < 20 or 20 + thl >= n or p[32] & 0x0F or s.tflags & ~(_TCP_ACK | _TCP_PSH)
+                or not s.tflags & _TCP_ACK):
+            return None
+        s.hlen = 20 + thl
+        s.seq = int.from_bytes(p[24:28], "big")
+    elif s.proto == _PROTO_UDP and flags & GRO_UDP:
+        if n <= 28 or (p[24] << 8) | p[25] != n - 20 or p[26:28] == b"\0\0":
+            return None
+        s.hlen, s.tflags, s.seq = 28, 0, 0
+    else:
+        return None
+    if checksum(p[20:], csum_partial(p[12:20], s.proto + n - 20)) != 0:
+        return None
+    s.pay = n - s.hlen
+    s.key = (s.proto, p[12:20], p[20:24])
+    s.id = (p[4] << 8) | p[5]
+    return s
+
+
+class _Coalescer:
+    """One pass of gro_coalesce; the same decisions as csrc/gro.c, step by step."""
+
+    def __init__(self, pkts: list[bytes], flags: int) -> None:
+        self.pkts = pkts
+        self.flags = flags
+        self.frames: list[list[int]] = []       # members of each frame
+        self.heads: list[bytes | None] = []     # rewritten head of merged frames
+        self.open: list[_Flow] = []
+
+    def run(self) -> list[GroFrame]:
+        for i, p in enumerate(self.pkts):
+            s = _gro_candidate(p, self.flags)
+            if s is not None:
+                self.add_candidate(i, s)
+            else:
+                self.close_related(p)
+                self.new_frame(i)
+        while self.open:
+            self.close(len(self.open) - 1)
+        out = []
+        for members, head in zip(self.frames, self.heads):
+            if head is None:
+                out.append(GroFrame(_ZERO_VNET + self.pkts[members[0]], tuple(members)))
+            else:
+                skip = len(head) - VNET_HLEN
+                data = head + b"".join(self.pkts[k][skip:] for k in members)
+                out.append(GroFrame(data, tuple(members)))
+        return out
+
+    def new_frame(self, i: int) -> None:
+        self.frames.append([i])
+        self.heads.append(None)
+
+    def finish(self, f: _Flow) -> None:
+        if len(self.frames[f.frame]) < 2:
+            return
+        tcp = f.proto == _PROTO_TCP
+        vnet = VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4 if tcp else GSO_UDP_L4, f.hlen, f.gso, 20,
+                       16 if tcp else 6)
+        hdr = bytearray(f.first[: f.hlen])
+        struct.pack_into("!H", hdr, 2, f.ip_len)
+        hdr[10:12] = b"\0\0"
+        struct.pack_into("!H", hdr, 10, checksum(hdr[:20]))
+        psum = csum_partial(hdr[12:20], f.proto + f.ip_len - 20)
+        if tcp:
+            if f.psh:
+                hdr[33] |= _TCP_PSH
+            struct.pack_into("!H", hdr, 36, psum)
+        else:
+            struct.pack_into("!HH", hdr, 24, f.ip_len - 20, psum)
+        self.heads[f.frame] = vnet.pack() + bytes(hdr)
+
+    def close(self, k: int) -> None:
+        self.finish(self.open.pop(k))
+
+    def find(self, key: tuple) -> int:
+        for k, f in enumerate(self.open):
+            if f.key == key:
+                return k
+        return -1
+
+    def close_related(self, p: bytes) -> None:
+        if len(p) < 20 or p[0] >> 4 != 4 or p[9] not in (_PROTO_TCP, _PROTO_UDP):
+            return
+        ihl = (p[0] & 0x0F) * 4
+        if not ((p[6] << 8) | p[7]) & _IP_OFFMASK and ihl >= 20 and len(p) >= ihl + 4:
+            k = self.find((p[9], p[12:20], p[ihl: ihl + 4]))
+            if k >= 0:
+                self.close(k)
+            return
+        for k in range(len(self.open) - 1, -1, -1):
+            f = self.open[k]
+            if f.proto == p[9] and f.key[1] == p[12:20]:
+                self.close(k)
+
+    def can_join(self, f: _Flow, p: bytes, s: _Seg) -> bool:
+        q = f.first
+        if p[1] != q[1] or p[8] != q[8] or p[6:8] != q[6:8]:
+            return False
+        if not (q[6] << 8) & _IP_DF and s.id != (f.last_id + 1) & 0xFFFF:
+            return False
+        if s.hlen != f.hlen or s.pay > f.gso or f.ip_len + s.pay > 0xFFFF:
+            return False
+        if f.proto == _PROTO_TCP:
+            return (s.seq == f.next_seq and p[28:32] == q[28:32] and p[34:36] == q[34:36]
+                    and p[40: f.hlen] == q[40: f.hlen])
+        return len(self.frames[f.frame]) < GRO_UDP_MAX_SEGS
+
+    def ends_frame(self, f: _Flow, s: _Seg) -> bool:
+        if s.pay < f.gso or s.tflags & _TCP_PSH:
+            return True
+        return f.proto == _PROTO_UDP and len(self.frames[f.frame]) >= GRO_UDP_MAX_SEGS
+
+    def add_candidate(self, i: int, s: _Seg) -> None:
+        p = self.pkts[i]
+        k = self.find(s.key)
+        if k >= 0:
+            f = self.open[k]
+            if self.can_join(f, p, s):
+                self.frames[f.frame].append(i)
+                f.last_id = s.id
+                f.next_seq = (f.next_seq + s.pay) & 0xFFFFFFFF
+                f.ip_len += s.pay
+                f.psh = bool(s.tflags & _TCP_PSH)
+                if self.ends_frame(f, s):
+                    self.close(k)
+                return
+            self.close(k)
+        self.new_frame(i)
+        if s.tflags & _TCP_PSH or len(self.open) == GRO_FLOWS:
+            return
+        f = _Flow()
+        f.first, f.frame, f.key, f.proto, f.psh = p, len(self.frames) - 1, s.key, s.proto, False
+        f.hlen, f.gso, f.last_id = s.hlen, s.pay, s.id
+        f.next_seq = (s.seq + s.pay) & 0xFFFFFFFF
+        f.ip_len = s.hlen + s.pay
+        self.open.append(f)
+
+
+def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP) -> list[GroFrame]:
+    """Frames for a TUN with IFF_VNET_HDR from decapsulated IPv4 packets in arrival order:
+    consecutive segments of a flow merged into GSO frames, the rest alone; see csrc/gro.c."""
+    return _Coalescer([bytes(p) for p in packets], flags).run()

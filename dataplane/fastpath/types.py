@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import struct
 from typing import NamedTuple
 
 from dataplane.drops import Direction, Drop
@@ -96,3 +97,60 @@ def parse_mac(mac: str | bytes) -> bytes:
 
 def format_mac(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
+
+
+# ---- offloads: virtio_net_hdr, GSO, GRO (csrc/dp_api.h, "offloads") -------------------------
+
+VNET_HLEN = 10                 # struct virtio_net_hdr, without num_buffers
+VNET_F_NEEDS_CSUM = 1          # the L4 checksum field holds the pseudo-header sum only
+VNET_F_DATA_VALID = 2          # the checksum was verified
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3                    # UFO: never negotiated here
+GSO_TCPV6 = 4
+GSO_UDP_L4 = 5                 # USO
+GSO_ECN = 0x80                 # TCP: the super-packet carries CWR
+
+GSO_CAPACITY = 320 * 1024      # fits any super-packet: MSS >= 48, headers <= 120, head-room <= 64
+GRO_TCP = 1                    # dp_gro_coalesce flags
+GRO_UDP = 2
+GRO_FLOWS = 16                 # flows open at once in a coalescing pass; others go alone
+GRO_UDP_MAX_SEGS = 64          # datagrams per UDP_L4 frame
+
+_VNET = struct.Struct("<BBHHHH")
+
+
+class VnetHdr(NamedTuple):
+    """struct virtio_net_hdr as a TUN with IFF_VNET_HDR speaks it (little-endian fields)."""
+
+    flags: int = 0
+    gso_type: int = GSO_NONE
+    hdr_len: int = 0
+    gso_size: int = 0
+    csum_start: int = 0
+    csum_offset: int = 0
+
+    def pack(self) -> bytes:
+        return _VNET.pack(*self)
+
+    @classmethod
+    def parse(cls, data: bytes) -> VnetHdr:
+        """The header at the start of data (a TUN read: header, then the packet)."""
+        if len(data) < VNET_HLEN:
+            raise ValueError(f"a virtio_net_hdr has {VNET_HLEN} bytes, not {len(data)}")
+        return cls(*_VNET.unpack_from(data))
+
+
+class GsoResult(NamedTuple):
+    """What gso_segment made of one TUN read: wire-ready IPv4 packets, or why none."""
+
+    drop: Drop                 # Drop.NONE when segments holds the packets
+    segments: list[bytes]      # IPv4 packets without head-room, in order
+    stride: int                # head-room + len(segments[0]): the UDP_SEGMENT size
+
+
+class GroFrame(NamedTuple):
+    """One write to the TUN: a virtio_net_hdr, then an IPv4 packet (maybe a super-packet)."""
+
+    data: bytes
+    members: tuple[int, ...]   # input indices it carries, in order

@@ -1,5 +1,7 @@
 """Subnet stores: where nodes lease their subnets and learn each other's (flannel's layout).
 
-base.py holds the interface and its errors, directory.py the embedded default store,
-options.py the command-line flags that choose a store, command.py `dataplane leases`.
+base.py holds the interface and its errors, directory.py the embedded default store, etcd.py
+the cluster store (on etcd_client.py, a small client for etcd's JSON gateway; etcd_server.py
+runs etcd for labs and tests), options.py the command-line flags that choose a store,
+command.py `dataplane leases`.
 """

@@ -2,8 +2,8 @@
 
 Two implementations share this interface and flannel's layout:
 - DirectoryStore (store/directory.py): `DIR/config`, `DIR/subnets/<key>`; one machine.
-- an etcd v3 store (later): `<prefix>/config`, `<prefix>/subnets/<key>`, each lease bound to an
-  etcd lease (TTL 24 h, renewed 1 h before expiry).
+- EtcdStore (store/etcd.py): `<prefix>/config`, `<prefix>/subnets/<key>`, each lease bound to
+  an etcd lease (TTL 24 h, renewed 1 h before expiry); a cluster, shared with flanneld.
 
 Interface (all coroutines run on any asyncio loop, uvloop included):
 
@@ -79,7 +79,7 @@ __all__ = [
 LEASE_TTL = timedelta(hours=24)      # flannel's subnetTTL
 RENEW_MARGIN = timedelta(hours=1)    # flannel's default --subnet-lease-renew-margin (60 min)
 
-Cursor = Any   # opaque: a snapshot (directory store) or a revision (etcd)
+Cursor = Any   # opaque: a snapshot (directory store), a revision and snapshot (etcd)
 TTL = Union[timedelta, float]                  # float: seconds
 Attrs = Union[LeaseAttrs, Mapping[str, Any]]   # mapping: LeaseAttrs field names
 

@@ -1,22 +1,63 @@
-"""Command-line flags that choose a subnet store, for `dataplane run` and `dataplane leases`."""
+"""Command-line flags that choose a subnet store, for `dataplane run` and `dataplane leases`.
+
+--store-dir DIR            the directory store (one machine); the default
+--etcd-endpoints URLS      flannel's etcd store (a cluster), with --etcd-prefix (flanneld's flags)
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from typing import Any
+
 from dataplane.store.base import SubnetStore
 from dataplane.store.directory import DEFAULT_STORE_DIR, DirectoryStore
 
+# etcd.DEFAULT_PREFIX, spelt out so that a directory store's daemon never loads the etcd modules
+# (tests/etcd checks they agree).
+DEFAULT_ETCD_PREFIX = "/coreos.com/network"
+
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("subnet store")
-    group.add_argument("--store-dir", metavar="DIR",
+    group = parser.add_argument_group("subnet store", "a directory (one machine) or etcd "
+                                      "(a cluster, flannel's layout); not both")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--store-dir", metavar="DIR",
                        help="directory store shared by the nodes of one machine: DIR/config "
                             f"and DIR/subnets/, flannel's layout (default {DEFAULT_STORE_DIR})")
-    # The etcd store adds --etcd-endpoints and --etcd-prefix (default /coreos.com/network)
-    # here, mutually exclusive with --store-dir, and open_store() picks it when they are given.
+    where.add_argument("--etcd-endpoints", metavar="URLS", type=_endpoints,
+                       help="etcd v3 client URLs, comma-separated (e.g. "
+                            "http://10.0.0.1:2379,http://10.0.0.2:2379): use the etcd store "
+                            "flanneld uses")
+    group.add_argument("--etcd-prefix", metavar="PATH", type=_prefix,
+                       help=f"etcd key prefix (default {DEFAULT_ETCD_PREFIX}): the network "
+                            "config is PATH/config, leases PATH/subnets/")
 
 
 def open_store(args: argparse.Namespace) -> SubnetStore:
     """The store the parsed flags name. Opening touches nothing; the first call reports errors."""
+    endpoints = getattr(args, "etcd_endpoints", None)
+    prefix = getattr(args, "etcd_prefix", None)
+    if endpoints:
+        from dataplane.store.etcd import EtcdStore
+        return EtcdStore(endpoints, prefix=prefix or DEFAULT_ETCD_PREFIX)
+    if prefix:
+        from dataplane.cli import CommandError
+        raise CommandError("--etcd-prefix applies to the etcd store: give --etcd-endpoints too")
     return DirectoryStore(args.store_dir or DEFAULT_STORE_DIR)
+
+
+def _endpoints(value: str) -> list[Any]:
+    from dataplane.store.etcd_client import parse_endpoints
+    try:
+        return parse_endpoints(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _prefix(value: str) -> str:
+    from dataplane.store.etcd import normalize_prefix
+    try:
+        return normalize_prefix(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

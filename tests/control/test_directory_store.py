@@ -1,4 +1,8 @@
-"""The directory store: flannel's files, allocation, expiry, watch, several processes at once."""
+"""The directory store: its files, mtimes as expiry, polling watch, several processes at once.
+
+The SubnetStore contract itself (allocation, requested/previous subnets, renew, release, watch
+events, races) runs against both stores in tests/etcd/test_store_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,10 @@ from typing import Any, AsyncIterator
 import pytest
 
 from conftest import FakeClock, make_store_dir
-from dataplane.lease import InvalidSubnet, Lease, LeaseAttrs
+from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import ConfigError
 from dataplane.store.base import (ConfigNotFound, EventKind, LeaseEvent, NoFreeSubnet,
-                                  StoreError, StoreUnavailable, SubnetStore,
-                                  SubnetTaken)
+                                  StoreUnavailable, SubnetTaken)
 from dataplane.store.directory import DirectoryStore
 
 MAC_A = "0a:00:00:00:00:0a"
@@ -43,18 +46,7 @@ SMALL = ('{"Network": "10.244.0.0/16", "SubnetMin": "10.244.10.0", "SubnetMax": 
          '"Backend": {"Type": "vxlan"}}')     # six subnets
 
 
-def test_is_a_subnet_store(store_dir: Path) -> None:
-    assert isinstance(DirectoryStore(store_dir), SubnetStore)
-    assert DirectoryStore(store_dir).location == str(store_dir)
-
-
 # -- config --------------------------------------------------------------------------------------
-
-def test_config(run, store_dir: Path) -> None:
-    cfg = run(DirectoryStore(store_dir).get_network_config())
-    assert (str(cfg.network), cfg.backend_type, cfg.vni, cfg.port) == \
-        ("10.244.0.0/16", "vxlan", 1, 8472)
-
 
 def test_missing_directory_names_the_path(run, tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path / "nope")
@@ -96,83 +88,10 @@ def test_acquire_writes_flannels_lease_file(run, store_dir: Path) -> None:
     assert abs(mtime - lease.expiration.timestamp()) < 1e-3
 
 
-def test_acquire_accepts_a_mapping_and_seconds(run, store_dir: Path) -> None:
-    lease = run(DirectoryStore(store_dir).acquire_lease({"public_ip": "10.99.0.1"}, ttl=60))
-    assert lease.public_ip == "10.99.0.1" and lease.backend_type is None
-    left = lease.expiration - datetime.now(timezone.utc)
-    assert timedelta(seconds=58) < left <= timedelta(seconds=60)
-    with pytest.raises(ValueError, match="positive"):
-        run(DirectoryStore(store_dir).acquire_lease(vxlan("10.99.0.1"), ttl=0))
-    with pytest.raises(ValueError, match="at least 1 s"):
-        run(DirectoryStore(store_dir).acquire_lease(vxlan("10.99.0.1"), ttl=0.5))
 
 
-def test_allocation_stays_between_subnet_min_and_max(run, tmp_path: Path) -> None:
-    d = make_store_dir(tmp_path / "s", SMALL)
-
-    async def go() -> list[IPv4Network]:
-        store = DirectoryStore(d)
-        got = [(await store.acquire_lease(vxlan(f"10.99.0.{i}"))).subnet for i in range(1, 7)]
-        with pytest.raises(NoFreeSubnet, match="10.244.10.0 to 10.244.15.0"):
-            await store.acquire_lease(vxlan("10.99.0.7"))
-        return got
-    got = run(go())
-    assert sorted(got) == [net(f"10.244.{i}.0/24") for i in range(10, 16)]
 
 
-def test_requested_subnet(run, store_dir: Path) -> None:
-    async def go() -> None:
-        store = DirectoryStore(store_dir)
-        a = await store.acquire_lease(vxlan("10.99.0.1"), requested=net("10.244.7.0/24"))
-        assert a.subnet == net("10.244.7.0/24")
-        with pytest.raises(SubnetTaken, match=r"10.244.7.0/24 is held by 10.99.0.1 "
-                                              r"\(lease expires in 23h5\dm\)"):
-            await store.acquire_lease(vxlan("10.99.0.2", MAC_B), requested=net("10.244.7.0/24"))
-        with pytest.raises(InvalidSubnet, match="/24 subnets"):
-            await store.acquire_lease(vxlan("10.99.0.2"), requested=net("10.244.8.0/25"))
-        with pytest.raises(InvalidSubnet, match="outside SubnetMin"):
-            await store.acquire_lease(vxlan("10.99.0.2"), requested=net("10.244.0.0/24"))
-        # The same node asking for another subnet moves there: one node, one lease.
-        b = await store.acquire_lease(vxlan("10.99.0.1"), requested=net("10.244.9.0/24"))
-        assert [l.subnet for l in (await store.list_leases())[0]] == [b.subnet]
-    run(go())
-
-
-def test_same_public_ip_keeps_its_subnet_with_new_attrs(run, store_dir: Path) -> None:
-    async def go() -> None:
-        store = DirectoryStore(store_dir)
-        first = await store.acquire_lease(vxlan("10.99.0.1", MAC_A))
-        again = await store.acquire_lease(vxlan("10.99.0.1", MAC_B),
-                                          previous=net("10.244.200.0/24"))
-        assert again.subnet == first.subnet and again.vtep_mac == MAC_B
-        assert (await store.list_leases())[0] == [again]
-    run(go())
-
-
-def test_previous_subnet(run, store_dir: Path) -> None:
-    async def go() -> None:
-        store = DirectoryStore(store_dir)
-        a = await store.acquire_lease(vxlan("10.99.0.1"), previous=net("10.244.42.0/24"))
-        assert a.subnet == net("10.244.42.0/24")
-        # Held by someone else: ignored, another subnet is picked.
-        b = await store.acquire_lease(vxlan("10.99.0.2"), previous=net("10.244.42.0/24"))
-        assert b.subnet != a.subnet
-        # Not one this config hands out: ignored.
-        c = await store.acquire_lease(vxlan("10.99.0.3"), previous=net("10.244.0.0/24"))
-        assert c.subnet not in (a.subnet, b.subnet, net("10.244.0.0/24"))
-    run(go())
-
-
-def test_own_lease_incompatible_with_new_config_is_replaced(run, store_dir: Path) -> None:
-    async def go() -> None:
-        store = DirectoryStore(store_dir)
-        old = await store.acquire_lease(vxlan("10.99.0.1"), requested=net("10.244.3.0/24"))
-        (store_dir / "config").write_text('{"Network": "10.244.0.0/16", "SubnetLen": 25}')
-        new = await store.acquire_lease(vxlan("10.99.0.1"))
-        assert new.subnet.prefixlen == 25 and not new.subnet.overlaps(net("10.244.0.0/24"))
-        assert [l.subnet for l in (await store.list_leases())[0]] == [new.subnet]
-        assert old.key not in files(store_dir)
-    run(go())
 
 
 def test_renew_pushes_expiry_and_keeps_the_file(run, store_dir: Path, clock: FakeClock) -> None:
@@ -194,16 +113,6 @@ def test_renew_pushes_expiry_and_keeps_the_file(run, store_dir: Path, clock: Fak
     run(go())
 
 
-def test_renew_after_release_writes_it_again(run, store_dir: Path) -> None:
-    async def go() -> None:
-        store = DirectoryStore(store_dir)
-        lease = await store.acquire_lease(vxlan("10.99.0.1"))
-        await store.release_lease(lease.subnet)
-        assert files(store_dir) == {}
-        await store.renew_lease(lease)
-        assert list(files(store_dir)) == [lease.key]
-    run(go())
-
 
 def test_renew_of_a_lease_taken_over_fails(run, store_dir: Path, clock: FakeClock) -> None:
     async def go() -> None:
@@ -216,16 +125,6 @@ def test_renew_of_a_lease_taken_over_fails(run, store_dir: Path, clock: FakeCloc
         assert (await store.list_leases())[0] == [theirs]
     run(go())
 
-
-def test_release(run, store_dir: Path) -> None:
-    async def go() -> None:
-        store = DirectoryStore(store_dir)
-        a = await store.acquire_lease(vxlan("10.99.0.1"))
-        b = await store.acquire_lease(vxlan("10.99.0.2", MAC_B))
-        await store.release_lease(a.subnet)
-        await store.release_lease(net("10.244.250.0/24"))       # none there: no error
-        assert (await store.list_leases())[0] == [b]
-    run(go())
 
 
 # -- expiry ------------------------------------------------------------------------------------
@@ -251,7 +150,7 @@ def test_expired_file_is_deleted_by_the_next_acquire(run, store_dir: Path,
                                                      clock: FakeClock) -> None:
     async def go() -> None:
         store = DirectoryStore(store_dir, clock=clock)
-        a = await store.acquire_lease(vxlan("10.99.0.1"), ttl=5)
+        a = await store.acquire_lease(vxlan("10.99.0.1"), requested=net("10.244.5.0/24"), ttl=5)
         clock.advance(6)
         b = await store.acquire_lease(vxlan("10.99.0.2", MAC_B), requested=net("10.244.77.0/24"))
         assert files(store_dir).keys() == {b.key} != {a.key}
@@ -286,18 +185,15 @@ def test_touch_renews_for_a_day(run, store_dir: Path) -> None:
     assert touched.expiration - datetime.now(timezone.utc) > timedelta(hours=23)
 
 
-def test_unreadable_and_foreign_files(run, store_dir: Path) -> None:
+def test_temp_files_are_not_leases(run, store_dir: Path) -> None:
+    # (Unreadable and foreign files: the contract's test_unreadable_and_foreign_values.)
     sub = store_dir / "subnets"
     sub.mkdir()
-    (sub / "10.244.6.0-24").write_bytes(b"garbage")
     (sub / ".10.244.7.0-24.123.abcd.tmp").write_bytes(b'{"PublicIP":"10.99.0.7"}')
-    (sub / "README").write_text("not a lease")
 
     async def go() -> None:
         store = DirectoryStore(store_dir)
         assert (await store.list_leases())[0] == []
-        with pytest.raises(SubnetTaken, match="10.244.6.0-24 is unreadable"):
-            await store.acquire_lease(vxlan("10.99.0.1"), requested=net("10.244.6.0/24"))
         lease = await store.acquire_lease(vxlan("10.99.0.1"), requested=net("10.244.7.0/24"))
         assert (await store.list_leases())[0] == [lease]
     run(go())
@@ -311,19 +207,18 @@ async def next_batch(events: AsyncIterator[list[LeaseEvent]]) -> list[tuple[str,
     return [(str(e.kind), str(e.lease.subnet), e.lease.vtep_mac or "") for e in batch]
 
 
-def test_watch_reports_add_change_renew_remove_expire(run, store_dir: Path,
-                                                      clock: FakeClock) -> None:
+def test_watch_reports_exact_renewals_and_expiry(run, store_dir: Path,
+                                                 clock: FakeClock) -> None:
+    # (Added, changed, removed: the contract's test_watch_reports_add_change_renew_remove.)
     async def go() -> None:
         watcher = DirectoryStore(store_dir, poll_interval=0.02, clock=clock)
         node = DirectoryStore(store_dir, clock=clock)
         seed = await node.acquire_lease(vxlan("10.99.0.9"), requested=net("10.244.9.0/24"))
         leases, cursor = await watcher.list_leases()
-        assert leases == [seed]
+        assert leases == [seed]                        # the same expiration, to the microsecond
         events = watcher.watch_leases(cursor)
 
-        a = await node.acquire_lease(vxlan("10.99.0.1"), requested=net("10.244.1.0/24"))
-        assert await next_batch(events) == [("added", "10.244.1.0/24", MAC_A)]
-        await node.acquire_lease(vxlan("10.99.0.1", MAC_B))                   # new attrs
+        a = await node.acquire_lease(vxlan("10.99.0.1", MAC_B), requested=net("10.244.1.0/24"))
         assert await next_batch(events) == [("added", "10.244.1.0/24", MAC_B)]
         clock.advance(5)
         renewed = await node.renew_lease(Lease.from_attrs(a.subnet, vxlan("10.99.0.1", MAC_B)))
@@ -370,21 +265,6 @@ def test_watch_of_a_vanished_store_raises_store_unavailable(run, tmp_path: Path)
     run(go())
 
 
-def test_closed_store_refuses_work(run, store_dir: Path) -> None:
-    async def go() -> None:
-        store = DirectoryStore(store_dir)
-        async with store:
-            pass
-        with pytest.raises(StoreError, match="closed"):
-            await store.list_leases()
-    run(go())
-
-
-def test_cursor_from_another_store_type_is_refused(run, store_dir: Path) -> None:
-    async def go() -> None:
-        with pytest.raises(TypeError, match="cursor"):
-            await DirectoryStore(store_dir).watch_leases(42).__anext__()
-    run(go())
 
 
 # -- several processes -------------------------------------------------------------------------
@@ -430,16 +310,6 @@ def race(path: Path, n: int, requested: str | None = None, skew: float = 0) -> d
     return out
 
 
-@pytest.mark.parametrize("round_", range(3))
-def test_processes_racing_for_few_subnets_never_share_one(tmp_path: Path, round_: int) -> None:
-    d = make_store_dir(tmp_path / "s", SMALL)
-    got = race(d, 9)                                          # nine nodes, six subnets
-    subnets = [v for v in got.values() if v.startswith("10.")]
-    assert sorted(got.values()).count("full") == 3, got
-    assert len(subnets) == len(set(subnets)) == 6, got
-    on_disk = {k: json.loads(v)["PublicIP"] for k, v in files(d).items()}
-    assert on_disk == {s.replace("/", "-"): ip for ip, s in got.items() if s.startswith("10.")}
-
 
 @pytest.mark.parametrize("round_", range(3))
 def test_processes_racing_for_expired_subnets_never_share_one(run, tmp_path: Path,
@@ -457,24 +327,3 @@ def test_processes_racing_for_expired_subnets_never_share_one(run, tmp_path: Pat
     assert len(subnets) == len(set(subnets)) == 6, got
     on_disk = {k: json.loads(v)["PublicIP"] for k, v in files(d).items()}
     assert on_disk == {s.replace("/", "-"): ip for ip, s in got.items() if s.startswith("10.")}
-
-
-def test_processes_requesting_one_subnet_one_wins(tmp_path: Path) -> None:
-    d = make_store_dir(tmp_path / "s", SMALL)
-    got = race(d, 6, requested="10.244.12.0/24")
-    assert sorted(got.values()) == ["10.244.12.0/24"] + ["taken"] * 5, got
-    winner = next(ip for ip, v in got.items() if v != "taken")
-    assert json.loads(files(d)["10.244.12.0-24"])["PublicIP"] == winner
-
-
-def test_coroutines_of_one_process_never_share_a_subnet(run, tmp_path: Path) -> None:
-    d = make_store_dir(tmp_path / "s", SMALL)
-
-    async def go() -> list[Any]:
-        stores = [DirectoryStore(d) for _ in range(3)]
-        return await asyncio.gather(*(stores[i % 3].acquire_lease(vxlan(f"10.99.0.{i + 1}"))
-                                      for i in range(8)), return_exceptions=True)
-    got = run(go())
-    subnets = [r.subnet for r in got if not isinstance(r, BaseException)]
-    assert len(subnets) == len(set(subnets)) == 6
-    assert sum(isinstance(r, NoFreeSubnet) for r in got) == 2

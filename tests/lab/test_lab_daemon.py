@@ -1,39 +1,12 @@
-"""Labs running our node daemon: udp, vxlan, and vxlan mixed with kernel-vxlan nodes.
-
-WAITING ON THE DAEMON: skipped while the daemon's modules do not import (it is being written
-on another branch; its draft in main still lacks dataplane.errors). Once they import these run,
-and a failure shows the daemon's log. DATAPLANE_LAB_DAEMON_TESTS=1 runs them regardless.
-"""
+"""Labs running our node daemon: udp, vxlan, and vxlan mixed with kernel-vxlan nodes."""
 
 from __future__ import annotations
-
-import importlib
-import os
 
 import pytest
 
 from dataplane.lab import Lab
 
-
-# What `dataplane run` imports on its way to a running node (some of it lazily).
-DAEMON_MODULES = ("dataplane.daemon.command", "dataplane.daemon.node", "dataplane.errors",
-                  "dataplane.store.directory")
-
-
-def _daemon_missing() -> str | None:
-    if os.environ.get("DATAPLANE_LAB_DAEMON_TESTS") == "1":
-        return None
-    for name in DAEMON_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            return f"waiting on the node daemon: {name} does not import ({exc})"
-    return None
-
-
-DAEMON_MISSING = _daemon_missing()
-pytestmark = [pytest.mark.netns,
-              pytest.mark.skipif(DAEMON_MISSING is not None, reason=DAEMON_MISSING or "")]
+pytestmark = pytest.mark.netns
 
 
 def check_traffic(lab: Lab) -> None:
@@ -46,9 +19,11 @@ def check_traffic(lab: Lab) -> None:
     assert sorted(lab.daemon_pids()) == sorted(n.name for n in lab.nodes if n.runs_daemon)
 
 
-@pytest.mark.parametrize("backend,fastpath", [("udp", "c"), ("udp", "python"), ("vxlan", "c")])
-def test_daemon_lab(prefix: str, backend: str, fastpath: str) -> None:
-    with Lab(prefix, nodes=2, pods=2, backend=backend, fastpath=fastpath) as lab:
+@pytest.mark.parametrize("backend,fastpath,nodes", [
+    ("udp", "c", 2), ("udp", "python", 2), ("vxlan", "c", 2), ("vxlan", "python", 2),
+    ("udp", "c", 3), ("vxlan", "c", 3)])
+def test_daemon_lab(prefix: str, backend: str, fastpath: str, nodes: int) -> None:
+    with Lab(prefix, nodes=nodes, pods=2, backend=backend, fastpath=fastpath) as lab:
         check_traffic(lab)
 
 

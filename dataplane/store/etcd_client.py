@@ -1,0 +1,688 @@
+"""A small asyncio client for etcd v3, through its JSON gateway over HTTP/1.1.
+
+Why not a gRPC client: aetcd (on grpcio) adds about 23 MB of RSS to a daemon whose whole budget
+is 64 MB. Every etcd v3 member also serves its API as JSON over plain HTTP (the gRPC gateway:
+POST /v3/kv/range, /v3/kv/txn, /v3/watch, ...), which asyncio streams speak in a few hundred
+lines with no new dependency. The subnet store needs only a handful of calls.
+
+The gateway's JSON: keys and values are base64, int64 fields are JSON strings, fields at their
+zero value are left out, enums are names ("DELETE"). Errors come back as a non-200 status and
+{"error", "code" (a gRPC status code), "message"}.
+
+Unary calls: one POST with a Content-Length body on a kept-alive connection, taken from a small
+per-endpoint pool (at most `max_connections` in use at once). A pooled connection the server
+has closed meanwhile is replaced once, transparently.
+
+Failover: calls go to the endpoint that last answered; on a connection error, a timeout, or an
+answer meaning "not now" (gRPC Unavailable, DeadlineExceeded or ResourceExhausted: no leader,
+leader changed, request timed out...) the next endpoint is tried. When every endpoint merely
+refused the connection the call fails at once (nothing is listening); otherwise it goes round
+again with a short backoff until its deadline. EtcdUnavailable then names every endpoint with
+what went wrong there. A retried write may have been applied once already: callers make their
+writes conditional (transactions) or idempotent.
+
+Timeouts: every call has a deadline (`timeout`, 5 s by default); each try on one endpoint gets
+at most `attempt_timeout` of it, and connecting at most `connect_timeout`, so that a member that
+hangs cannot use up the whole deadline.
+
+Watch: a long-lived POST to /v3/watch. The gateway answers 200 with a chunked body in which
+each WatchResponse is one JSON object ({"result": {...}}) followed by a newline; the reader
+de-chunks what arrives into a buffer and splits it at newlines, so messages and chunks need not
+line up. The request carries gRPC metadata `hasleader: true` (header Grpc-Metadata-Hasleader),
+as flannel's WithRequireLeader, so a member that loses its leader cancels the watch instead of
+going quiet. A watch with nothing to say sends nothing: after `idle_check` seconds of silence
+the reader asks the same member for its status, and a member that does not answer, or has no
+leader, ends the watch with EtcdUnavailable, as does the stream closing.
+
+Only http:// endpoints: TLS (flannel's --etcd-certfile and friends) is not implemented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import errno
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Iterable, Sequence
+from urllib.parse import urlsplit
+
+__all__ = ["Endpoint", "EtcdClient", "EtcdError", "EtcdUnavailable", "EtcdRequestError",
+           "Watch", "parse_endpoints", "b64", "unb64", "prefix_end", "compare_create",
+           "compare_mod", "op_put", "op_delete", "op_range"]
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_ATTEMPT_TIMEOUT = 3.0
+DEFAULT_CONNECT_TIMEOUT = 1.0
+DEFAULT_IDLE_CHECK = 15.0
+MAX_BODY = 64 << 20               # a sanity bound: the subnet store's data is kilobytes
+RETRYABLE_CODES = {4, 8, 14}      # gRPC DeadlineExceeded, ResourceExhausted, Unavailable
+GRPC_NOT_FOUND = 5
+
+
+class EtcdError(Exception):
+    """Base of this client's errors."""
+
+
+class EtcdUnavailable(EtcdError):
+    """No endpoint could serve the call (down, unreachable, no leader, too slow)."""
+
+
+class EtcdRequestError(EtcdError):
+    """etcd answered with an error that retrying elsewhere would not cure."""
+
+    def __init__(self, endpoint: str, path: str, code: int, message: str) -> None:
+        self.endpoint = endpoint
+        self.path = path
+        self.code = code
+        self.message = message
+        super().__init__(f"{endpoint}{path}: {message} (gRPC code {code})")
+
+
+class _ProtocolError(Exception):
+    """The peer does not speak the HTTP we expect."""
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str          # as given, without a trailing slash: what messages name
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def parse_endpoints(urls: str | Iterable[str | Endpoint]) -> list[Endpoint]:
+    """Endpoints from "http://a:2379,http://b:2379" or a list; ValueError names a bad one."""
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    endpoints = []
+    for item in items:
+        if isinstance(item, Endpoint):
+            endpoints.append(item)
+            continue
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            parts = urlsplit(item)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"etcd endpoint {item!r}: {exc}") from None
+        if parts.scheme == "https":
+            raise ValueError(f"etcd endpoint {item!r}: https (TLS) is not supported; "
+                             "use an http:// client URL")
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"etcd endpoint {item!r}: expected a URL such as "
+                             "http://127.0.0.1:2379")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"etcd endpoint {item!r}: a client URL has no path")
+        endpoints.append(Endpoint(item.rstrip("/"), parts.hostname, port or 2379))
+    if not endpoints:
+        raise ValueError("no etcd endpoint given")
+    if len(set(endpoints)) != len(endpoints):
+        raise ValueError(f"etcd endpoints repeat: {','.join(e.url for e in endpoints)}")
+    return endpoints
+
+
+# -- the gateway's JSON ------------------------------------------------------------------------
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range_end that makes a range or watch cover every key starting with prefix."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"                 # every key
+
+
+def compare_create(key: bytes, revision: int) -> dict[str, Any]:
+    """Compare: the key's create_revision equals revision (0: the key does not exist)."""
+    return {"key": b64(key), "target": "CREATE", "result": "EQUAL",
+            "create_revision": str(revision)}
+
+
+def compare_mod(key: bytes, revision: int) -> dict[str, Any]:
+    """Compare: the key was last modified at revision (it is unchanged since we read it)."""
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+
+def op_put(key: bytes, value: bytes, lease: int = 0) -> dict[str, Any]:
+    put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+    if lease:
+        put["lease"] = str(lease)
+    return {"request_put": put}
+
+
+def op_delete(key: bytes, prev_kv: bool = False) -> dict[str, Any]:
+    return {"request_delete_range": {"key": b64(key), "prev_kv": prev_kv}}
+
+
+def op_range(key: bytes) -> dict[str, Any]:
+    return {"request_range": {"key": b64(key)}}
+
+
+def _int(doc: dict[str, Any], name: str) -> int:
+    return int(doc.get(name) or 0)
+
+
+# -- HTTP/1.1 ----------------------------------------------------------------------------------
+
+class _Chunked:
+    """Decodes a chunked body fed in arbitrary pieces (trailers are read and dropped)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.state = "size"
+        self.left = 0
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+    def feed(self, data: bytes) -> bytes:
+        self.buf += data
+        out = bytearray()
+        while True:
+            if self.state in ("size", "trailer"):
+                end = self.buf.find(b"\r\n")
+                if end < 0:
+                    if len(self.buf) > 8192:
+                        raise _ProtocolError("chunk header too long")
+                    break
+                line = bytes(self.buf[:end])
+                del self.buf[:end + 2]
+                if self.state == "trailer":
+                    if not line:
+                        self.state = "done"
+                        break
+                    continue
+                try:
+                    self.left = int(line.split(b";")[0].strip(), 16)
+                except ValueError:
+                    raise _ProtocolError(f"bad chunk size {line[:20]!r}") from None
+                self.state = "data" if self.left else "trailer"
+            elif self.state == "data":
+                take = min(self.left, len(self.buf))
+                out += self.buf[:take]
+                del self.buf[:take]
+                self.left -= take
+                if self.left:
+                    break
+                self.state = "crlf"
+            elif self.state == "crlf":
+                if len(self.buf) < 2:
+                    break
+                if self.buf[:2] != b"\r\n":
+                    raise _ProtocolError("chunk not followed by CRLF")
+                del self.buf[:2]
+                self.state = "size"
+            else:
+                break
+        return bytes(out)
+
+
+@dataclass
+class _Head:
+    status: int
+    headers: dict[str, str]       # lower-case names
+
+    @property
+    def chunked(self) -> bool:
+        return "chunked" in self.headers.get("transfer-encoding", "").lower()
+
+    @property
+    def keep_alive(self) -> bool:
+        return "close" not in self.headers.get("connection", "").lower()
+
+
+class _Connection:
+    def __init__(self, endpoint: Endpoint, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.endpoint = endpoint
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, endpoint: Endpoint) -> _Connection:
+        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(endpoint, reader, writer)
+
+    async def send(self, path: str, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> None:
+        head = [f"POST {path} HTTP/1.1", f"Host: {self.endpoint.host}:{self.endpoint.port}",
+                "Content-Type: application/json", f"Content-Length: {len(body)}"]
+        head += [f"{name}: {value}" for name, value in headers]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
+        await self.writer.drain()
+
+    async def read_head(self) -> _Head:
+        try:
+            raw = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise _ProtocolError("response headers too long") from None
+        lines = raw.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise _ProtocolError(f"not an HTTP response: {lines[0][:60]!r}")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name:
+                headers[name.strip().lower()] = value.strip()
+        return _Head(int(parts[1]), headers)
+
+    async def read_body(self, head: _Head) -> bytes:
+        if head.chunked:
+            decoder, body = _Chunked(), bytearray()
+            while not decoder.done:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise asyncio.IncompleteReadError(bytes(body), None)
+                body += decoder.feed(data)
+                if len(body) > MAX_BODY:
+                    raise _ProtocolError("response body too large")
+            return bytes(body)
+        if "content-length" in head.headers:
+            length = int(head.headers["content-length"])
+            if length > MAX_BODY:
+                raise _ProtocolError("response body too large")
+            return await self.reader.readexactly(length)
+        return await self.reader.read(MAX_BODY)        # ends with the connection
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+def _describe(exc: BaseException, timeout: float | None = None) -> str:
+    """A short reason for an endpoint's failure, for EtcdUnavailable's message."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return f"no answer within {timeout:g} s" if timeout else "timed out"
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "connection closed by the server"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+def _refused(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionRefusedError) or (
+        isinstance(exc, OSError) and exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH,
+                                                   errno.ENETUNREACH))
+
+
+class _ServerSaid(Exception):
+    """An error answer from one endpoint; retryable tells whether to try another."""
+
+    def __init__(self, error: EtcdRequestError, retryable: bool) -> None:
+        self.error = error
+        self.retryable = retryable
+
+
+def _error_from(endpoint: Endpoint, path: str, status: int, body: bytes) -> _ServerSaid:
+    try:
+        doc = json.loads(body)
+        code = int(doc.get("code", 2))
+        message = str(doc.get("message") or doc.get("error") or "")
+    except (ValueError, AttributeError, TypeError):
+        code, message = 2, body[:200].decode("utf-8", "replace").strip()
+    message = message or f"HTTP status {status}"
+    retryable = code in RETRYABLE_CODES or status in (502, 503, 504)
+    return _ServerSaid(EtcdRequestError(endpoint.url, path, code, message), retryable)
+
+
+# -- the client --------------------------------------------------------------------------------
+
+class EtcdClient:
+    """etcd v3 over its JSON gateway. Create it anywhere; it connects on first use, on the
+    running loop, and belongs to that loop from then on."""
+
+    def __init__(self, endpoints: str | Iterable[str | Endpoint], *,
+                 timeout: float = DEFAULT_TIMEOUT, attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 idle_check: float = DEFAULT_IDLE_CHECK, max_connections: int = 8) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout = timeout
+        self.attempt_timeout = min(attempt_timeout, timeout)
+        self.connect_timeout = connect_timeout
+        self.idle_check = idle_check
+        self._current = 0                         # the endpoint that last answered
+        self._idle: dict[Endpoint, list[_Connection]] = {e: [] for e in self.endpoints}
+        self._slots = asyncio.Semaphore(max_connections)
+        self._watches: set[Watch] = set()
+        self._closed = False
+
+    @property
+    def urls(self) -> str:
+        return ",".join(e.url for e in self.endpoints)
+
+    # -- the calls the subnet store uses ------------------------------------------------------
+
+    async def range(self, key: bytes, range_end: bytes | None = None, *, revision: int = 0,
+                    limit: int = 0, keys_only: bool = False) -> dict[str, Any]:
+        """RangeResponse: header.revision, kvs[] (key, value base64; *_revision, lease)."""
+        body: dict[str, Any] = {"key": b64(key)}
+        if range_end is not None:
+            body["range_end"] = b64(range_end)
+        if revision:
+            body["revision"] = str(revision)
+        if limit:
+            body["limit"] = str(limit)
+        if keys_only:
+            body["keys_only"] = True
+        return await self.call("/v3/kv/range", body)
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0,
+                  prev_kv: bool = False) -> dict[str, Any]:
+        body = op_put(key, value, lease)["request_put"]
+        if prev_kv:
+            body["prev_kv"] = True
+        return await self.call("/v3/kv/put", body)
+
+    async def delete_range(self, key: bytes, range_end: bytes | None = None, *,
+                           prev_kv: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"key": b64(key), "prev_kv": prev_kv}
+        if range_end is not None:
+            body["range_end"] = b64(range_end)
+        return await self.call("/v3/kv/deleterange", body)
+
+    async def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
+                  failure: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """TxnResponse: succeeded (absent when false), responses[]."""
+        return await self.call("/v3/kv/txn", {"compare": compare, "success": success,
+                                              "failure": failure or []})
+
+    async def compact(self, revision: int, physical: bool = True) -> None:
+        await self.call("/v3/kv/compaction", {"revision": str(revision), "physical": physical})
+
+    async def lease_grant(self, ttl: int) -> tuple[int, int]:
+        """A new etcd lease: (ID, granted TTL in seconds; etcd may raise a short TTL)."""
+        doc = await self.call("/v3/lease/grant", {"TTL": str(ttl)})
+        return _int(doc, "ID"), _int(doc, "TTL")
+
+    async def lease_revoke(self, lease_id: int) -> bool:
+        """Revoke a lease, deleting its keys; False if there was no such lease."""
+        try:
+            await self.call("/v3/lease/revoke", {"ID": str(lease_id)})
+        except EtcdRequestError as exc:
+            if exc.code == GRPC_NOT_FOUND:
+                return False
+            raise
+        return True
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Renew a lease once; its new TTL, 0 if it no longer exists.
+
+        /v3/lease/keepalive is a stream: we send one request, the body ends, the server
+        answers once and closes its side."""
+        doc = await self.call("/v3/lease/keepalive", {"ID": str(lease_id)})
+        return max(0, _int(doc.get("result") or {}, "TTL"))
+
+    async def lease_time_to_live(self, lease_id: int) -> int:
+        """Seconds the lease has left; -1 if it has expired or never existed."""
+        doc = await self.call("/v3/lease/timetolive", {"ID": str(lease_id)})
+        return _int(doc, "TTL")
+
+    async def lease_keys(self, lease_id: int) -> list[bytes] | None:
+        """The keys bound to a lease; None if it has expired or never existed."""
+        doc = await self.call("/v3/lease/timetolive", {"ID": str(lease_id), "keys": True})
+        if _int(doc, "TTL") < 0:
+            return None
+        return [unb64(k) for k in doc.get("keys") or []]
+
+    async def status(self, endpoint: Endpoint | None = None) -> dict[str, Any]:
+        """One member's status (version, leader, raft term); that member only if given."""
+        if endpoint is None:
+            return await self.call("/v3/maintenance/status", {})
+        timeout = self.attempt_timeout
+        try:
+            return await self._attempt(endpoint, "/v3/maintenance/status", b"{}", timeout)
+        except _ServerSaid as said:
+            raise EtcdUnavailable(f"{endpoint}: {said.error.message}") from None
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                _ProtocolError) as exc:
+            raise EtcdUnavailable(f"{endpoint}: {_describe(exc, timeout)}") from None
+
+    async def watch(self, key: bytes, range_end: bytes | None = None, *, start_revision: int = 0,
+                    prev_kv: bool = False) -> Watch:
+        """Open a watch (failing over like a call); iterate it for WatchResponse objects."""
+        request: dict[str, Any] = {"key": b64(key), "prev_kv": prev_kv}
+        if range_end is not None:
+            request["range_end"] = b64(range_end)
+        if start_revision:
+            request["start_revision"] = str(start_revision)
+        payload = json.dumps({"create_request": request}).encode()
+        conn, head = await self._failover("/v3/watch", payload, stream=True)
+        watch = Watch(self, conn, head)
+        self._watches.add(watch)
+        return watch
+
+    async def close(self) -> None:
+        self._closed = True
+        for watch in list(self._watches):
+            watch.close()
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+            conns.clear()
+
+    # -- machinery ----------------------------------------------------------------------------
+
+    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST body to path on the first endpoint that serves it; the decoded answer."""
+        return await self._failover(path, json.dumps(body).encode())
+
+    async def _failover(self, path: str, payload: bytes, stream: bool = False) -> Any:
+        if self._closed:
+            raise EtcdError("etcd client is closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        failures: dict[str, str] = {}
+        backoff = 0.05
+        n = len(self.endpoints)
+        while True:
+            refused = 0
+            for i in range(n):
+                if self._closed:
+                    raise EtcdError("etcd client is closed")
+                index = (self._current + i) % n
+                endpoint = self.endpoints[index]
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                timeout = min(left, self.attempt_timeout)
+                try:
+                    if stream:
+                        result = await self._open_stream(endpoint, path, payload, timeout)
+                    else:
+                        result = await self._attempt(endpoint, path, payload, timeout)
+                except _ServerSaid as said:
+                    if not said.retryable:
+                        raise said.error from None
+                    failures[endpoint.url] = said.error.message
+                    continue
+                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                        _ProtocolError) as exc:
+                    failures[endpoint.url] = _describe(exc, timeout)
+                    refused += _refused(exc)
+                    continue
+                self._current = index
+                return result
+            left = deadline - loop.time()
+            if refused == n or left <= 0:
+                where = "; ".join(f"{url}: {why}" for url, why in failures.items())
+                raise EtcdUnavailable(f"etcd unavailable ({where or 'no time left'})")
+            await asyncio.sleep(min(backoff, left))
+            backoff = min(backoff * 2, 1.0)
+
+    async def _attempt(self, endpoint: Endpoint, path: str, payload: bytes,
+                       timeout: float) -> dict[str, Any]:
+        """One try on one endpoint: the decoded 200 answer, or an exception."""
+        async with asyncio.timeout(timeout), self._slots:
+            idle = self._idle[endpoint]
+            while True:
+                reused = bool(idle)
+                conn = idle.pop() if reused else await self._connect(endpoint)
+                try:
+                    await conn.send(path, payload)
+                    head = await conn.read_head()
+                    body = await conn.read_body(head)
+                except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                    conn.close()
+                    if reused:
+                        continue          # the server closed it while it sat in the pool
+                    raise exc
+                except BaseException:
+                    conn.close()
+                    raise
+                if (head.keep_alive and not self._closed
+                        and (head.chunked or "content-length" in head.headers)):
+                    idle.append(conn)
+                else:
+                    conn.close()
+                break
+        if head.status != 200:
+            raise _error_from(endpoint, path, head.status, body)
+        try:
+            return _first_json(body)
+        except ValueError:
+            raise _ProtocolError(f"{path}: not a JSON answer: {body[:80]!r}") from None
+
+    async def _connect(self, endpoint: Endpoint) -> _Connection:
+        try:
+            return await asyncio.wait_for(_Connection.open(endpoint), self.connect_timeout)
+        except asyncio.TimeoutError:
+            raise OSError(errno.ETIMEDOUT, f"connect timed out after "
+                                           f"{self.connect_timeout:g} s") from None
+
+    async def _open_stream(self, endpoint: Endpoint, path: str, payload: bytes,
+                           timeout: float) -> tuple[_Connection, _Head]:
+        conn = await self._connect(endpoint)        # a connection of its own, never pooled
+        try:
+            async with asyncio.timeout(timeout):
+                await conn.send(path, payload, [("Grpc-Metadata-Hasleader", "true")])
+                head = await conn.read_head()
+                if head.status != 200:
+                    raise _error_from(endpoint, path, head.status, await conn.read_body(head))
+        except BaseException:
+            conn.close()
+            raise
+        return conn, head
+
+
+def _first_json(body: bytes) -> dict[str, Any]:
+    """The JSON object in a unary answer (a stream's answer may hold several lines)."""
+    text = body.decode("utf-8").strip()
+    doc, _ = json.JSONDecoder().raw_decode(text)
+    if not isinstance(doc, dict):
+        raise ValueError("not an object")
+    return doc
+
+
+class Watch:
+    """An open watch stream. `async for response in watch` yields WatchResponse objects
+    (header, created, canceled, compact_revision, cancel_reason, events[]); it raises
+    EtcdUnavailable when the stream breaks and ends after close()."""
+
+    def __init__(self, client: EtcdClient, conn: _Connection, head: _Head) -> None:
+        self.client = client
+        self.endpoint = conn.endpoint
+        self._conn = conn
+        self._decoder = _Chunked() if head.chunked else None
+        self._buffer = bytearray()
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            line_end = self._buffer.find(b"\n")
+            if line_end >= 0:
+                line = bytes(self._buffer[:line_end]).strip()
+                del self._buffer[:line_end + 1]
+                if line:
+                    return self._message(line)
+                continue
+            if len(self._buffer) > MAX_BODY:
+                raise self._broken("watch message too large")
+            try:
+                data = await asyncio.wait_for(self._conn.reader.read(65536),
+                                              self.client.idle_check)
+            except asyncio.TimeoutError:
+                await self._check_member()
+                continue
+            except OSError as exc:
+                if self._closed:
+                    raise StopAsyncIteration from None
+                raise self._broken(_describe(exc)) from None
+            if not data:
+                if self._closed:
+                    raise StopAsyncIteration
+                raise self._broken("watch stream closed by the server")
+            try:
+                self._buffer += self._decoder.feed(data) if self._decoder else data
+            except _ProtocolError as exc:
+                raise self._broken(str(exc)) from None
+            if self._decoder is not None and self._decoder.done and not self._buffer:
+                raise self._broken("watch stream ended")
+
+    def _message(self, line: bytes) -> dict[str, Any]:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            raise self._broken(f"not a JSON message: {line[:80]!r}") from None
+        if isinstance(doc, dict) and isinstance(doc.get("result"), dict):
+            return doc["result"]
+        error = doc.get("error") if isinstance(doc, dict) else None
+        if isinstance(error, dict):
+            message = str(error.get("message") or error.get("error") or error)
+            raise self._broken(message)
+        raise self._broken(f"unexpected message: {line[:80]!r}")
+
+    async def _check_member(self) -> None:
+        """Silence: make sure the member is alive and still has a leader."""
+        try:
+            status = await self.client.status(self.endpoint)
+        except EtcdUnavailable as exc:
+            why = str(exc).removeprefix(f"{self.endpoint}: ")
+            raise self._broken(f"watch idle for {self.client.idle_check:g} s and the member "
+                               f"does not answer a status request ({why})") from None
+        if _int(status, "leader") == 0:
+            raise self._broken("member has no leader")
+
+    def _broken(self, why: str) -> EtcdUnavailable:
+        self.close()
+        return EtcdUnavailable(f"{self.endpoint}: {why}")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._conn.close()
+            self.client._watches.discard(self)
+
+    async def __aenter__(self) -> Watch:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
