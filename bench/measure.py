@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 
 from bench import parsers, procstat, traffic
@@ -170,6 +171,17 @@ def echo(topo: Topology, s: Settings) -> tuple[dict, dict, LogHistogram]:
     metrics = {"ping_median_us": median(rtts), "ping_p99_us": percentile(rtts, 99)}
     raw = {"sent": doc["sent"], "answered": len(rtts)}
     return metrics, raw, hist
+
+
+IDLE_SECONDS = 1.0
+
+
+def background(topo: Topology) -> float:
+    """Machine CPU-seconds per second spent while this lab is idle: what the rest of the box
+    (other workloads, idle daemons) adds to every machine-wide CPU figure of this visit."""
+    with _CpuWindow(topo) as cpu:
+        time.sleep(IDLE_SECONDS)
+    return cpu.machine / IDLE_SECONDS
 
 
 def daemon_rss(topo: Topology) -> list[int | None]:

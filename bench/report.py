@@ -7,10 +7,12 @@ run; `-` where a figure does not apply (daemon CPU of a kernel dataplane) or was
 from __future__ import annotations
 
 from bench import overhead
+from bench.stats import median
 from bench.summary import SCALE, TABLES, rss_overview
 
 ENCAP_TITLES = {None: "host-gw (routing)", "udp": "udp (flannel)", "vxlan": "VXLAN"}
 UDP_SMALL = 64
+BUSY_CPUS = 0.2      # background above this (CPU-seconds per second) earns a warning
 
 
 def _num(value: float | None, digits: int) -> str:
@@ -167,7 +169,8 @@ def method_section(results: dict) -> list[str]:
         "rate.",
         "- CPU: /proc/stat busy time (user+nice+system+irq+softirq, all CPUs; steal and idle "
         "left out) and our daemons' utime+stime, over the client's whole run, divided by "
-        "the bytes (or packets) the receiver got.",
+        "the bytes (or packets) the receiver got. The machine figure includes whatever else "
+        f"the machine ran: {_background_text(results)}.",
         f"- Pinning: {pin}.",
         "- Daemon memory: VmRSS of each daemon after its lab came up and after each round.",
     ]
@@ -178,6 +181,24 @@ def method_section(results: dict) -> list[str]:
                      f"{p['packets_per_test']} packets per test, {p['snaplen']}-byte snap "
                      f"length): {p['records']} packets in `{p['path']}`.")
     return lines + [""]
+
+
+def _backgrounds(results: dict) -> list[float]:
+    return sorted(s["raw"]["background_cpu_per_s"] for s in results["samples"]
+                  if s.get("raw", {}).get("background_cpu_per_s") is not None)
+
+
+def _background_median(results: dict) -> float | None:
+    return median(_backgrounds(results))
+
+
+def _background_text(results: dict) -> str:
+    values = _backgrounds(results)
+    if not values:
+        return "the background was not measured"
+    return (f"measured idle for {len(values)} s, one second before each visit, it used "
+            f"{median(values):.2f} CPU-seconds per second (median; {values[0]:.2f} to "
+            f"{values[-1]:.2f}) of the {results['machine']['cpus']} CPUs")
 
 
 def machine_section(results: dict) -> list[str]:
@@ -203,7 +224,13 @@ def render(results: dict) -> str:
               for t, e in s.get("errors", {}).items()]
     for dp, rnd, test, err in errors:
         lines.append(f"- failed: {dp}, round {rnd}, {test}: {err}")
-    if results.get("skipped") or errors:
+    busy = _background_median(results)
+    if busy is not None and busy > BUSY_CPUS:
+        lines.append(f"- **the machine was not idle**: other work used {busy:.2f} CPU-seconds "
+                     "per second (median of the idle checks before each visit). It competes "
+                     "with every test and is counted in the machine CPU figures; compare "
+                     "dataplanes only within this run.")
+    if results.get("skipped") or errors or (busy is not None and busy > BUSY_CPUS):
         lines.append("")
     underlay = results["dataplanes"][0]["underlay_mtu"] if results["dataplanes"] else 1500
     lines += overlay_section(underlay)

@@ -80,7 +80,12 @@ def _echo(topo: Topology, s: Settings, sample: dict) -> None:
     sample["hist"]["ping"] = hist.counts
 
 
+def _background(topo: Topology, s: Settings, sample: dict) -> None:
+    sample["raw"]["background_cpu_per_s"] = round(measure.background(topo), 3)
+
+
 TESTS = (
+    Test("idle", "background load", lambda s: measure.IDLE_SECONDS + 0.1, _background),
     Test("tcp1", "TCP, 1 stream", lambda s: s.duration + SETUP_SECONDS,
          _tcp(lambda s: 1, "tcp1")),
     Test("tcpN", "TCP, N streams", lambda s: s.duration + SETUP_SECONDS,
@@ -223,6 +228,8 @@ def _one_line(sample: dict) -> str:
         return "-" if v is None else format(v * scale, fmt)
 
     errors = f", {len(sample['errors'])} failed" if sample["errors"] else ""
+    bg = sample["raw"].get("background_cpu_per_s")
+    errors = (f", background {bg:.2f} CPU" if bg is not None else "") + errors
     return (f"round {sample['round']} {sample['dataplane']:<14} "
             f"tcp1 {f('tcp1_gbps', '.2f')} Gbit/s, tcpN {f('tcpN_gbps', '.2f')}, "
             f"64B {f('udp_small_rx_pps', '.0f', 1e-3)} kpps, "
@@ -239,8 +246,8 @@ def _capture_pass(plan: Plan, running: list[Dataplane], topos: dict, progress: P
         for dp in running:
             topo = topos[dp.name]
             for test in TESTS:
-                if test.name == "tcpN":
-                    continue                  # one stream shows the same packets
+                if test.name in ("idle", "tcpN"):
+                    continue                  # no traffic; one stream shows the same packets
                 progress.status(f"capture {dp.name}", test.label)
                 piece = os.path.join(scratch, f"{len(pieces):03d}.pcap")
                 try:

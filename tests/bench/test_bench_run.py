@@ -63,6 +63,7 @@ def test_every_dataplane_produced_samples(run):
         assert (m["tcp1_daemon_cpu_s_per_gb"] is None) == (not any(
             d["daemons"] for d in doc["dataplanes"] if d["name"] == name))
         assert [p["payload"] for p in s["sweep"]] == doc["method"]["udp_payloads"]
+        assert 0 <= s["raw"]["background_cpu_per_s"] <= os.cpu_count()
 
 
 def test_measured_header_cost_matches_the_encapsulation(run):
