@@ -140,8 +140,9 @@ def memory_section(results: dict) -> list[str]:
 
 def method_section(results: dict) -> list[str]:
     m = results["method"]
-    pin = (f"client pod's tools and node 1's daemon on CPU {m['client_cpus']}, server pod's "
-           f"tools and node 2's daemon on CPU {m['server_cpus']} (iperf3, sockperf and the echo "
+    cpus = (",".join(map(str, m["client_cpus"])), ",".join(map(str, m["server_cpus"])))
+    pin = (f"client pod's tools and node 1's daemon on CPU {cpus[0]}, server pod's "
+           f"tools and node 2's daemon on CPU {cpus[1]} (iperf3, sockperf and the echo "
            "probe through taskset, daemons' threads with sched_setaffinity): each node gets "
            "one core, as if the two nodes were one-core machines"
            if m["pin"] else "nothing pinned (--no-pin)")
@@ -179,7 +180,9 @@ def method_section(results: dict) -> list[str]:
         lines.append(f"- Capture: after the rounds, an unmeasured 1 s pass of each test per "
                      f"dataplane with tcpdump on the lab's underlay bridge (at most "
                      f"{p['packets_per_test']} packets per test, {p['snaplen']}-byte snap "
-                     f"length): {p['records']} packets in `{p['path']}`.")
+                     f"length): {p['records']} packets in `{p['path']}` (in Wireshark, "
+                     "Decode As… VXLAN for UDP port 8472; flannel's udp backend on 8285 "
+                     "carries the pod's IPv4 packet bare).")
     return lines + [""]
 
 
@@ -206,7 +209,7 @@ def machine_section(results: dict) -> list[str]:
     return ["## 6. Machine and command", "",
             f"- CPU: {mc['cpu_model']}, {mc['cpus']} CPUs ({mc['machine']})",
             f"- Kernel: {mc['kernel']}",
-            f"- Tools: {mc['iperf3']}; sockperf {mc['sockperf']}; Python {mc['python']}; "
+            f"- Tools: {mc['iperf3']}; {mc['sockperf']}; Python {mc['python']}; "
             f"TCP congestion control {mc['tcp_congestion_control']}",
             f"- Date: {results['started']} to {results['finished']} (UTC)",
             f"- Command: `{results['command']}`", ""]
