@@ -22,6 +22,7 @@ class Dataplane:
     fastpath: str | None = None   # our daemon only: "c" or "python"
     daemon_args: tuple[str, ...] = ()   # extra `dataplane run` flags of this rung
     note: str = ""
+    pin_daemons: bool = True      # False for a rung whose daemon spreads over the cores itself
 
     @property
     def runs_daemon(self) -> bool:
@@ -42,7 +43,8 @@ LADDER: tuple[Dataplane, ...] = (
     Dataplane("vxlan/python", "vxlan", "vxlan", "python", note="per-packet Python reference"),
     # Later rungs are one line each, e.g. (flag names as the daemon will spell them):
     # Dataplane("vxlan/c+offload", "vxlan", "vxlan", "c", ("--offload",)),
-    # Dataplane("vxlan/c+offload+mq", "vxlan", "vxlan", "c", ("--offload", "--queues", "2")),
+    # Dataplane("vxlan/c+offload+mq", "vxlan", "vxlan", "c", ("--offload", "--queues", "2"),
+    #           pin_daemons=False),
 )
 
 BY_NAME = {dp.name: dp for dp in LADDER}

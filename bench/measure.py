@@ -45,7 +45,7 @@ class Settings:
 def pin_daemons(topo: Topology, settings: Settings) -> None:
     """Node 1's daemon beside the client, node 2's beside the server: each node gets one CPU,
     as if the two nodes were separate one-core machines."""
-    if not settings.pin:
+    if not settings.pin or not topo.dp.pin_daemons:
         return
     for pid, cpus in zip(topo.daemon_pids(), (settings.client_cpus, settings.server_cpus)):
         topo.pin(pid, cpus)

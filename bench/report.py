@@ -172,7 +172,7 @@ def method_section(results: dict) -> list[str]:
         "left out) and our daemons' utime+stime, over the client's whole run, divided by "
         "the bytes (or packets) the receiver got. The machine figure includes whatever else "
         f"the machine ran: {_background_text(results)}.",
-        f"- Pinning: {pin}.",
+        f"- Pinning: {pin}{_unpinned_daemons(results)}.",
         "- Daemon memory: VmRSS of each daemon after its lab came up and after each round.",
     ]
     if results.get("pcap"):
@@ -184,6 +184,14 @@ def method_section(results: dict) -> list[str]:
                      "Decode As… VXLAN for UDP port 8472; flannel's udp backend on 8285 "
                      "carries the pod's IPv4 packet bare).")
     return lines + [""]
+
+
+def _unpinned_daemons(results: dict) -> str:
+    names = [d["name"] for d in results["dataplanes"]
+             if d.get("daemons") and not d.get("daemons_pinned", True)]
+    if not names or not results["method"]["pin"]:
+        return ""
+    return f"; the daemons of {', '.join(names)} are left free to use every core"
 
 
 def _backgrounds(results: dict) -> list[float]:

@@ -11,7 +11,7 @@ results.json (schema "dataplane-bench/1"):
     method         {rounds, duration, streams, udp_payloads, latency_mps, echo_count,
                     echo_interval, pin, client_cpus, server_cpus, order, baseline, rss_limit_mb}
     dataplanes     [{name, backend, encap, fastpath, daemon_args, overhead_bytes, underlay_mtu,
-                     pod_mtu, lab, daemons, note}]           in run order
+                     pod_mtu, lab, daemons, daemons_pinned, note}]   in run order
     skipped        [{name, reason}]                          asked for but not run
     rss_before     {dataplane: [bytes per daemon]}           before any traffic
     samples        one per (round, dataplane), in the order they ran:

@@ -187,7 +187,8 @@ def _bring_up(plan: Plan, progress: Progress, topos: dict, results: dict) -> Non
             "name": dp.name, "backend": dp.backend, "encap": dp.encap, "fastpath": dp.fastpath,
             "daemon_args": list(dp.daemon_args), "overhead_bytes": dp.overhead,
             "underlay_mtu": topo.underlay_mtu, "pod_mtu": topo.pod_mtu, "lab": topo.prefix,
-            "daemons": len(pids), "note": dp.note})
+            "daemons": len(pids), "daemons_pinned": bool(pids) and plan.settings.pin
+            and dp.pin_daemons, "note": dp.note})
 
 
 def _gist(exc: Exception) -> str:
