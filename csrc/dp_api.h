@@ -106,7 +106,13 @@ struct dp_config {
     uint16_t port;            /* the UDP port every peer listens on */
     int ttl_decrement;        /* flannel udp decrements TTL on both ends */
     uint32_t max_inner;       /* largest inner packet accepted (TUN MTU); larger: OVERSIZE */
+    uint32_t io_flags;        /* DP_IO_*: what the descriptors handed to dp_drain_* can do */
 };
+
+#define DP_IO_VNET 1          /* the TUN was opened with IFF_VNET_HDR (TUNSETOFFLOAD done) */
+#define DP_IO_UDP_GSO 2       /* send runs of equal segments with UDP_SEGMENT */
+#define DP_IO_UDP_GRO 4       /* the socket has UDP_GRO: datagrams may arrive coalesced */
+#define DP_IO_TUN_USO 8       /* the TUN took TUN_F_USO4: coalesce UDP too (GSO_UDP_L4) */
 
 struct dp_counters {
     uint64_t packets[2];      /* indexed by DP_EGRESS / DP_INGRESS: forwarded */
@@ -114,6 +120,10 @@ struct dp_counters {
     uint64_t drops[2][32];    /* [direction][enum dp_drop] */
     uint64_t batches[2];      /* calls that moved at least one packet */
     uint64_t icmp_sent;       /* net-unreachable errors written back to the TUN */
+    uint64_t super_packets[2];/* egress: TUN reads cut into several segments;
+                                 ingress: TUN writes carrying several packets */
+    uint64_t syscalls[2];     /* egress: read + sendmmsg/sendmsg; ingress: recvmmsg + write */
+    uint64_t gso_fallbacks;   /* UDP_SEGMENT sends refused: segments went out one by one */
 };
 
 /* One packet in a batch. data points into a slot with DP_HEADROOM bytes writable before it. */

@@ -21,6 +21,8 @@ BUDGET = 512
 SOCKET_BUFFER = 4 << 20
 # asm-generic/socket.h: set a buffer beyond net.core.[rw]mem_max (needs CAP_NET_ADMIN)
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+# linux/udp.h
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 
 
 def open_udp_socket(address: str, port: int) -> socket.socket:
@@ -40,6 +42,21 @@ def open_udp_socket(address: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def udp_offloads(sock: socket.socket) -> tuple[bool, bool]:
+    """Turn on UDP_GRO and probe UDP_SEGMENT (a per-socket default of 0 sets nothing); returns
+    (gso, gro) as the kernel allowed them. Kernels before 4.18/5.0 say no to one or both."""
+    gso = gro = True
+    try:
+        sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)
+    except OSError:
+        gso = False
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        gro = False
+    return gso, gro
 
 
 class Datapath:

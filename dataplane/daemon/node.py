@@ -25,13 +25,14 @@ from datetime import timedelta
 from typing import Awaitable, Callable, TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
-from dataplane.daemon.datapath import Datapath, open_udp_socket
-from dataplane.fastpath.types import MODE_UDP, MODE_VXLAN, ForwarderConfig, format_mac, parse_mac
+from dataplane.daemon.datapath import Datapath, open_udp_socket, udp_offloads
+from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
+                                      MODE_VXLAN, ForwarderConfig, format_mac, parse_mac)
 from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import NetworkConfig
 from dataplane.store.base import (ConfigNotFound, LeaseEvent, StoreUnavailable, SubnetStore,
                                   SubnetTaken, diff_leases, renewal_delay)
-from dataplane.tun import open_tun
+from dataplane.tun import TUN_F_USO4, describe_offload, open_tun, set_offload
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class NodeOptions:
     subnet: ipaddress.IPv4Network | None = None
     subnet_file: str = subnetenv.DEFAULT_PATH
     fastpath: str = fastpath.DEFAULT
+    offload: bool = True            # TUN super-packets, UDP GSO/GRO (C fast path only)
     ip_masq: bool = False
     tun_name: str | None = None
     lease_ttl: float = 24 * 3600
@@ -88,6 +90,7 @@ class Node:
         self.started = time.time()
         self.store_errors = 0
         self.metrics = None
+        self.io_flags = 0
         self._stop = asyncio.Event()
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -148,8 +151,10 @@ class Node:
                  self.store.location)
 
         self.tun_name = opts.tun_name or ("flannel0" if backend == "udp" else f"flannel.{cfg.vni}")
-        tun = open_tun(self.tun_name)
+        offload = opts.offload and opts.fastpath == "c"
+        tun = open_tun(self.tun_name, vnet_hdr=offload)
         stack.callback(tun.close)
+        self.io_flags = self._negotiate_offloads(tun.fd, sock) if offload else 0
         await asyncio.to_thread(hostnet.configure_tun, self.tun_name,
                                 str(lease.subnet.network_address), self.tun_mtu,
                                 str(cfg.network), TXQUEUELEN)
@@ -158,7 +163,7 @@ class Node:
         self.fwd = impl.Forwarder(ForwarderConfig(
             mode=MODE_VXLAN if backend == "vxlan" else MODE_UDP,
             local_subnet=str(lease.subnet), port=cfg.port, vni=cfg.vni,
-            mac=self.mac or b"\0" * 6, max_inner=self.tun_mtu))
+            mac=self.mac or b"\0" * 6, max_inner=self.tun_mtu, io_flags=self.io_flags))
         listing = await self._retry("list leases", self.store.list_leases)
         if listing is None:
             return False
@@ -176,6 +181,18 @@ class Node:
                  len(self.peers), opts.fastpath,
                  f", VtepMAC {format_mac(self.mac)}" if self.mac else "")
         return True
+
+    def _negotiate_offloads(self, tun_fd: int, sock) -> int:
+        """Ask the kernel for every offload we can use; log what it granted."""
+        taken = set_offload(tun_fd)
+        gso, gro = udp_offloads(sock)
+        flags = IO_VNET
+        flags |= IO_UDP_GSO if gso else 0
+        flags |= IO_UDP_GRO if gro else 0
+        flags |= IO_TUN_USO if taken & TUN_F_USO4 else 0
+        log.info("offloads: TUN %s; UDP_SEGMENT %s, UDP_GRO %s", describe_offload(taken),
+                 "on" if gso else "refused", "on" if gro else "refused")
+        return flags
 
     def _lease_attrs(self) -> LeaseAttrs:
         if self.config.backend_type == "vxlan":

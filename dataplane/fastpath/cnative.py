@@ -173,6 +173,7 @@ class Forwarder:
         cfg.port = config.port
         cfg.ttl_decrement = int(config.decrements_ttl)
         cfg.max_inner = config.max_inner
+        cfg.io_flags = config.io_flags
         self._f = ffi.gc(lib.dp_fwd_new(cfg), lib.dp_fwd_free)
         if self._f == ffi.NULL:
             raise MemoryError
@@ -199,7 +200,8 @@ class Forwarder:
             for why in Drop:
                 if c.drops[d][why]:
                     drops[(d, why)] = c.drops[d][why]
-        return Counters(list(c.packets), list(c.bytes), drops, list(c.batches), c.icmp_sent)
+        return Counters(list(c.packets), list(c.bytes), drops, list(c.batches), c.icmp_sent,
+                        list(c.super_packets), list(c.syscalls), c.gso_fallbacks)
 
     def _batch(self, payloads: list[bytes]):
         """Copy payloads into slots with headroom in front and room for an ICMP error."""

@@ -292,6 +292,7 @@ class Forwarder:
         self._drops: dict[tuple[Direction, Drop], int] = {}
         self._batches = [0, 0]
         self._icmp = 0
+        self._syscalls = [0, 0]
 
     # peers
     def set_peer(self, subnet: str, public_ip: str, mac: bytes | str = b"\0" * 6) -> None:
@@ -331,7 +332,7 @@ class Forwarder:
 
     def counters(self) -> Counters:
         return Counters(list(self._packets), list(self._bytes), dict(self._drops),
-                        list(self._batches), self._icmp)
+                        list(self._batches), self._icmp, [0, 0], list(self._syscalls), 0)
 
     def _drop(self, direction: Direction, why: Drop, data: bytes = b"") -> Verdict:
         key = (direction, why)
@@ -411,7 +412,9 @@ class Forwarder:
     # I/O: one packet per syscall, as flannel's proxy does
     def drain_tun(self, tun_fd: int, sock: socket.socket, budget: int) -> int:
         n = 0
+        calls = self._syscalls
         while n < budget:
+            calls[_EGRESS] += 1
             try:
                 pkt = os.read(tun_fd, _SLOT_DATA)
             except (BlockingIOError, InterruptedError):
@@ -419,6 +422,8 @@ class Forwarder:
             n += 1
             self._batches[_EGRESS] += 1
             v = self._egress_one(pkt)
+            if v.action != Action.DROP:
+                calls[_EGRESS] += 1
             if v.action == Action.SEND:
                 try:
                     sock.sendto(v.data, (v.addr, v.port))
@@ -430,7 +435,9 @@ class Forwarder:
 
     def drain_udp(self, sock: socket.socket, tun_fd: int, budget: int) -> int:
         n = 0
+        calls = self._syscalls
         while n < budget:
+            calls[_INGRESS] += 1
             try:
                 payload, (src, port) = sock.recvfrom(_SLOT_DATA, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -438,8 +445,10 @@ class Forwarder:
             n += 1
             self._batches[_INGRESS] += 1
             v = self._ingress_one(src, payload)
-            if v.action == Action.TUN and not _tun_write(tun_fd, v.data):
-                self._unforward(_INGRESS, len(v.data), Drop.TUN_WRITE_ERROR)
+            if v.action == Action.TUN:
+                calls[_INGRESS] += 1
+                if not _tun_write(tun_fd, v.data):
+                    self._unforward(_INGRESS, len(v.data), Drop.TUN_WRITE_ERROR)
         return n
 
 

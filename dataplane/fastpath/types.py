@@ -21,6 +21,12 @@ HEADROOM = 64                           # free bytes before each packet in a C b
 ICMP_MAX = 96                           # largest ICMP error we build: 20 + 8 + 60 + 8
 SPORT_RANGE = (49152, 65535)            # VXLAN source ports (RFC 7348 section 5)
 
+# ForwarderConfig.io_flags (DP_IO_* in csrc/dp_api.h): negotiated by the daemon, used by C.
+IO_VNET = 1       # the TUN has IFF_VNET_HDR and TUNSETOFFLOAD: super-packets both ways
+IO_UDP_GSO = 2    # the socket sends runs of equal segments with UDP_SEGMENT
+IO_UDP_GRO = 4    # the socket has UDP_GRO: datagrams may arrive coalesced
+IO_TUN_USO = 8    # the TUN took TUN_F_USO4: UDP may be coalesced too
+
 
 class Action(enum.IntEnum):
     DROP = 0   # counted under Verdict.drop
@@ -47,6 +53,7 @@ class ForwarderConfig:
     mac: bytes = b"\0" * 6         # our VtepMAC (vxlan)
     ttl_decrement: bool | None = None   # default: on for udp (as flannel), off for vxlan (as Linux)
     max_inner: int = 65535         # largest inner packet forwarded (the TUN MTU)
+    io_flags: int = 0              # IO_*: what the descriptors given to drain_* can do (C only)
 
     @property
     def tun_addr(self) -> str:
@@ -65,6 +72,9 @@ class Counters:
     drops: dict[tuple[Direction, Drop], int]   # only reasons seen
     batches: list[int]             # hot-path calls that moved at least one packet
     icmp_sent: int
+    super_packets: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
+    syscalls: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
+    gso_fallbacks: int = 0
 
     def dropped(self, direction: Direction, reason: Drop) -> int:
         return self.drops.get((direction, reason), 0)
