@@ -25,9 +25,11 @@ from datetime import timedelta
 from typing import Awaitable, Callable, TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
-from dataplane.daemon.datapath import Datapath, open_udp_socket, udp_offloads
+from dataplane.daemon.datapath import (Datapath, Worker, close_sockets, open_worker_sockets,
+                                       socket_buffers, udp_offloads)
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
-                                      MODE_VXLAN, ForwarderConfig, format_mac, parse_mac)
+                                      MODE_VXLAN, Counters, ForwarderConfig, format_mac,
+                                      parse_mac)
 from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import NetworkConfig
 from dataplane.store.base import (ConfigNotFound, LeaseEvent, StoreUnavailable, SubnetStore,
@@ -56,6 +58,7 @@ class NodeOptions:
     subnet_file: str = subnetenv.DEFAULT_PATH
     fastpath: str = fastpath.DEFAULT
     offload: bool = True            # TUN super-packets, UDP GSO/GRO (C fast path only)
+    workers: int = 1                # TUN queues and forwarding threads (C fast path only)
     ip_masq: bool = False
     tun_name: str | None = None
     lease_ttl: float = 24 * 3600
@@ -79,7 +82,8 @@ class Node:
         self.store = options.store
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None
-        self.fwd = None
+        self.fwds: list = []                 # one forwarder per worker
+        self.workers: list[Worker] = []      # threads, when there are several
         self.underlay: hostnet.Underlay | None = None
         self.tun_name = ""
         self.tun_mtu = 0
@@ -137,8 +141,11 @@ class Node:
         self.tun_mtu = ul.mtu - OVERHEAD[backend]
         self.mac = vtep_mac(ul.address, cfg.vni) if backend == "vxlan" else b""
 
-        sock = open_udp_socket(ul.address, cfg.port)   # before the lease: a busy port costs none
-        stack.callback(sock.close)
+        impl = fastpath.load(opts.fastpath)
+        workers = opts.workers if opts.fastpath == "c" else 1   # the reference holds the GIL
+        # Sockets before the lease: a busy port costs no lease.
+        pairs = open_worker_sockets(ul.address, cfg.port, workers)
+        stack.callback(close_sockets, pairs)
 
         previous = subnetenv.previous_subnet(opts.subnet_file)
         lease = await self._retry("acquire a lease", lambda: self.store.acquire_lease(
@@ -152,27 +159,37 @@ class Node:
 
         self.tun_name = opts.tun_name or ("flannel0" if backend == "udp" else f"flannel.{cfg.vni}")
         offload = opts.offload and opts.fastpath == "c"
-        tun = open_tun(self.tun_name, vnet_hdr=offload)
+        tun = open_tun(self.tun_name, queues=workers, vnet_hdr=offload)
         stack.callback(tun.close)
-        self.io_flags = self._negotiate_offloads(tun.fd, sock) if offload else 0
+        self.io_flags = self._negotiate_offloads(tun.fd, pairs) if offload else 0
+        rcv, snd = socket_buffers(pairs[0][0])
+        log.info("socket buffers: receive %d KiB, send %d KiB; %d worker%s", rcv >> 10,
+                 snd >> 10, workers, "s" if workers > 1 else "")
         await asyncio.to_thread(hostnet.configure_tun, self.tun_name,
                                 str(lease.subnet.network_address), self.tun_mtu,
                                 str(cfg.network), TXQUEUELEN)
 
-        impl = fastpath.load(opts.fastpath)
-        self.fwd = impl.Forwarder(ForwarderConfig(
+        config = ForwarderConfig(
             mode=MODE_VXLAN if backend == "vxlan" else MODE_UDP,
             local_subnet=str(lease.subnet), port=cfg.port, vni=cfg.vni,
-            mac=self.mac or b"\0" * 6, max_inner=self.tun_mtu, io_flags=self.io_flags))
+            mac=self.mac or b"\0" * 6, max_inner=self.tun_mtu, io_flags=self.io_flags)
+        self.fwds = [impl.Forwarder(config) for _ in range(workers)]
         listing = await self._retry("list leases", self.store.list_leases)
         if listing is None:
             return False
         leases, self._cursor = listing
         self._resync(leases)
 
-        datapath = Datapath(self.fwd, tun.fd, sock)
-        datapath.start()
-        stack.callback(datapath.stop)
+        paths = [Datapath(fwd, fd, recv, send)
+                 for fwd, fd, (recv, send) in zip(self.fwds, tun.fds, pairs)]
+        if workers == 1:
+            paths[0].start()
+            stack.callback(paths[0].stop)
+        else:
+            self.workers = [Worker(i, path) for i, path in enumerate(paths)]
+            for worker in self.workers:
+                worker.start()
+                stack.callback(worker.stop)
 
         subnetenv.write(opts.subnet_file, network=cfg.network, subnet=lease.subnet,
                         mtu=self.tun_mtu, ipmasq=opts.ip_masq)
@@ -182,10 +199,12 @@ class Node:
                  f", VtepMAC {format_mac(self.mac)}" if self.mac else "")
         return True
 
-    def _negotiate_offloads(self, tun_fd: int, sock) -> int:
+    def _negotiate_offloads(self, tun_fd: int, pairs) -> int:
         """Ask the kernel for every offload we can use; log what it granted."""
         taken = set_offload(tun_fd)
-        gso, gro = udp_offloads(sock)
+        granted = [udp_offloads(sock) for pair in pairs for sock in set(pair)]
+        gso = all(g for g, _ in granted)
+        gro = all(r for _, r in granted)
         flags = IO_VNET
         flags |= IO_UDP_GSO if gso else 0
         flags |= IO_UDP_GRO if gro else 0
@@ -245,7 +264,7 @@ class Node:
             return
         if event.kind == "removed":
             if self.peers.pop(lease.subnet, None) is not None:
-                self.fwd.del_peer(str(lease.subnet))
+                self._each_forwarder("del_peer", str(lease.subnet))
                 log.info("peer %s (%s) left", lease.subnet, lease.public_ip)
             return
         mac = b"\0" * 6
@@ -259,10 +278,22 @@ class Node:
                 return
         known = self.peers.get(lease.subnet)
         self.peers[lease.subnet] = lease
-        self.fwd.set_peer(str(lease.subnet), lease.public_ip, mac)
+        self._each_forwarder("set_peer", str(lease.subnet), lease.public_ip, mac)
         if known is None or (known.public_ip, known.vtep_mac) != (lease.public_ip, lease.vtep_mac):
             log.info("peer %s at %s%s", lease.subnet, lease.public_ip,
                      f" VtepMAC {lease.vtep_mac}" if lease.vtep_mac else "")
+
+    def _each_forwarder(self, method: str, *args) -> None:
+        """Apply a peer change to every worker's forwarder, on that worker's own thread."""
+        if self.workers:
+            for worker, fwd in zip(self.workers, self.fwds):
+                worker.call(getattr(fwd, method), *args)
+        else:
+            for fwd in self.fwds:
+                getattr(fwd, method)(*args)
+
+    def counters(self) -> Counters | None:
+        return Counters.total([fwd.counters() for fwd in self.fwds]) if self.fwds else None
 
     async def _follow_leases(self) -> None:
         self._lost = False

@@ -79,6 +79,21 @@ class Counters:
     def dropped(self, direction: Direction, reason: Drop) -> int:
         return self.drops.get((direction, reason), 0)
 
+    @classmethod
+    def total(cls, parts: list[Counters]) -> Counters:
+        """The sum of several forwarders' counters (one per worker)."""
+        drops: dict[tuple[Direction, Drop], int] = {}
+        for part in parts:
+            for key, n in part.drops.items():
+                drops[key] = drops.get(key, 0) + n
+
+        def pair(name: str) -> list[int]:
+            return [sum(getattr(p, name)[d] for p in parts) for d in (0, 1)]
+
+        return cls(pair("packets"), pair("bytes"), drops, pair("batches"),
+                   sum(p.icmp_sent for p in parts), pair("super_packets"), pair("syscalls"),
+                   sum(p.gso_fallbacks for p in parts))
+
 
 def ip_to_int(addr: str | ipaddress.IPv4Address) -> int:
     return int(ipaddress.IPv4Address(addr))

@@ -275,6 +275,9 @@ class Lab:
         started = {node.name: (node, self._spawn_daemon(node, self.fastpath))
                    for node in self.nodes if node.runs_daemon}
         daemon.wait_ready(started, self.daemon_timeout)
+        if self.daemon_program is None:         # a stand-in serves no metrics
+            daemon.wait_converged([n for n, _ in started.values()], len(self.nodes) - 1,
+                                  self.daemon_timeout)
 
     def _spawn_daemon(self, node: Node, fastpath: str | None) -> subprocess.Popen[bytes]:
         proc = daemon.start(node, daemon.argv(node, self.store.daemon_args(),

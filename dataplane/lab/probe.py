@@ -119,6 +119,25 @@ def tcp_send(ip: str, port: int, nbytes: int, seed: int, timeout: float) -> dict
             "seconds": round(time.monotonic() - start, 6)}
 
 
+def peers(port: int, want: int, timeout: float) -> dict[str, object]:
+    """Poll our daemon's /metrics on this namespace's loopback until it knows `want` peers."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    known = -1
+    while True:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+            for line in text.decode().splitlines():
+                if line.startswith("dataplane_peers "):
+                    known = int(float(line.split()[1]))
+        except OSError:
+            pass                 # not serving yet
+        if known >= want or time.monotonic() > deadline:
+            return {"peers": known, "ok": known >= want}
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m dataplane.lab.probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -137,9 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("nbytes", type=int)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--timeout", type=float, default=30.0)
+    q = sub.add_parser("peers")
+    q.add_argument("port", type=int)
+    q.add_argument("want", type=int)
+    q.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
-    if args.cmd == "ping":
-        result: dict[str, object] = dict(ping(args.targets, count=args.count,
+    result: dict[str, object]
+    if args.cmd == "peers":
+        result = peers(args.port, args.want, args.timeout)
+    elif args.cmd == "ping":
+        result = dict(ping(args.targets, count=args.count,
                                               interval=args.interval, timeout=args.timeout))
     elif args.cmd == "tcp-serve":
         result = tcp_serve(args.ip, args.port, args.timeout)
