@@ -136,15 +136,17 @@ def flow_sport(pkt: bytes, lo: int = SPORT_RANGE[0], hi: int = SPORT_RANGE[1]) -
 # ---- VXLAN and outer headers ----------------------------------------------------------------
 
 def vxlan_header(vni: int, dst_mac: bytes, src_mac: bytes) -> bytes:
-    return struct.pack("!II", 0x08000000, (vni & 0xFFFFFF) << 8) + dst_mac + src_mac + b"\x08\x00"
+    return (struct.pack("!II", 0x08000000, (vni & 0xFFFFFF) << 8) + parse_mac(dst_mac) +
+            parse_mac(src_mac) + b"\x08\x00")
 
 
 def vxlan_encap(pkt: bytes, vni: int, dst_mac: bytes, src_mac: bytes) -> bytes:
     """UDP payload for an inner IPv4 packet: VXLAN header, inner Ethernet, the packet."""
-    return vxlan_header(vni, parse_mac(dst_mac), parse_mac(src_mac)) + bytes(pkt)
+    return vxlan_header(vni, dst_mac, src_mac) + bytes(pkt)
 
 
 def vxlan_check(buf: bytes, vni: int, own_mac: bytes) -> tuple[Drop, int]:
+    own_mac = parse_mac(own_mac)
     if len(buf) < VXLAN_OVERHEAD:
         return Drop.TRUNCATED, 0
     flags, vni_word = struct.unpack_from("!II", buf)
@@ -163,7 +165,7 @@ def vxlan_check(buf: bytes, vni: int, own_mac: bytes) -> tuple[Drop, int]:
 
 def vxlan_decap(payload: bytes, vni: int, own_mac: bytes) -> tuple[Drop, bytes]:
     """Check a VXLAN payload as a Linux receiver would; return the inner frame's payload."""
-    why, off = vxlan_check(payload, vni, parse_mac(own_mac))
+    why, off = vxlan_check(payload, vni, own_mac)
     return (why, b"") if why else (Drop.NONE, bytes(payload[off:]))
 
 
