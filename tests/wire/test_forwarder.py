@@ -104,10 +104,21 @@ def test_ttl_decrement_can_be_forced_either_way(impl):
 
 def test_egress_oversize(impl, mode):
     fwd = make(impl, mode, max_inner=100)
-    small, big = inner_tcp(data=b"x" * 20), inner_tcp(data=b"x" * 200)
-    vs = fwd.egress([small, big])
+    fits, big = inner_tcp(data=b"x" * 60), inner_tcp(data=b"x" * 61)
+    assert len(fits) == 100
+    vs = fwd.egress([fits, big, big + b"pad"])
+    assert [v.drop for v in vs] == [Drop.NONE, Drop.OVERSIZE, Drop.OVERSIZE]
+    assert fwd.counters().dropped(EG, Drop.OVERSIZE) == 2
+    # Trailing bytes do not count: the limit is on the IP packet.
+    assert fwd.egress([fits + b"pad"])[0].drop == Drop.NONE
+
+
+def test_ingress_oversize(impl, mode):
+    fwd = make(impl, mode, max_inner=100)
+    fits = inner_tcp(src="10.244.2.7", dst="10.244.1.5", data=b"x" * 60)
+    big = inner_tcp(src="10.244.2.7", dst="10.244.1.5", data=b"x" * 61)
+    vs = fwd.ingress([from_peer(impl, mode, fits), from_peer(impl, mode, big)])
     assert [v.drop for v in vs] == [Drop.NONE, Drop.OVERSIZE]
-    assert fwd.counters().dropped(EG, Drop.OVERSIZE) == 1
 
 
 def test_egress_invalid_packets(impl, mode):
