@@ -34,3 +34,27 @@ def cimpl():
 @pytest.fixture(scope="session")
 def pyimpl():
     return fastpath.load("python")
+
+
+def pytest_configure(config):
+    _route_sanitizer_reports(config)
+
+
+def _route_sanitizer_reports(config) -> None:
+    """Under `make test-asan`, send AddressSanitizer/UBSan reports to the real stderr.
+
+    pytest captures fd 2 into a temporary file while a test runs; a sanitizer error ends the
+    process with _exit, so that file, and the report in it, would vanish and the run would
+    stop with no word of why. The capture manager keeps a dup of the original fd 2.
+    """
+    import ctypes
+
+    try:
+        set_report_fd = ctypes.CDLL(None).__sanitizer_set_report_fd
+    except AttributeError:
+        return                                        # not a sanitizer run
+    capture = config.pluginmanager.getplugin("capturemanager")
+    err = getattr(getattr(capture, "_global_capturing", None), "err", None)
+    fd = getattr(err, "targetfd_save", None)          # absent with -s / --capture=sys
+    if fd is not None:
+        set_report_fd(ctypes.c_void_p(os.dup(fd)))

@@ -59,7 +59,8 @@ def valid_ipv4(draw, src=addresses, dst=addresses, max_payload: int = 120) -> by
     return bytes(hdr) + l4
 
 
-MUTATIONS = ["byte", "byte-fixed", "truncate", "trail", "total", "ihl", "empty", "garbage"]
+MUTATIONS = ["byte", "byte-fixed", "truncate", "cut-l4", "trail", "total", "ihl", "empty",
+             "garbage"]
 
 
 @st.composite
@@ -77,6 +78,12 @@ def mutated(draw, pkt: bytes, intact: int = 2) -> bytes:
             _fix_checksum(buf, ihl)
     elif how == "truncate":
         del buf[draw(st.integers(0, len(buf))):]
+    elif how == "cut-l4" and len(buf) >= 20:              # a few bytes of L4, or none
+        ihl = max(20, (buf[0] & 0xF) * 4)
+        del buf[ihl + draw(st.integers(0, 8)):]
+        if draw(st.booleans()) and len(buf) >= ihl:        # ... in a packet that says so
+            buf[2:4] = struct.pack("!H", len(buf))
+            _fix_checksum(buf, ihl)
     elif how == "trail":
         buf += draw(st.binary(min_size=1, max_size=40))
     elif how == "total" and len(buf) >= 20:                # a lying total length, checksummed
