@@ -15,6 +15,7 @@ import struct
 from dataplane.drops import Direction, Drop
 from dataplane.fastpath.types import (
     ICMP_MAX,
+    MAX_UDP_PAYLOAD,
     MODE_VXLAN,
     SPORT_RANGE,
     VXLAN_OVERHEAD,
@@ -172,6 +173,8 @@ def vxlan_decap(payload: bytes, vni: int, own_mac: bytes) -> tuple[Drop, bytes]:
 def outer_udp4(payload: bytes, src: str, dst: str, sport: int, dport: int,
                ttl: int = 64, ident: int = 0) -> bytes:
     """A whole IPv4/UDP datagram around payload, both checksums filled in."""
+    if len(payload) > MAX_UDP_PAYLOAD:
+        raise ValueError(f"{len(payload)} bytes do not fit in one IPv4/UDP datagram")
     udp_len = 8 + len(payload)
     saddr, daddr = ip_to_int(src), ip_to_int(dst)
     ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, ident, 0, ttl, _PROTO_UDP,

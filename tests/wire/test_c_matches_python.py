@@ -118,11 +118,11 @@ def _ip(value: int) -> str:
     return str(ipaddress.IPv4Address(value))
 
 
-@given(payload=st.binary(max_size=1600) | st.integers(1600, 65507).map(lambda n: b"\xa5" * n),
+@given(payload=st.binary(max_size=1600) | st.integers(1600, 65600).map(lambda n: b"\xa5" * n),
        src=addresses, dst=addresses, sport=u16, dport=u16, ttl=u8, ident=u16)
 def test_outer_udp4(cimpl, pyimpl, payload, src, dst, sport, dport, ttl, ident):
     args = (payload, _ip(src), _ip(dst), sport, dport, ttl, ident)
-    assert cimpl.outer_udp4(*args) == pyimpl.outer_udp4(*args)
+    same(lambda: cimpl.outer_udp4(*args), lambda: pyimpl.outer_udp4(*args))
 
 
 @given(pkt=inputs, src=addresses)

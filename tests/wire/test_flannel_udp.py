@@ -56,3 +56,11 @@ def test_trailing_bytes_are_trimmed(impl):
         "empty", "header-only"])
 def test_lies_in_lengths_are_refused(impl, payload, why):
     assert impl.udp_decap(payload) == (why, b"")
+
+
+def test_outer_udp4_refuses_what_does_not_fit(impl):
+    # 65507 is the most an IPv4/UDP datagram carries; past it the length fields would wrap.
+    raw = impl.outer_udp4(bytes(65507), "192.0.2.1", "192.0.2.2", 1, 2)
+    assert raw[2:4] == b"\xff\xff" and raw[24:26] == (65515).to_bytes(2, "big")
+    with pytest.raises(ValueError):
+        impl.outer_udp4(bytes(65508), "192.0.2.1", "192.0.2.2", 1, 2)
