@@ -8,7 +8,7 @@
  * host byte order; everything inside packet buffers is in network byte order.
  */
 
-/* Mirrors dataplane/drops.py:Drop (tests/test_drops.py keeps the two in step). */
+/* Mirrors dataplane/drops.py:Drop (tests/wire/test_drops.py keeps the two in step). */
 enum dp_drop {
     DP_OK = 0,
     DP_DROP_TRUNCATED = 1,
