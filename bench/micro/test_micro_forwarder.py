@@ -65,4 +65,5 @@ def test_c_batch_core(benchmark, cimpl, mode, direction):
                                 packets=BATCH)
     benchmark.pedantic(call, args=(fwd._f, batch.pkts, BATCH), setup=batch.reset,
                        rounds=3000, warmup_rounds=50)
-    assert [batch.pkts[i].action for i in range(BATCH)] == [1 if direction == "egress" else 2] * BATCH
+    want = 1 if direction == "egress" else 2                 # DP_ACT_SEND / DP_ACT_TUN
+    assert [batch.pkts[i].action for i in range(BATCH)] == [want] * BATCH

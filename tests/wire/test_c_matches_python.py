@@ -51,7 +51,8 @@ def test_forwarders_agree(cimpl, pyimpl, scenario):
             f.set_peer(subnet, ip, mac)
     for op, arg in ops:
         if op in ("egress", "ingress"):
-            kind, verdicts = same(lambda: getattr(fwds[0], op)(arg), lambda: getattr(fwds[1], op)(arg))
+            kind, verdicts = same(lambda: getattr(fwds[0], op)(arg),
+                                  lambda: getattr(fwds[1], op)(arg))
             for v in verdicts if kind == "ok" else ():
                 event(f"{op} {v.action.name} {v.drop.name}")   # --hypothesis-show-statistics
         elif op == "set_peer":
@@ -137,5 +138,7 @@ def test_primitives_at_the_edges(cimpl, pyimpl, size):
                  bytes([0x45, 0, 0, 0x14] + [0xFF] * max(0, size - 4))[:size]):
         for name in ("ipv4_validate", "flow_hash", "udp_decap"):
             same(lambda: getattr(cimpl, name)(fill), lambda: getattr(pyimpl, name)(fill))
-        same(lambda: cimpl.icmp_net_unreachable(fill, 1), lambda: pyimpl.icmp_net_unreachable(fill, 1))
-        same(lambda: cimpl.vxlan_check(fill, 0, bytes(6)), lambda: pyimpl.vxlan_check(fill, 0, bytes(6)))
+        same(lambda: cimpl.icmp_net_unreachable(fill, 1),
+             lambda: pyimpl.icmp_net_unreachable(fill, 1))
+        same(lambda: cimpl.vxlan_check(fill, 0, bytes(6)),
+             lambda: pyimpl.vxlan_check(fill, 0, bytes(6)))

@@ -19,7 +19,7 @@ def test_every_drop_reason_has_its_c_twin():
 
 
 def test_c_has_no_reason_python_lacks():
-    c_reasons = {name for name in dir(lib) if name.startswith("DP_DROP_") and name != "DP_DROP_COUNT"}
+    c_reasons = {n for n in dir(lib) if n.startswith("DP_DROP_") and n != "DP_DROP_COUNT"}
     assert c_reasons == {c_name(m) for m in Drop if m is not Drop.NONE}
     assert lib.DP_DROP_COUNT == len(Drop)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import IP, UDP
 from scapy.packet import bind_layers, split_layers
 
 from dataplane.drops import Drop
@@ -47,8 +47,8 @@ def test_trailing_bytes_are_trimmed(impl):
     (inner_tcp()[:-1], Drop.TRUNCATED),                         # total length says one more
     (ipv4("10.244.2.7", "10.244.1.5", b"x" * 4, total=1500), Drop.TRUNCATED),
     (ipv4("10.244.2.7", "10.244.1.5", b"x" * 4, total=12), Drop.BAD_IP_HEADER),
-    (ipv4("10.244.2.7", "10.244.1.5", b"x" * 40, ihl=15), Drop.BAD_IP_CHECKSUM),  # IHL swallows data
-    (ipv4("10.244.2.7", "10.244.1.5", b"x" * 4, ihl=15), Drop.BAD_IP_HEADER),     # IHL > total
+    (ipv4("10.244.2.7", "10.244.1.5", b"x" * 40, ihl=15), Drop.BAD_IP_CHECKSUM),  # eats data
+    (ipv4("10.244.2.7", "10.244.1.5", b"x" * 4, ihl=15), Drop.BAD_IP_HEADER),     # > total
     (ipv4("10.244.2.7", "10.244.1.5", b"x" * 4, ihl=3), Drop.BAD_IP_HEADER),
     (b"", Drop.TRUNCATED),
     (bytes(IP(inner_tcp()))[:20], Drop.TRUNCATED),              # header alone, total says more

@@ -4,7 +4,7 @@ RFC 1812 section 4.3.2.7: never about an error, a non-first fragment, or a broad
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, IPerror, TCPerror, UDPerror
+from scapy.layers.inet import ICMP, IP, IPerror, TCPerror, UDPerror
 
 from dataplane.fastpath.types import ICMP_MAX
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
 from dataplane.drops import Drop
@@ -86,7 +88,6 @@ def test_ttl_decrement_of_a_stub_is_truncated(impl):
        options=st.binary(max_size=40))
 def test_ttl_decrement_keeps_any_header_valid(impl, ttl, proto, tos, ident, frag, src, dst,
                                               options):
-    from ipaddress import IPv4Address
     pkt = bytearray(ipv4(str(IPv4Address(src)), str(IPv4Address(dst)), b"payload", proto=proto,
                          ttl=ttl, tos=tos, ident=ident, frag=frag, options=options))
     assert impl.ttl_decrement(pkt) == Drop.NONE
@@ -129,7 +130,8 @@ def test_flow_hash_ignores_ports_where_there_are_none(impl):
     assert impl.flow_hash(_flow(sport=1, frag=frag)) == impl.flow_hash(_flow(sport=2, frag=frag))
     assert impl.flow_hash(_flow(sport=1, proto=47)) == impl.flow_hash(_flow(sport=2, proto=47))
     # A first fragment with more to come still has its ports.
-    assert impl.flow_hash(_flow(sport=1, frag=0x2000)) != impl.flow_hash(_flow(sport=2, frag=0x2000))
+    more = 0x2000
+    assert impl.flow_hash(_flow(sport=1, frag=more)) != impl.flow_hash(_flow(sport=2, frag=more))
 
 
 def test_flow_sport_stays_in_range_and_spreads(impl):

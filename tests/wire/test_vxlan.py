@@ -125,9 +125,8 @@ def _set(buf: bytes, offset: int, value: bytes) -> bytes:
     return buf[:offset] + value + buf[offset + len(value):]
 
 
-
 @pytest.mark.parametrize("mutate, why", [
-    (lambda b: _set(b, 0, b"\x0c"), Drop.BAD_VXLAN_FLAGS),          # a reserved flag bit (GBP-ish)
+    (lambda b: _set(b, 0, b"\x0c"), Drop.BAD_VXLAN_FLAGS),          # I plus a reserved flag bit
     (lambda b: _set(b, 0, b"\x88"), Drop.BAD_VXLAN_FLAGS),          # the G bit of VXLAN-GBP
     (lambda b: _set(b, 1, b"\x01"), Drop.BAD_VXLAN_FLAGS),          # reserved, byte 1
     (lambda b: _set(b, 3, b"\x80"), Drop.BAD_VXLAN_FLAGS),          # reserved, byte 3
