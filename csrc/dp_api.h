@@ -8,7 +8,7 @@
  * host byte order; everything inside packet buffers is in network byte order.
  */
 
-/* Mirrors dataplane/drops.py:Drop (tests/test_drops.py keeps the two in step). */
+/* Mirrors dataplane/drops.py:Drop (tests/wire/test_drops.py keeps the two in step). */
 enum dp_drop {
     DP_OK = 0,
     DP_DROP_TRUNCATED = 1,
@@ -77,7 +77,8 @@ void dp_vxlan_header(uint8_t *out, uint32_t vni, const uint8_t *dst_mac, const u
 /* Checks a VXLAN payload; on DP_OK *inner_off is where the inner IPv4 packet starts. */
 int dp_vxlan_check(const uint8_t *buf, size_t len, uint32_t vni, const uint8_t *own_mac,
                    size_t *inner_off);
-/* Writes outer IPv4 + UDP (28 bytes) in front of a payload already at hdr + 28. */
+/* Writes outer IPv4 + UDP (28 bytes) in front of a payload already at hdr + 28.
+ * payload_len must be at most 65507 (65535 - 28); the length fields would wrap past it. */
 void dp_outer_udp4(uint8_t *hdr, size_t payload_len, uint32_t saddr, uint32_t daddr,
                    uint16_t sport, uint16_t dport, uint8_t ttl, uint16_t ident);
 /* Builds ICMP net-unreachable for the packet at pkt (from src) into out (>= DP_ICMP_MAX bytes).

@@ -18,6 +18,7 @@ from dataplane.fastpath.types import (
     GSO_CAPACITY,
     HEADROOM,
     ICMP_MAX,
+    MAX_UDP_PAYLOAD,
     MODE_VXLAN,
     SPORT_RANGE,
     VNET_HLEN,
@@ -113,6 +114,8 @@ def vxlan_decap(payload: bytes, vni: int, own_mac: bytes) -> tuple[Drop, bytes]:
 
 def outer_udp4(payload: bytes, src: str, dst: str, sport: int, dport: int,
                ttl: int = 64, ident: int = 0) -> bytes:
+    if len(payload) > MAX_UDP_PAYLOAD:      # dp_outer_udp4 would wrap the length fields
+        raise ValueError(f"{len(payload)} bytes do not fit in one IPv4/UDP datagram")
     out = ffi.new("uint8_t[]", lib.DP_OUTER_HLEN + len(payload))
     ffi.memmove(out + lib.DP_OUTER_HLEN, payload, len(payload))
     lib.dp_outer_udp4(out, len(payload), ip_to_int(src), ip_to_int(dst), sport, dport, ttl, ident)

@@ -24,6 +24,7 @@ from dataplane.fastpath.types import (
     GSO_TCPV4,
     GSO_UDP_L4,
     ICMP_MAX,
+    MAX_UDP_PAYLOAD,
     MODE_VXLAN,
     SPORT_RANGE,
     VNET_F_NEEDS_CSUM,
@@ -150,15 +151,17 @@ def flow_sport(pkt: bytes, lo: int = SPORT_RANGE[0], hi: int = SPORT_RANGE[1]) -
 # ---- VXLAN and outer headers ----------------------------------------------------------------
 
 def vxlan_header(vni: int, dst_mac: bytes, src_mac: bytes) -> bytes:
-    return struct.pack("!II", 0x08000000, (vni & 0xFFFFFF) << 8) + dst_mac + src_mac + b"\x08\x00"
+    return (struct.pack("!II", 0x08000000, (vni & 0xFFFFFF) << 8) + parse_mac(dst_mac) +
+            parse_mac(src_mac) + b"\x08\x00")
 
 
 def vxlan_encap(pkt: bytes, vni: int, dst_mac: bytes, src_mac: bytes) -> bytes:
     """UDP payload for an inner IPv4 packet: VXLAN header, inner Ethernet, the packet."""
-    return vxlan_header(vni, parse_mac(dst_mac), parse_mac(src_mac)) + bytes(pkt)
+    return vxlan_header(vni, dst_mac, src_mac) + bytes(pkt)
 
 
 def vxlan_check(buf: bytes, vni: int, own_mac: bytes) -> tuple[Drop, int]:
+    own_mac = parse_mac(own_mac)
     if len(buf) < VXLAN_OVERHEAD:
         return Drop.TRUNCATED, 0
     flags, vni_word = struct.unpack_from("!II", buf)
@@ -177,13 +180,15 @@ def vxlan_check(buf: bytes, vni: int, own_mac: bytes) -> tuple[Drop, int]:
 
 def vxlan_decap(payload: bytes, vni: int, own_mac: bytes) -> tuple[Drop, bytes]:
     """Check a VXLAN payload as a Linux receiver would; return the inner frame's payload."""
-    why, off = vxlan_check(payload, vni, parse_mac(own_mac))
+    why, off = vxlan_check(payload, vni, own_mac)
     return (why, b"") if why else (Drop.NONE, bytes(payload[off:]))
 
 
 def outer_udp4(payload: bytes, src: str, dst: str, sport: int, dport: int,
                ttl: int = 64, ident: int = 0) -> bytes:
     """A whole IPv4/UDP datagram around payload, both checksums filled in."""
+    if len(payload) > MAX_UDP_PAYLOAD:
+        raise ValueError(f"{len(payload)} bytes do not fit in one IPv4/UDP datagram")
     udp_len = 8 + len(payload)
     saddr, daddr = ip_to_int(src), ip_to_int(dst)
     ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, ident, 0, ttl, _PROTO_UDP,

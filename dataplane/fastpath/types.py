@@ -17,6 +17,7 @@ VXLAN_HLEN = 8
 ETH_HLEN = 14
 VXLAN_OVERHEAD = VXLAN_HLEN + ETH_HLEN  # what we prepend to an inner packet in vxlan mode
 OUTER_HLEN = 28                         # outer IPv4 + UDP
+MAX_UDP_PAYLOAD = 0xFFFF - OUTER_HLEN   # 65507: the most one IPv4/UDP datagram carries
 HEADROOM = 64                           # free bytes before each packet in a C batch slot
 ICMP_MAX = 96                           # largest ICMP error we build: 20 + 8 + 60 + 8
 SPORT_RANGE = (49152, 65535)            # VXLAN source ports (RFC 7348 section 5)
