@@ -19,14 +19,15 @@ import hashlib
 import ipaddress
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Awaitable, Callable, TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
-from dataplane.daemon.datapath import (Datapath, Worker, close_sockets, open_worker_sockets,
-                                       socket_buffers, udp_offloads)
+from dataplane.daemon.datapath import (SOL_UDP, UDP_GRO, Datapath, Worker, close_sockets,
+                                       open_worker_sockets, socket_buffers, udp_offloads)
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
                                       MODE_VXLAN, Counters, ForwarderConfig, format_mac,
                                       parse_mac)
@@ -34,10 +35,12 @@ from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import NetworkConfig
 from dataplane.store.base import (ConfigNotFound, LeaseEvent, StoreUnavailable, SubnetStore,
                                   SubnetTaken, diff_leases, renewal_delay)
-from dataplane.tun import TUN_F_USO4, describe_offload, open_tun, set_offload
+from dataplane.tun import (OFFLOAD_CHOICES, TUN_F_USO4, describe_offload, open_tun,
+                           set_offload)
 
 log = logging.getLogger(__name__)
 
+SO_NO_CHECK = 11                            # asm-generic/socket.h: no UDP checksums sent
 OVERHEAD = {"udp": 28, "vxlan": 50}        # outer IPv4 + UDP (+ VXLAN + inner Ethernet)
 TXQUEUELEN = 5000                           # the default 500 drops the bursts a batch makes
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
@@ -200,11 +203,23 @@ class Node:
         return True
 
     def _negotiate_offloads(self, tun_fd: int, pairs) -> int:
-        """Ask the kernel for every offload we can use; log what it granted."""
-        taken = set_offload(tun_fd)
+        """Ask the kernel for every offload we can use; log what it granted.
+
+        DATAPLANE_OFFLOAD_DENY (comma-separated: tso, gso, gro, gso-at-send) plays an older
+        or stricter kernel, so the fallbacks can be tested on this one: the first three act as
+        if the kernel had refused that offload here; gso-at-send makes the kernel itself refuse
+        UDP_SEGMENT sends later (SO_NO_CHECK), to exercise the switch-off in the hot path."""
+        deny = set(filter(None, os.environ.get("DATAPLANE_OFFLOAD_DENY", "").split(",")))
+        taken = set_offload(tun_fd, OFFLOAD_CHOICES[-2:] if "tso" in deny else OFFLOAD_CHOICES)
         granted = [udp_offloads(sock) for pair in pairs for sock in set(pair)]
-        gso = all(g for g, _ in granted)
-        gro = all(r for _, r in granted)
+        gso = all(g for g, _ in granted) and "gso" not in deny
+        gro = all(r for _, r in granted) and "gro" not in deny
+        if "gro" in deny:
+            for pair in pairs:
+                pair[0].setsockopt(SOL_UDP, UDP_GRO, 0)
+        if "gso-at-send" in deny:
+            for pair in pairs:
+                pair[1].setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         flags = IO_VNET
         flags |= IO_UDP_GSO if gso else 0
         flags |= IO_UDP_GRO if gro else 0
