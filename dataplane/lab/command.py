@@ -12,7 +12,7 @@ from dataplane.lab.flannel import BACKENDS
 
 HELP = "build, inspect and remove a cluster of nodes and pods in network namespaces"
 
-SCHEME = textwrap.dedent(f"""\
+SCHEME = textwrap.dedent("""\
     Naming and addressing (prefix P, node i, pod j; all 1-based):
       P-ul       underlay namespace: bridge br0, port n<i> per node
       P-n<i>     node i: eth0 10.99.0.<i>/24 on the underlay; pod subnet = the i-th /24
