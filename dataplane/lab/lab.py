@@ -460,6 +460,14 @@ class Lab:
         return traffic.tcp_check(self, self._pod(src), self._pod(dst), nbytes, port=port,
                                  seed=seed, timeout=timeout)
 
+    def flow(self, src: Pod | str, dst: Pod | str, *, duration: float = 10.0,
+             interval: float = 0.01) -> traffic.Flow:
+        """Start ICMP echo from pod `src` to pod `dst` every `interval` seconds for `duration`
+        seconds, and return once the first reply is in; `.result()` then says which requests
+        went unanswered. For watching an event (etcd stopped, a daemon restarted) for loss."""
+        return traffic.flow(self, self._pod(src), self._pod(dst), duration=duration,
+                            interval=interval)
+
     def _pod(self, key: Pod | str) -> Pod:
         pod = key if isinstance(key, Pod) else self.pod(key)
         if pod.ip is None:
