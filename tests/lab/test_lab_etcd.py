@@ -38,7 +38,7 @@ def test_nodes_find_each_other_through_etcd_and_forward(prefix: str, backend: st
              daemon_args=DAEMON_ARGS) as lab:
         for node in lab.nodes:
             command = node.log_file.read_text().splitlines()[0]
-            assert f"--etcd-endpoints http://10.99.0.254:2379 " in command
+            assert "--etcd-endpoints http://10.99.0.254:2379 " in command
             assert "--store-dir" not in command
         wait_peers(lab.nodes, nodes - 1)
         matrix = lab.reachability()
