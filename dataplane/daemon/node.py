@@ -339,8 +339,11 @@ class Node:
         subnet = self.lease.subnet
         log.warning("our lease %s was removed from the store; re-acquiring it", subnet)
         try:
+            # also while the config is missing: an etcd that came back empty is refilled by
+            # its operator, and meanwhile the last known peers keep forwarding
             lease = await self._retry("re-acquire our lease", lambda: self.store.acquire_lease(
-                self._lease_attrs(), requested=subnet, ttl=self.opts.lease_ttl))
+                self._lease_attrs(), requested=subnet, ttl=self.opts.lease_ttl),
+                also=(ConfigNotFound,))
         except SubnetTaken as exc:
             raise LeaseLost(f"lease {subnet} was taken by another node: {exc}") from None
         if lease is not None:
