@@ -51,6 +51,8 @@ struct peer {
 
 struct dp_io;                     /* io.c: per-direction slots and message vectors */
 void dp_io_free(struct dp_io *io);
+struct dp_offload_io;             /* io_offload.c: the same for super-packets */
+void dp_offload_io_free(struct dp_offload_io *o);
 
 struct dp_fwd {
     struct dp_config cfg;
@@ -60,6 +62,7 @@ struct dp_fwd {
     int npeers, cap, live;
     struct dp_counters ctr;
     struct dp_io *io[2];          /* allocated on first use, indexed by direction */
+    struct dp_offload_io *oio;    /* likewise, when offloads are on */
 };
 
 #endif

@@ -8,7 +8,7 @@
  * host byte order; everything inside packet buffers is in network byte order.
  */
 
-/* Mirrors dataplane/drops.py:Drop (tests/test_drops.py keeps the two in step). */
+/* Mirrors dataplane/drops.py:Drop (tests/wire/test_drops.py keeps the two in step). */
 enum dp_drop {
     DP_OK = 0,
     DP_DROP_TRUNCATED = 1,
@@ -77,7 +77,8 @@ void dp_vxlan_header(uint8_t *out, uint32_t vni, const uint8_t *dst_mac, const u
 /* Checks a VXLAN payload; on DP_OK *inner_off is where the inner IPv4 packet starts. */
 int dp_vxlan_check(const uint8_t *buf, size_t len, uint32_t vni, const uint8_t *own_mac,
                    size_t *inner_off);
-/* Writes outer IPv4 + UDP (28 bytes) in front of a payload already at hdr + 28. */
+/* Writes outer IPv4 + UDP (28 bytes) in front of a payload already at hdr + 28.
+ * payload_len must be at most 65507 (65535 - 28); the length fields would wrap past it. */
 void dp_outer_udp4(uint8_t *hdr, size_t payload_len, uint32_t saddr, uint32_t daddr,
                    uint16_t sport, uint16_t dport, uint8_t ttl, uint16_t ident);
 /* Builds ICMP net-unreachable for the packet at pkt (from src) into out (>= DP_ICMP_MAX bytes).
@@ -106,7 +107,13 @@ struct dp_config {
     uint16_t port;            /* the UDP port every peer listens on */
     int ttl_decrement;        /* flannel udp decrements TTL on both ends */
     uint32_t max_inner;       /* largest inner packet accepted (TUN MTU); larger: OVERSIZE */
+    uint32_t io_flags;        /* DP_IO_*: what the descriptors handed to dp_drain_* can do */
 };
+
+#define DP_IO_VNET 1          /* the TUN was opened with IFF_VNET_HDR (TUNSETOFFLOAD done) */
+#define DP_IO_UDP_GSO 2       /* send runs of equal segments with UDP_SEGMENT */
+#define DP_IO_UDP_GRO 4       /* the socket has UDP_GRO: datagrams may arrive coalesced */
+#define DP_IO_TUN_USO 8       /* the TUN took TUN_F_USO4: coalesce UDP too (GSO_UDP_L4) */
 
 struct dp_counters {
     uint64_t packets[2];      /* indexed by DP_EGRESS / DP_INGRESS: forwarded */
@@ -114,6 +121,10 @@ struct dp_counters {
     uint64_t drops[2][32];    /* [direction][enum dp_drop] */
     uint64_t batches[2];      /* calls that moved at least one packet */
     uint64_t icmp_sent;       /* net-unreachable errors written back to the TUN */
+    uint64_t super_packets[2];/* egress: TUN reads cut into several segments;
+                                 ingress: TUN writes carrying several packets */
+    uint64_t syscalls[2];     /* egress: read + sendmmsg/sendmsg; ingress: recvmmsg + write */
+    uint64_t gso_fallbacks;   /* UDP_SEGMENT sends refused: segments went out one by one */
 };
 
 /* One packet in a batch. data points into a slot with DP_HEADROOM bytes writable before it. */

@@ -38,6 +38,7 @@ void dp_fwd_free(struct dp_fwd *f)
     free(f->peers);
     dp_io_free(f->io[0]);
     dp_io_free(f->io[1]);
+    dp_offload_io_free(f->oio);
     free(f);
 }
 

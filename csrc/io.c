@@ -5,17 +5,13 @@
  *                 -> one sendmmsg() for the datagrams, write() back for ICMP errors
  *   dp_drain_udp: one recvmmsg() for n datagrams -> ingress batch -> write() x n to the TUN
  *
- * The UDP socket is left blocking so a full send buffer pushes back instead of dropping;
- * receives and TUN reads use non-blocking calls and stop at EAGAIN.
+ * With offloads (DP_IO_VNET / DP_IO_UDP_GRO) both hand over to io_offload.c, which moves
+ * super-packets instead. The UDP socket is left blocking so a full send buffer pushes back
+ * instead of dropping; receives and TUN reads are non-blocking and stop at EAGAIN.
  */
-#define _GNU_SOURCE
-#include <errno.h>
-#include <stdlib.h>
-#include <sys/socket.h>
-#include <netinet/in.h>
-#include <unistd.h>
+#include "io.h"         /* first: it sets _GNU_SOURCE for sendmmsg/recvmmsg */
 
-#include "dp.h"
+#include <stdlib.h>
 
 #define BATCH 64
 #define SLOT_DATA 65536                    /* any IPv4 packet or UDP datagram fits */
@@ -58,22 +54,11 @@ static inline uint8_t *slot(struct dp_io *io, int i)
     return io->arena + (size_t)i * SLOT_SIZE + DP_HEADROOM;
 }
 
-/* A packet the batch decided to forward failed in the syscall: move it to the drop count. */
-static void unforward(struct dp_fwd *f, int dir, const struct dp_pkt *p, int why)
-{
-    f->ctr.packets[dir]--;
-    f->ctr.bytes[dir] -= p->len;
-    f->ctr.drops[dir][why]++;
-}
-
 static void tun_write(struct dp_fwd *f, int tun_fd, int dir, struct dp_pkt *p)
 {
-    ssize_t r;
-    do
-        r = write(tun_fd, p->data, p->len);
-    while (r < 0 && errno == EINTR);
-    if (r != (ssize_t)p->len && p->drop == DP_OK)
-        unforward(f, dir, p, DP_DROP_TUN_WRITE_ERROR);
+    f->ctr.syscalls[dir]++;
+    if (!tun_put(f, tun_fd, p->data, p->len) && p->drop == DP_OK)
+        unforward(f, dir, p->len, DP_DROP_TUN_WRITE_ERROR);
 }
 
 static void send_batch(struct dp_fwd *f, struct dp_io *io, int n, int sock_fd, int tun_fd)
@@ -88,11 +73,7 @@ static void send_batch(struct dp_fwd *f, struct dp_io *io, int n, int sock_fd, i
         }
         if (p->action != DP_ACT_SEND)
             continue;
-        io->addrs[m] = (struct sockaddr_in){
-            .sin_family = AF_INET,
-            .sin_port = htons(p->port),
-            .sin_addr.s_addr = htonl(p->addr),
-        };
+        io->addrs[m] = sockaddr_of(p->addr, p->port);
         io->iov[m] = (struct iovec){p->data, p->len};
         io->msgs[m].msg_hdr = (struct msghdr){
             .msg_name = &io->addrs[m],
@@ -104,11 +85,12 @@ static void send_batch(struct dp_fwd *f, struct dp_io *io, int n, int sock_fd, i
     }
     for (int done = 0; done < m;) {
         int r = sendmmsg(sock_fd, io->msgs + done, (unsigned)(m - done), 0);
+        f->ctr.syscalls[DP_EGRESS]++;
         if (r < 0) {
             if (errno == EINTR)
                 continue;
             /* The first message failed (no route, refused, too big): count it, go on. */
-            unforward(f, DP_EGRESS, sent[done], DP_DROP_TX_ERROR);
+            unforward(f, DP_EGRESS, sent[done]->len, DP_DROP_TX_ERROR);
             done++;
         } else {
             done += r;
@@ -118,6 +100,8 @@ static void send_batch(struct dp_fwd *f, struct dp_io *io, int n, int sock_fd, i
 
 int dp_drain_tun(struct dp_fwd *f, int tun_fd, int sock_fd, int budget)
 {
+    if (f->cfg.io_flags & DP_IO_VNET)
+        return dp_drain_tun_vnet(f, tun_fd, sock_fd, budget);
     struct dp_io *io = io_get(f, DP_EGRESS);
     if (!io)
         return -ENOMEM;
@@ -127,6 +111,7 @@ int dp_drain_tun(struct dp_fwd *f, int tun_fd, int sock_fd, int budget)
         while (n < want) {
             uint8_t *d = slot(io, n);
             ssize_t r = read(tun_fd, d, SLOT_DATA);
+            f->ctr.syscalls[DP_EGRESS]++;
             if (r < 0) {
                 if (errno == EINTR)
                     continue;
@@ -148,6 +133,8 @@ int dp_drain_tun(struct dp_fwd *f, int tun_fd, int sock_fd, int budget)
 
 int dp_drain_udp(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
 {
+    if (f->cfg.io_flags & (DP_IO_VNET | DP_IO_UDP_GRO))
+        return dp_drain_udp_gro(f, sock_fd, tun_fd, budget);
     struct dp_io *io = io_get(f, DP_INGRESS);
     if (!io)
         return -ENOMEM;
@@ -164,6 +151,7 @@ int dp_drain_udp(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
             };
         }
         int n = recvmmsg(sock_fd, io->msgs, (unsigned)want, MSG_DONTWAIT, NULL);
+        f->ctr.syscalls[DP_INGRESS]++;
         if (n < 0) {
             if (errno == EINTR)
                 continue;

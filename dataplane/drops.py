@@ -1,7 +1,7 @@
 """Why a packet was dropped: one enumeration for C, Python, metrics, logs and tests.
 
-The numbering is mirrored by `enum dp_drop` in csrc/dp_api.h; tests/test_drops.py fails if the
-two ever disagree. Metric labels are the kebab-case `label` of each member.
+The numbering is mirrored by `enum dp_drop` in csrc/dp_api.h; tests/wire/test_drops.py fails if
+the two ever disagree. Metric labels are the kebab-case `label` of each member.
 """
 
 from __future__ import annotations

@@ -72,6 +72,7 @@ def configure_tun(name: str, address: str, mtu: int, network: str, txqueuelen: i
     """address/32 on the TUN, its MTU and queue length, link up, and one route for the whole
     pod network through it (the TUN is layer 3: no per-peer routes or neighbours)."""
     net = ipaddress.IPv4Network(network, strict=False)
+    _disable_ipv6(name)
     with IPRoute() as ipr:
         (index,) = ipr.link_lookup(ifname=name)
         ipr.link("set", index=index, mtu=mtu, txqlen=txqueuelen)
@@ -86,6 +87,16 @@ def configure_tun(name: str, address: str, mtu: int, network: str, txqueuelen: i
         except NetlinkError as exc:
             raise HostNetError(f"route {net} dev {name}: {exc}") from None
     log.info("%s: %s/32, mtu %d, txqueuelen %d, route %s", name, address, mtu, txqueuelen, net)
+
+
+def _disable_ipv6(name: str) -> None:
+    """The overlay is IPv4: without this the kernel sends router solicitations and MLD reports
+    into the TUN, which the fast path can only count as drops."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError:
+        pass                    # no IPv6 in this kernel or namespace: nothing to silence
 
 
 def remove_route(network: str, name: str) -> None:

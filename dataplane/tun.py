@@ -26,6 +26,25 @@ IFF_VNET_HDR = 0x4000
 
 IFNAMSIZ = 16
 
+# TUNSETOFFLOAD flags: what we accept in super-packets read from the TUN
+TUN_F_CSUM = 0x01      # partial checksums (the rest of the list needs this one)
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20      # UDP segmentation offload (Linux 6.2+)
+TUN_F_USO6 = 0x40
+
+# Tried in order until the kernel takes one: this kernel refuses TSO without CSUM and USO4
+# without USO6; older kernels know no USO at all.
+OFFLOAD_CHOICES = (
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+    TUN_F_CSUM | TUN_F_TSO4,
+    TUN_F_CSUM,
+    0,
+)
+
 
 class TunError(OSError):
     pass
@@ -78,6 +97,26 @@ def _open_queue(name: str, flags: int) -> tuple[int, str]:
                                       "of ours (delete it first)") from None
         raise TunError(exc.errno, f"TUNSETIFF {name}: {exc.strerror}") from None
     return fd, ifr[:IFNAMSIZ].rstrip(b"\0").decode()
+
+
+def set_offload(fd: int, choices: tuple[int, ...] = OFFLOAD_CHOICES) -> int:
+    """TUNSETOFFLOAD with the richest set the kernel accepts; returns the set taken. Applies
+    to the whole device (any queue's descriptor will do)."""
+    for flags in choices:
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+            return flags
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise TunError(exc.errno, f"TUNSETOFFLOAD: {exc.strerror}") from None
+    return 0
+
+
+def describe_offload(flags: int) -> str:
+    names = [n for n, bit in (("csum", TUN_F_CSUM), ("tso4", TUN_F_TSO4), ("tso6", TUN_F_TSO6),
+                              ("tso-ecn", TUN_F_TSO_ECN), ("uso4", TUN_F_USO4),
+                              ("uso6", TUN_F_USO6)) if flags & bit]
+    return ",".join(names) or "none"
 
 
 def open_tun(name: str, queues: int = 1, vnet_hdr: bool = False) -> Tun:

@@ -52,6 +52,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     dp = p.add_argument_group("fast path")
     dp.add_argument("--fastpath", choices=fastpath.IMPLEMENTATIONS, default=fastpath.DEFAULT,
                     help="c: batched C hot path (default); python: the per-packet reference")
+    dp.add_argument("--offload", choices=("on", "off"), default="on",
+                    help="on (default): TUN super-packets with virtio-net headers, UDP GSO and "
+                         "GRO, each as far as the kernel grants it; off: the batched path one "
+                         "packet at a time. The python fast path always runs without")
+    dp.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="forwarding threads, each with its own TUN queue (IFF_MULTI_QUEUE) and "
+                         "socket (default: the CPUs this process may run on; the python fast "
+                         "path always uses one)")
 
 
 def _network(value: str) -> ipaddress.IPv4Network:
@@ -82,6 +90,8 @@ def preflight(args: argparse.Namespace) -> None:
         fastpath.load(args.fastpath)
     except fastpath.FastpathUnavailable as exc:
         raise CommandError(str(exc)) from None
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        raise CommandError(f"--workers {args.workers}: between 1 and 64")
     if not 0 <= args.healthz_port <= 65535:
         raise CommandError(f"--healthz-port {args.healthz_port}: not a port")
 
@@ -92,7 +102,9 @@ def main(args: argparse.Namespace) -> int:
 
     node = Node(NodeOptions(
         store=open_store(args), public_ip=args.public_ip, iface=args.iface, subnet=args.subnet,
-        subnet_file=args.subnet_file, fastpath=args.fastpath, ip_masq=args.ip_masq,
+        subnet_file=args.subnet_file, fastpath=args.fastpath, offload=args.offload == "on",
+        workers=args.workers or len(os.sched_getaffinity(0)),
+        ip_masq=args.ip_masq,
         tun_name=args.tun_name, lease_ttl=args.lease_ttl,
         renew_margin=min(3600.0, args.lease_ttl / 2),
         healthz=(args.healthz_ip, args.healthz_port) if args.healthz_port else None))

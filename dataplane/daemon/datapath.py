@@ -5,36 +5,52 @@
 
 A callback does no per-packet work in Python with the C fast path; with `--fastpath python`
 the same calls run pyref.py, one packet per syscall.
+
+With several workers (IFF_MULTI_QUEUE), each has its own TUN queue, its own forwarder (the
+control plane updates every one, on the worker's own loop) and its own thread and event loop;
+the C calls release the GIL, so workers forward in parallel. Receive sockets share the port
+through SO_REUSEPORT; each worker sends from a port of its own, so the flows it carries land
+on one receiving worker at the peer (the kernel hashes the 4-tuple) and spread across them.
+The TUN steers a flow's replies to the queue that last wrote it: the same worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
+import threading
 import time
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
 # Packets one wakeup may move before yielding to the loop (timers, the control plane).
 BUDGET = 512
-SOCKET_BUFFER = 4 << 20
+SOCKET_BUFFER = 7 << 20        # enough for a few GSO bursts of every flow in flight
 # asm-generic/socket.h: set a buffer beyond net.core.[rw]mem_max (needs CAP_NET_ADMIN)
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+# linux/udp.h
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 
 
-def open_udp_socket(address: str, port: int) -> socket.socket:
-    """The node's tunnel socket. Left blocking: a full send buffer pushes back on the sender
-    instead of dropping; receives use MSG_DONTWAIT."""
+def _buffers(sock: socket.socket) -> None:
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+
+
+def open_udp_socket(address: str, port: int, reuseport: bool = False) -> socket.socket:
+    """A tunnel socket. Left blocking: a full send buffer pushes back on the sender instead of
+    dropping; receives use MSG_DONTWAIT."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF),
-                             (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-            except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        _buffers(sock)
         sock.bind((address, port))
     except BaseException:
         sock.close()
@@ -42,40 +58,130 @@ def open_udp_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
+def open_worker_sockets(address: str, port: int, workers: int
+                        ) -> list[tuple[socket.socket, socket.socket]]:
+    """(receive, send) socket pairs, one per worker. One worker sends from the tunnel port
+    itself, as flannel does; several share it with SO_REUSEPORT and send from ports of their
+    own. A plain bind first proves the port free: a socket already on it (another daemon,
+    flanneld) refuses it, whatever options that one set."""
+    if workers == 1:
+        sock = open_udp_socket(address, port)
+        return [(sock, sock)]
+    open_udp_socket(address, port).close()
+    pairs: list[tuple[socket.socket, socket.socket]] = []
+    try:
+        for _ in range(workers):
+            pairs.append((open_udp_socket(address, port, reuseport=True),
+                          open_udp_socket(address, 0)))
+    except BaseException:
+        close_sockets(pairs)
+        raise
+    return pairs
+
+
+def close_sockets(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    for recv, send in pairs:
+        recv.close()
+        send.close()
+
+
+def socket_buffers(sock: socket.socket) -> tuple[int, int]:
+    """(receive, send) buffer sizes the kernel granted (it reports twice what was asked)."""
+    return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+
+
+def udp_offloads(sock: socket.socket) -> tuple[bool, bool]:
+    """Turn on UDP_GRO and probe UDP_SEGMENT (a per-socket default of 0 sets nothing); returns
+    (gso, gro) as the kernel allowed them. Kernels before 4.18/5.0 say no to one or both."""
+    gso = gro = True
+    try:
+        sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)
+    except OSError:
+        gso = False
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        gro = False
+    return gso, gro
+
+
 class Datapath:
-    def __init__(self, fwd, tun_fd: int, sock: socket.socket, budget: int = BUDGET) -> None:
+    """One worker's readers: a TUN queue and a receive socket, on one event loop."""
+
+    def __init__(self, fwd, tun_fd: int, recv_sock: socket.socket,
+                 send_sock: socket.socket | None = None, budget: int = BUDGET) -> None:
         self.fwd = fwd
         self.tun_fd = tun_fd
-        self.sock = sock
+        self.recv_sock = recv_sock
+        self.send_sock = send_sock or recv_sock
         self.budget = budget
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_error = 0.0
 
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
         self._loop.add_reader(self.tun_fd, self._on_tun)
-        self._loop.add_reader(self.sock.fileno(), self._on_udp)
+        self._loop.add_reader(self.recv_sock.fileno(), self._on_udp)
 
     def stop(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self.tun_fd)
-            self._loop.remove_reader(self.sock.fileno())
+            self._loop.remove_reader(self.recv_sock.fileno())
             self._loop = None
 
     def _on_tun(self) -> None:
         try:
-            self.fwd.drain_tun(self.tun_fd, self.sock, self.budget)
+            self.fwd.drain_tun(self.tun_fd, self.send_sock, self.budget)
         except OSError as exc:
             self._error("reading the TUN", exc)
 
     def _on_udp(self) -> None:
         try:
-            self.fwd.drain_udp(self.sock, self.tun_fd, self.budget)
+            self.fwd.drain_udp(self.recv_sock, self.tun_fd, self.budget)
         except OSError as exc:
-            self._error("receiving datagrams", exc)
+            if exc.errno != errno.ECONNREFUSED:     # an ICMP error about an earlier send
+                self._error("receiving datagrams", exc)
 
     def _error(self, what: str, exc: OSError) -> None:
         now = time.monotonic()
         if now - self._last_error > 5:         # at most one line per 5 s from the hot path
             self._last_error = now
             log.warning("error %s: %s", what, exc)
+
+
+class Worker:
+    """A Datapath on a thread and event loop of its own (multi-queue)."""
+
+    def __init__(self, index: int, datapath: Datapath) -> None:
+        self.index = index
+        self.datapath = datapath
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"worker-{index}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        import uvloop
+
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.datapath.start(self.loop)
+        self.loop.call_soon(self._ready.set)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.datapath.stop()
+            self.loop.close()
+
+    def call(self, fn: Callable, *args) -> None:
+        """Run fn(*args) on the worker's own thread: the forwarder is not shared state."""
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def stop(self) -> None:
+        if self.loop is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)

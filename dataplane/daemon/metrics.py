@@ -53,7 +53,7 @@ class _Writer:
 
 def render_metrics(node: Node) -> str:
     w = _Writer()
-    c = node.fwd.counters() if node.fwd is not None else None
+    c = node.counters()
     dirs = list(Direction)
     if c is not None:
         w.metric("dataplane_packets_total", "counter", "Packets forwarded, by direction "
@@ -73,6 +73,16 @@ def render_metrics(node: Node) -> str:
                  "Packets handled by those calls (forwarded or dropped); divide by "
                  "dataplane_batches_total for the mean batch size.",
                  [({"direction": d.label}, handled[d]) for d in dirs])
+        w.metric("dataplane_super_packets_total", "counter",
+                 "Offloads: TUN reads cut into several wire packets (egress) and TUN writes "
+                 "carrying several coalesced packets (ingress).",
+                 [({"direction": d.label}, c.super_packets[d]) for d in dirs])
+        w.metric("dataplane_syscalls_total", "counter",
+                 "System calls made by the fast path (reads, writes, sendmmsg, recvmmsg).",
+                 [({"direction": d.label}, c.syscalls[d]) for d in dirs])
+        w.metric("dataplane_gso_fallbacks_total", "counter",
+                 "UDP_SEGMENT sends the kernel refused (segments then went one by one).",
+                 [({}, c.gso_fallbacks)])
         w.metric("dataplane_icmp_unreachable_sent_total", "counter",
                  "ICMP net-unreachable errors written back for packets to unknown subnets.",
                  [({}, c.icmp_sent)])

@@ -19,22 +19,28 @@ import hashlib
 import ipaddress
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Awaitable, Callable, TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
-from dataplane.daemon.datapath import Datapath, open_udp_socket
-from dataplane.fastpath.types import MODE_UDP, MODE_VXLAN, ForwarderConfig, format_mac, parse_mac
+from dataplane.daemon.datapath import (SOL_UDP, UDP_GRO, Datapath, Worker, close_sockets,
+                                       open_worker_sockets, socket_buffers, udp_offloads)
+from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
+                                      MODE_VXLAN, Counters, ForwarderConfig, format_mac,
+                                      parse_mac)
 from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import NetworkConfig
 from dataplane.store.base import (ConfigNotFound, LeaseEvent, StoreUnavailable, SubnetStore,
                                   SubnetTaken, diff_leases, renewal_delay)
-from dataplane.tun import open_tun
+from dataplane.tun import (OFFLOAD_CHOICES, TUN_F_USO4, describe_offload, open_tun,
+                           set_offload)
 
 log = logging.getLogger(__name__)
 
+SO_NO_CHECK = 11                            # asm-generic/socket.h: no UDP checksums sent
 OVERHEAD = {"udp": 28, "vxlan": 50}        # outer IPv4 + UDP (+ VXLAN + inner Ethernet)
 TXQUEUELEN = 5000                           # the default 500 drops the bursts a batch makes
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
@@ -54,6 +60,8 @@ class NodeOptions:
     subnet: ipaddress.IPv4Network | None = None
     subnet_file: str = subnetenv.DEFAULT_PATH
     fastpath: str = fastpath.DEFAULT
+    offload: bool = True            # TUN super-packets, UDP GSO/GRO (C fast path only)
+    workers: int = 1                # TUN queues and forwarding threads (C fast path only)
     ip_masq: bool = False
     tun_name: str | None = None
     lease_ttl: float = 24 * 3600
@@ -77,7 +85,8 @@ class Node:
         self.store = options.store
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None
-        self.fwd = None
+        self.fwds: list = []                 # one forwarder per worker
+        self.workers: list[Worker] = []      # threads, when there are several
         self.underlay: hostnet.Underlay | None = None
         self.tun_name = ""
         self.tun_mtu = 0
@@ -88,6 +97,7 @@ class Node:
         self.started = time.time()
         self.store_errors = 0
         self.metrics = None
+        self.io_flags = 0
         self._stop = asyncio.Event()
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -134,8 +144,11 @@ class Node:
         self.tun_mtu = ul.mtu - OVERHEAD[backend]
         self.mac = vtep_mac(ul.address, cfg.vni) if backend == "vxlan" else b""
 
-        sock = open_udp_socket(ul.address, cfg.port)   # before the lease: a busy port costs none
-        stack.callback(sock.close)
+        impl = fastpath.load(opts.fastpath)
+        workers = opts.workers if opts.fastpath == "c" else 1   # the reference holds the GIL
+        # Sockets before the lease: a busy port costs no lease.
+        pairs = open_worker_sockets(ul.address, cfg.port, workers)
+        stack.callback(close_sockets, pairs)
 
         previous = subnetenv.previous_subnet(opts.subnet_file)
         lease = await self._retry("acquire a lease", lambda: self.store.acquire_lease(
@@ -148,26 +161,38 @@ class Node:
                  self.store.location)
 
         self.tun_name = opts.tun_name or ("flannel0" if backend == "udp" else f"flannel.{cfg.vni}")
-        tun = open_tun(self.tun_name)
+        offload = opts.offload and opts.fastpath == "c"
+        tun = open_tun(self.tun_name, queues=workers, vnet_hdr=offload)
         stack.callback(tun.close)
+        self.io_flags = self._negotiate_offloads(tun.fd, pairs) if offload else 0
+        rcv, snd = socket_buffers(pairs[0][0])
+        log.info("socket buffers: receive %d KiB, send %d KiB; %d worker%s", rcv >> 10,
+                 snd >> 10, workers, "s" if workers > 1 else "")
         await asyncio.to_thread(hostnet.configure_tun, self.tun_name,
                                 str(lease.subnet.network_address), self.tun_mtu,
                                 str(cfg.network), TXQUEUELEN)
 
-        impl = fastpath.load(opts.fastpath)
-        self.fwd = impl.Forwarder(ForwarderConfig(
+        config = ForwarderConfig(
             mode=MODE_VXLAN if backend == "vxlan" else MODE_UDP,
             local_subnet=str(lease.subnet), port=cfg.port, vni=cfg.vni,
-            mac=self.mac or b"\0" * 6, max_inner=self.tun_mtu))
+            mac=self.mac or b"\0" * 6, max_inner=self.tun_mtu, io_flags=self.io_flags)
+        self.fwds = [impl.Forwarder(config) for _ in range(workers)]
         listing = await self._retry("list leases", self.store.list_leases)
         if listing is None:
             return False
         leases, self._cursor = listing
         self._resync(leases)
 
-        datapath = Datapath(self.fwd, tun.fd, sock)
-        datapath.start()
-        stack.callback(datapath.stop)
+        paths = [Datapath(fwd, fd, recv, send)
+                 for fwd, fd, (recv, send) in zip(self.fwds, tun.fds, pairs)]
+        if workers == 1:
+            paths[0].start()
+            stack.callback(paths[0].stop)
+        else:
+            self.workers = [Worker(i, path) for i, path in enumerate(paths)]
+            for worker in self.workers:
+                worker.start()
+                stack.callback(worker.stop)
 
         subnetenv.write(opts.subnet_file, network=cfg.network, subnet=lease.subnet,
                         mtu=self.tun_mtu, ipmasq=opts.ip_masq)
@@ -176,6 +201,32 @@ class Node:
                  len(self.peers), opts.fastpath,
                  f", VtepMAC {format_mac(self.mac)}" if self.mac else "")
         return True
+
+    def _negotiate_offloads(self, tun_fd: int, pairs) -> int:
+        """Ask the kernel for every offload we can use; log what it granted.
+
+        DATAPLANE_OFFLOAD_DENY (comma-separated: tso, gso, gro, gso-at-send) plays an older
+        or stricter kernel, so the fallbacks can be tested on this one: the first three act as
+        if the kernel had refused that offload here; gso-at-send makes the kernel itself refuse
+        UDP_SEGMENT sends later (SO_NO_CHECK), to exercise the switch-off in the hot path."""
+        deny = set(filter(None, os.environ.get("DATAPLANE_OFFLOAD_DENY", "").split(",")))
+        taken = set_offload(tun_fd, OFFLOAD_CHOICES[-2:] if "tso" in deny else OFFLOAD_CHOICES)
+        granted = [udp_offloads(sock) for pair in pairs for sock in set(pair)]
+        gso = all(g for g, _ in granted) and "gso" not in deny
+        gro = all(r for _, r in granted) and "gro" not in deny
+        if "gro" in deny:
+            for pair in pairs:
+                pair[0].setsockopt(SOL_UDP, UDP_GRO, 0)
+        if "gso-at-send" in deny:
+            for pair in pairs:
+                pair[1].setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        flags = IO_VNET
+        flags |= IO_UDP_GSO if gso else 0
+        flags |= IO_UDP_GRO if gro else 0
+        flags |= IO_TUN_USO if taken & TUN_F_USO4 else 0
+        log.info("offloads: TUN %s; UDP_SEGMENT %s, UDP_GRO %s", describe_offload(taken),
+                 "on" if gso else "refused", "on" if gro else "refused")
+        return flags
 
     def _lease_attrs(self) -> LeaseAttrs:
         if self.config.backend_type == "vxlan":
@@ -228,7 +279,7 @@ class Node:
             return
         if event.kind == "removed":
             if self.peers.pop(lease.subnet, None) is not None:
-                self.fwd.del_peer(str(lease.subnet))
+                self._each_forwarder("del_peer", str(lease.subnet))
                 log.info("peer %s (%s) left", lease.subnet, lease.public_ip)
             return
         mac = b"\0" * 6
@@ -242,10 +293,22 @@ class Node:
                 return
         known = self.peers.get(lease.subnet)
         self.peers[lease.subnet] = lease
-        self.fwd.set_peer(str(lease.subnet), lease.public_ip, mac)
+        self._each_forwarder("set_peer", str(lease.subnet), lease.public_ip, mac)
         if known is None or (known.public_ip, known.vtep_mac) != (lease.public_ip, lease.vtep_mac):
             log.info("peer %s at %s%s", lease.subnet, lease.public_ip,
                      f" VtepMAC {lease.vtep_mac}" if lease.vtep_mac else "")
+
+    def _each_forwarder(self, method: str, *args) -> None:
+        """Apply a peer change to every worker's forwarder, on that worker's own thread."""
+        if self.workers:
+            for worker, fwd in zip(self.workers, self.fwds):
+                worker.call(getattr(fwd, method), *args)
+        else:
+            for fwd in self.fwds:
+                getattr(fwd, method)(*args)
+
+    def counters(self) -> Counters | None:
+        return Counters.total([fwd.counters() for fwd in self.fwds]) if self.fwds else None
 
     async def _follow_leases(self) -> None:
         self._lost = False
@@ -276,8 +339,11 @@ class Node:
         subnet = self.lease.subnet
         log.warning("our lease %s was removed from the store; re-acquiring it", subnet)
         try:
+            # also while the config is missing: an etcd that came back empty is refilled by
+            # its operator, and meanwhile the last known peers keep forwarding
             lease = await self._retry("re-acquire our lease", lambda: self.store.acquire_lease(
-                self._lease_attrs(), requested=subnet, ttl=self.opts.lease_ttl))
+                self._lease_attrs(), requested=subnet, ttl=self.opts.lease_ttl),
+                also=(ConfigNotFound,))
         except SubnetTaken as exc:
             raise LeaseLost(f"lease {subnet} was taken by another node: {exc}") from None
         if lease is not None:

@@ -16,7 +16,7 @@ from cffi import FFI
 # Paths handed to set_source are relative to the project root, where setup.py runs.
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CSRC = "csrc"
-SOURCES = ["csum.c", "packet.c", "routes.c", "forward.c", "io.c",
+SOURCES = ["csum.c", "packet.c", "routes.c", "forward.c", "io.c", "io_offload.c",
            "csum64.c", "gso.c", "gro.c"]   # offloads: GSO and GRO
 
 CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]

@@ -24,6 +24,7 @@ from dataplane.fastpath.types import (
     GSO_TCPV4,
     GSO_UDP_L4,
     ICMP_MAX,
+    MAX_UDP_PAYLOAD,
     MODE_VXLAN,
     SPORT_RANGE,
     VNET_F_NEEDS_CSUM,
@@ -150,15 +151,17 @@ def flow_sport(pkt: bytes, lo: int = SPORT_RANGE[0], hi: int = SPORT_RANGE[1]) -
 # ---- VXLAN and outer headers ----------------------------------------------------------------
 
 def vxlan_header(vni: int, dst_mac: bytes, src_mac: bytes) -> bytes:
-    return struct.pack("!II", 0x08000000, (vni & 0xFFFFFF) << 8) + dst_mac + src_mac + b"\x08\x00"
+    return (struct.pack("!II", 0x08000000, (vni & 0xFFFFFF) << 8) + parse_mac(dst_mac) +
+            parse_mac(src_mac) + b"\x08\x00")
 
 
 def vxlan_encap(pkt: bytes, vni: int, dst_mac: bytes, src_mac: bytes) -> bytes:
     """UDP payload for an inner IPv4 packet: VXLAN header, inner Ethernet, the packet."""
-    return vxlan_header(vni, parse_mac(dst_mac), parse_mac(src_mac)) + bytes(pkt)
+    return vxlan_header(vni, dst_mac, src_mac) + bytes(pkt)
 
 
 def vxlan_check(buf: bytes, vni: int, own_mac: bytes) -> tuple[Drop, int]:
+    own_mac = parse_mac(own_mac)
     if len(buf) < VXLAN_OVERHEAD:
         return Drop.TRUNCATED, 0
     flags, vni_word = struct.unpack_from("!II", buf)
@@ -177,13 +180,15 @@ def vxlan_check(buf: bytes, vni: int, own_mac: bytes) -> tuple[Drop, int]:
 
 def vxlan_decap(payload: bytes, vni: int, own_mac: bytes) -> tuple[Drop, bytes]:
     """Check a VXLAN payload as a Linux receiver would; return the inner frame's payload."""
-    why, off = vxlan_check(payload, vni, parse_mac(own_mac))
+    why, off = vxlan_check(payload, vni, own_mac)
     return (why, b"") if why else (Drop.NONE, bytes(payload[off:]))
 
 
 def outer_udp4(payload: bytes, src: str, dst: str, sport: int, dport: int,
                ttl: int = 64, ident: int = 0) -> bytes:
     """A whole IPv4/UDP datagram around payload, both checksums filled in."""
+    if len(payload) > MAX_UDP_PAYLOAD:
+        raise ValueError(f"{len(payload)} bytes do not fit in one IPv4/UDP datagram")
     udp_len = 8 + len(payload)
     saddr, daddr = ip_to_int(src), ip_to_int(dst)
     ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, ident, 0, ttl, _PROTO_UDP,
@@ -292,6 +297,7 @@ class Forwarder:
         self._drops: dict[tuple[Direction, Drop], int] = {}
         self._batches = [0, 0]
         self._icmp = 0
+        self._syscalls = [0, 0]
 
     # peers
     def set_peer(self, subnet: str, public_ip: str, mac: bytes | str = b"\0" * 6) -> None:
@@ -331,7 +337,7 @@ class Forwarder:
 
     def counters(self) -> Counters:
         return Counters(list(self._packets), list(self._bytes), dict(self._drops),
-                        list(self._batches), self._icmp)
+                        list(self._batches), self._icmp, [0, 0], list(self._syscalls), 0)
 
     def _drop(self, direction: Direction, why: Drop, data: bytes = b"") -> Verdict:
         key = (direction, why)
@@ -411,7 +417,9 @@ class Forwarder:
     # I/O: one packet per syscall, as flannel's proxy does
     def drain_tun(self, tun_fd: int, sock: socket.socket, budget: int) -> int:
         n = 0
+        calls = self._syscalls
         while n < budget:
+            calls[_EGRESS] += 1
             try:
                 pkt = os.read(tun_fd, _SLOT_DATA)
             except (BlockingIOError, InterruptedError):
@@ -419,6 +427,8 @@ class Forwarder:
             n += 1
             self._batches[_EGRESS] += 1
             v = self._egress_one(pkt)
+            if v.action != Action.DROP:
+                calls[_EGRESS] += 1
             if v.action == Action.SEND:
                 try:
                     sock.sendto(v.data, (v.addr, v.port))
@@ -430,7 +440,9 @@ class Forwarder:
 
     def drain_udp(self, sock: socket.socket, tun_fd: int, budget: int) -> int:
         n = 0
+        calls = self._syscalls
         while n < budget:
+            calls[_INGRESS] += 1
             try:
                 payload, (src, port) = sock.recvfrom(_SLOT_DATA, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -438,8 +450,10 @@ class Forwarder:
             n += 1
             self._batches[_INGRESS] += 1
             v = self._ingress_one(src, payload)
-            if v.action == Action.TUN and not _tun_write(tun_fd, v.data):
-                self._unforward(_INGRESS, len(v.data), Drop.TUN_WRITE_ERROR)
+            if v.action == Action.TUN:
+                calls[_INGRESS] += 1
+                if not _tun_write(tun_fd, v.data):
+                    self._unforward(_INGRESS, len(v.data), Drop.TUN_WRITE_ERROR)
         return n
 
 

@@ -17,9 +17,16 @@ VXLAN_HLEN = 8
 ETH_HLEN = 14
 VXLAN_OVERHEAD = VXLAN_HLEN + ETH_HLEN  # what we prepend to an inner packet in vxlan mode
 OUTER_HLEN = 28                         # outer IPv4 + UDP
+MAX_UDP_PAYLOAD = 0xFFFF - OUTER_HLEN   # 65507: the most one IPv4/UDP datagram carries
 HEADROOM = 64                           # free bytes before each packet in a C batch slot
 ICMP_MAX = 96                           # largest ICMP error we build: 20 + 8 + 60 + 8
 SPORT_RANGE = (49152, 65535)            # VXLAN source ports (RFC 7348 section 5)
+
+# ForwarderConfig.io_flags (DP_IO_* in csrc/dp_api.h): negotiated by the daemon, used by C.
+IO_VNET = 1       # the TUN has IFF_VNET_HDR and TUNSETOFFLOAD: super-packets both ways
+IO_UDP_GSO = 2    # the socket sends runs of equal segments with UDP_SEGMENT
+IO_UDP_GRO = 4    # the socket has UDP_GRO: datagrams may arrive coalesced
+IO_TUN_USO = 8    # the TUN took TUN_F_USO4: UDP may be coalesced too
 
 
 class Action(enum.IntEnum):
@@ -47,6 +54,7 @@ class ForwarderConfig:
     mac: bytes = b"\0" * 6         # our VtepMAC (vxlan)
     ttl_decrement: bool | None = None   # default: on for udp (as flannel), off for vxlan (as Linux)
     max_inner: int = 65535         # largest inner packet forwarded (the TUN MTU)
+    io_flags: int = 0              # IO_*: what the descriptors given to drain_* can do (C only)
 
     @property
     def tun_addr(self) -> str:
@@ -65,9 +73,27 @@ class Counters:
     drops: dict[tuple[Direction, Drop], int]   # only reasons seen
     batches: list[int]             # hot-path calls that moved at least one packet
     icmp_sent: int
+    super_packets: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
+    syscalls: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
+    gso_fallbacks: int = 0
 
     def dropped(self, direction: Direction, reason: Drop) -> int:
         return self.drops.get((direction, reason), 0)
+
+    @classmethod
+    def total(cls, parts: list[Counters]) -> Counters:
+        """The sum of several forwarders' counters (one per worker)."""
+        drops: dict[tuple[Direction, Drop], int] = {}
+        for part in parts:
+            for key, n in part.drops.items():
+                drops[key] = drops.get(key, 0) + n
+
+        def pair(name: str) -> list[int]:
+            return [sum(getattr(p, name)[d] for p in parts) for d in (0, 1)]
+
+        return cls(pair("packets"), pair("bytes"), drops, pair("batches"),
+                   sum(p.icmp_sent for p in parts), pair("super_packets"), pair("syscalls"),
+                   sum(p.gso_fallbacks for p in parts))
 
 
 def ip_to_int(addr: str | ipaddress.IPv4Address) -> int:

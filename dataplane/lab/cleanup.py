@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dataplane.lab import cni, naming, netns
 from dataplane.lab.errors import LabError
+from dataplane.lab.labetcd import terminate_members
 from dataplane.lab.state import STATE_ROOT, LabState
 
 log = logging.getLogger(__name__)
@@ -19,9 +20,10 @@ def existing_labs(state_root: Path | str = STATE_ROOT) -> list[str]:
 
 
 def teardown(prefix: str, state_root: Path | str = STATE_ROOT) -> list[str]:
-    """Remove a lab by prefix, whatever state it is in: daemons (SIGTERM, then SIGKILL), any
-    other process left in its namespaces, pods (CNI DEL), namespaces, state dir. Works from
-    state.json, from a scan of `ip netns list` when that is gone, and twice in a row."""
+    """Remove a lab by prefix, whatever state it is in: daemons (SIGTERM, then SIGKILL), its
+    etcd, any other process left in its namespaces, pods (CNI DEL), namespaces, state dir (with
+    etcd's data). Works from state.json, from a scan of `ip netns list` when that is gone, and
+    twice in a row."""
     naming.check_prefix(prefix)
     labdir = Path(state_root) / prefix
     state = None
@@ -36,6 +38,8 @@ def teardown(prefix: str, state_root: Path | str = STATE_ROOT) -> list[str]:
     if state is not None:
         namespaces |= {n for n in state.namespaces if netns.exists(n)}
         netns.terminate((n.pid, n.pid_start) for n in state.nodes if n.pid is not None)
+        # etcd after the daemons, which release their leases in it as they stop.
+        terminate_members(state.etcd)
     # Whatever else still runs in the lab: daemons of a lab whose state was lost, servers a
     # benchmark left behind. They hold namespaces (and their links) alive after deletion.
     netns.terminate((pid, netns.start_time(pid)) for ns in sorted(namespaces)

@@ -12,12 +12,13 @@ from dataplane.lab.flannel import BACKENDS
 
 HELP = "build, inspect and remove a cluster of nodes and pods in network namespaces"
 
-SCHEME = textwrap.dedent(f"""\
+SCHEME = textwrap.dedent("""\
     Naming and addressing (prefix P, node i, pod j; all 1-based):
       P-ul       underlay namespace: bridge br0, port n<i> per node
       P-n<i>     node i: eth0 10.99.0.<i>/24 on the underlay; pod subnet = the i-th /24
                  of the network (10.244.<i>.0/24 by default); cni0 = 10.244.<i>.1
       P-n<i>-p<j> pod j on node i: eth0 from the CNI bridge plugin, host-local address
+      --store etcd: etcd member k on 10.99.0.<254-k>:2379, an address of br0 in P-ul
     State (state.json, store, subnet.env, daemon logs, CNI data): /run/dataplane-lab/P/
     Run anything inside: ip netns exec P-n1-p1 <command>""")
 
@@ -61,6 +62,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                          "given --ip-masq), so the CNI bridge masquerades pod traffic leaving "
                          "the node's subnet (default: true, as kube-flannel runs flanneld with "
                          "--ip-masq; the lab has no egress to masquerade for)")
+    up.add_argument("--store", choices=("directory", "etcd"), default="directory",
+                    help="subnet store: a directory in the lab's state dir (default), or a "
+                         "real etcd in the underlay namespace (flannel's keys; daemons get "
+                         "--etcd-endpoints, and `down` removes it)")
+    up.add_argument("--etcd-members", type=int, default=1, metavar="N",
+                    help="with --store etcd: members of the etcd cluster (default 1; 3 "
+                         "survives losing one)")
     up.add_argument("--daemon-timeout", type=float, default=30.0, metavar="SECONDS",
                     help="how long to wait for each daemon's subnet.env (default 30)")
     up.add_argument("--keep-on-error", action="store_true",
@@ -106,7 +114,8 @@ def _up(args: argparse.Namespace) -> int:
     lab = Lab(args.prefix, nodes=args.nodes, pods=args.pods, backend=args.backend,
               kernel_nodes=args.kernel_nodes, fastpath=args.fastpath, network=args.network,
               underlay_mtu=args.underlay_mtu, ip_masq=args.ip_masq, vni=args.vni,
-              port=args.port, daemon_timeout=args.daemon_timeout)
+              port=args.port, daemon_timeout=args.daemon_timeout, store=args.store,
+              etcd_members=args.etcd_members)
     lab.up(keep_on_error=args.keep_on_error)
     print(render(lab.status()))
     print(f"\ncheck:  dataplane lab status --prefix {lab.prefix}")

@@ -3,6 +3,7 @@ ready: it writes subnet.env once its lease is held and its device is up, as flan
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Sequence
@@ -10,6 +11,11 @@ from collections.abc import Sequence
 from dataplane.lab import netns
 from dataplane.lab.errors import LabError
 from dataplane.lab.state import Node
+
+# Every daemon serves /metrics on its node's own loopback at this port (namespaces keep them
+# apart): the lab waits on it for the peers to converge, and the benchmark reads counters.
+METRICS_PORT = 9100
+
 
 def default_program() -> list[str]:
     return netns.python_argv("dataplane")
@@ -26,7 +32,8 @@ def argv(node: Node, store_args: Sequence[str], *, program: Sequence[str] | None
         args.append("--ip-masq")    # flanneld's flag: FLANNEL_IPMASQ=true, as on kernel nodes
     if fastpath:
         args += ["--fastpath", fastpath]
-    return [*(program or default_program()), *args, *extra]
+    # after `extra`: the lab relies on its metrics port, so it has the last word
+    return [*(program or default_program()), *args, *extra, "--healthz-port", str(METRICS_PORT)]
 
 
 def start(node: Node, command: Sequence[str]) -> subprocess.Popen[bytes]:
@@ -40,6 +47,29 @@ def start(node: Node, command: Sequence[str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(netns.ns_argv(node.netns, command), stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, env=netns.python_env(),
                                 start_new_session=True)
+
+
+def wait_converged(nodes: Sequence[Node], peers: int, timeout: float) -> None:
+    """Wait until every daemon knows `peers` peers: a node that started before another learns
+    of it from the store's watch, a moment after both are ready."""
+    probes = {node.name: (node, subprocess.Popen(
+        netns.ns_argv(node.netns, netns.python_argv(
+            "dataplane.lab.probe", "peers", str(METRICS_PORT), str(peers),
+            "--timeout", str(timeout))),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=netns.python_env()))
+        for node in nodes}
+    late = []
+    for name, (node, proc) in probes.items():
+        out, err = proc.communicate(timeout=timeout + 15)
+        try:
+            result = json.loads(out)
+        except ValueError:
+            raise LabError(f"peer probe on {name} failed: {err.strip()}") from None
+        if not result["ok"]:
+            late.append(f"{name} knows {max(result['peers'], 0)} of {peers}")
+    if late:
+        raise LabError("daemons did not learn their peers within "
+                       f"{timeout:g} s: {'; '.join(late)}")
 
 
 def log_tail(node: Node, lines: int = 20) -> str:

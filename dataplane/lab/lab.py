@@ -5,8 +5,9 @@
         assert lab.ping(a, b)
         lab.exec(b, ["iperf3", "-s", "-1", "-B", str(b.ip)])
 
-Build order (`up`): underlay -> nodes -> store config and the leases the lab writes itself ->
-our daemons (waited for) -> kernel nodes' peers, learnt from the store -> pods through CNI.
+Build order (`up`): underlay -> nodes -> etcd (`store="etcd"`, see labetcd) -> store config
+and the leases the lab writes itself -> our daemons (waited for) -> kernel nodes' peers, learnt
+from the store -> pods through CNI.
 Everything is recorded in state.json before it is created; `down` (or `teardown(prefix)`
 after a crash) undoes whatever exists, from the state file and a scan of `ip netns list`.
 """
@@ -30,7 +31,8 @@ from dataplane import subnetenv
 from dataplane.lab.errors import LabError
 from dataplane.lab.flannel import (BACKENDS, DAEMON_BACKENDS, DEFAULT_PORT, ENCAP_OVERHEAD,
                                    FLANNEL_TYPE, SubnetEnv, config_json, lease_attrs, net_conf)
-from dataplane.lab.labstore import LabStore
+from dataplane.lab.labetcd import LabEtcd
+from dataplane.lab.labstore import EtcdLabStore, LabStore
 from dataplane.lab.state import STATE_ROOT, LabState, Node, Pod
 from dataplane.lab.traffic import TransferResult
 
@@ -40,6 +42,7 @@ __all__ = ["Lab", "LabError", "Node", "Pod", "STATE_ROOT", "TransferResult", "pl
 log = logging.getLogger(__name__)
 
 FASTPATHS = ("c", "python")
+STORES = ("directory", "etcd")
 # Test-only crash injection: SIGKILL ourselves when `up` reaches this step (e.g. "pods",
 # "pod:<name>"), to prove that `down` cleans up after a crash at any point.
 FAILPOINT_ENV = "DATAPLANE_LAB_FAILPOINT"
@@ -79,10 +82,17 @@ class Lab:
                  network: str = "10.244.0.0/16", underlay_mtu: int = 1500,
                  ip_masq: bool = True, vni: int = 1, port: int | None = None,
                  daemon_args: Sequence[str] = (), daemon_program: Sequence[str] | None = None,
-                 daemon_timeout: float = 30.0, state_root: Path | str = STATE_ROOT) -> None:
+                 daemon_timeout: float = 30.0, state_root: Path | str = STATE_ROOT,
+                 store: str = "directory", etcd_members: int = 1) -> None:
         self.prefix = naming.check_prefix(prefix)
-        if not 1 <= nodes <= naming.MAX_NODES:
-            raise LabError(f"--nodes must be between 1 and {naming.MAX_NODES}")
+        if store not in STORES:
+            raise LabError(f"unknown store {store!r}: choose one of {', '.join(STORES)}")
+        if store != "etcd" and etcd_members != 1:
+            raise LabError("--etcd-members applies to --store etcd")
+        # etcd members take addresses from the top of the underlay: nodes must stay below.
+        max_nodes = naming.MAX_NODES - (etcd_members if store == "etcd" else 0)
+        if not 1 <= nodes <= max_nodes:
+            raise LabError(f"--nodes must be between 1 and {max_nodes}")
         if pods < 0:
             raise LabError("--pods must not be negative")
         if fastpath is not None and fastpath not in FASTPATHS:
@@ -96,6 +106,9 @@ class Lab:
         self.backends = plan_backends(backend, nodes, kernel_nodes, node_backends)
         self.backend = backend
         self.flannel_type = FLANNEL_TYPE[self.backends[0]]
+        if store == "etcd" and not self.uses_store:
+            raise LabError(f"a {self.flannel_type} lab uses no subnet store: --store etcd "
+                           "needs the udp, vxlan or kernel-vxlan backend")
         self.pods_per_node = pods
         self.fastpath = fastpath
         self.underlay_mtu = underlay_mtu
@@ -107,8 +120,16 @@ class Lab:
         self.daemon_timeout = daemon_timeout
         self.state_root = Path(state_root)
         self.dir = self.state_root / self.prefix
-        self.store = LabStore(self.dir / "store")
+        self.store_kind, self.etcd_members = store, etcd_members
         self.underlay_ns = naming.underlay_ns(self.prefix)
+        self.etcd: LabEtcd | None = None
+        self.store: LabStore
+        if store == "etcd":
+            self.etcd = LabEtcd(self.underlay_ns, LabEtcd.plan(self.dir / "etcd", etcd_members),
+                                on_change=self._save)
+            self.store = EtcdLabStore(self.etcd.endpoints, self.underlay_ns)
+        else:
+            self.store = LabStore(self.dir / "store")
         self.nodes: list[Node] = [
             Node(name=naming.node_ns(self.prefix, i), index=i, backend=b,
                  underlay_ip=naming.underlay_ip(i), subnet=naming.node_subnet(self.network, i),
@@ -116,7 +137,8 @@ class Lab:
             for i, b in enumerate(self.backends, start=1)]
         self.pods: list[Pod] = []
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._state = LabState(prefix=self.prefix, options=self._options())
+        self._state = LabState(prefix=self.prefix, options=self._options(),
+                               etcd=self.etcd.members if self.etcd else [])
 
     def _options(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "nodes": len(self.nodes), "pods": self.pods_per_node,
@@ -125,7 +147,8 @@ class Lab:
                 "underlay_mtu": self.underlay_mtu, "ip_masq": self.ip_masq, "vni": self.vni,
                 "port": self.port, "daemon_args": self.daemon_args,
                 "daemon_program": self.daemon_program,
-                "daemon_timeout": self.daemon_timeout, "state_root": str(self.state_root)}
+                "daemon_timeout": self.daemon_timeout, "state_root": str(self.state_root),
+                "store": self.store_kind, "etcd_members": self.etcd_members}
 
     # --- reattaching -----------------------------------------------------------------------
 
@@ -148,11 +171,13 @@ class Lab:
         lab = cls(**{**options, "node_backends": node_backends})
         lab._state = state
         lab.nodes, lab.pods = state.nodes, state.pods
+        if lab.etcd is not None and state.etcd:
+            lab.etcd.members = state.etcd
         return lab
 
     @property
     def phase(self) -> str:
-        """Where `up` got to: new, underlay, nodes, store, daemons, peers, pods, ready."""
+        """Where `up` got to: new, underlay, nodes, (etcd,) store, daemons, peers, pods, ready."""
         return self._state.phase
 
     # --- lookups -----------------------------------------------------------------------------
@@ -208,6 +233,7 @@ class Lab:
 
     def _save(self) -> None:
         self._state.nodes, self._state.pods = self.nodes, self.pods
+        self._state.etcd = self.etcd.members if self.etcd else []
         self._state.save(self.dir / "state.json")
 
     def _enter(self, phase: str) -> None:
@@ -236,6 +262,10 @@ class Lab:
             node.dir.mkdir(parents=True, exist_ok=True)
             underlay.attach(self.underlay_ns, node.name, node.index, node.underlay_ip,
                             self.underlay_mtu)
+
+        if self.etcd is not None:
+            self._enter("etcd")
+            self.etcd.start()             # each member's pid is saved as soon as it is spawned
 
         self._enter("store")
         if self.uses_store:
@@ -275,6 +305,9 @@ class Lab:
         started = {node.name: (node, self._spawn_daemon(node, self.fastpath))
                    for node in self.nodes if node.runs_daemon}
         daemon.wait_ready(started, self.daemon_timeout)
+        if self.daemon_program is None:         # a stand-in serves no metrics
+            daemon.wait_converged([n for n, _ in started.values()], len(self.nodes) - 1,
+                                  self.daemon_timeout)
 
     def _spawn_daemon(self, node: Node, fastpath: str | None) -> subprocess.Popen[bytes]:
         proc = daemon.start(node, daemon.argv(node, self.store.daemon_args(),
@@ -340,7 +373,7 @@ class Lab:
                 lease = leases.get(peer.subnet)
                 if lease is None:
                     raise LabError(f"no lease for {peer.name}'s subnet {peer.subnet} in "
-                                   f"{self.store.root}: cannot program {node.name}")
+                                   f"{self.store.location}: cannot program {node.name}")
                 if lease.backend_type != "vxlan" or not lease.vtep_mac:
                     raise LabError(f"{peer.name}'s lease is no vxlan lease with a VtepMAC: "
                                    f"{lease.to_json().decode()}")
@@ -367,7 +400,9 @@ class Lab:
     def down(self) -> list[str]:
         """Remove everything this lab created; returns the namespaces removed. Idempotent."""
         self._stop_own_daemons()
-        removed = teardown(self.prefix, self.state_root)
+        removed = teardown(self.prefix, self.state_root)   # daemons, then etcd, then the rest
+        if self.etcd is not None:
+            self.etcd.reap()
         self._state.phase = "new"
         self.pods = []
         for node in self.nodes:
@@ -428,6 +463,14 @@ class Lab:
         return traffic.tcp_check(self, self._pod(src), self._pod(dst), nbytes, port=port,
                                  seed=seed, timeout=timeout)
 
+    def flow(self, src: Pod | str, dst: Pod | str, *, duration: float = 10.0,
+             interval: float = 0.01) -> traffic.Flow:
+        """Start ICMP echo from pod `src` to pod `dst` every `interval` seconds for `duration`
+        seconds, and return once the first reply is in; `.result()` then says which requests
+        went unanswered. For watching an event (etcd stopped, a daemon restarted) for loss."""
+        return traffic.flow(self, self._pod(src), self._pod(dst), duration=duration,
+                            interval=interval)
+
     def _pod(self, key: Pod | str) -> Pod:
         pod = key if isinstance(key, Pod) else self.pod(key)
         if pod.ip is None:
@@ -453,9 +496,18 @@ class Lab:
                           "netns_exists": netns.exists(n.name)})
         return {"prefix": self.prefix, "backend": self.backend, "phase": self.phase,
                 "network": str(self.network), "state_dir": str(self.dir),
-                "underlay_ns": self.underlay_ns, "nodes": nodes,
+                "underlay_ns": self.underlay_ns, "store": self._store_status(), "nodes": nodes,
                 "pods": [{"name": p.name, "node": p.node,
                           "ip": str(p.ip) if p.ip else None} for p in self.pods]}
+
+    def _store_status(self) -> dict[str, Any]:
+        if not self.uses_store:
+            return {"kind": "none"}
+        if self.etcd is None:
+            return {"kind": "directory", "location": self.store.location}
+        return {"kind": "etcd", "location": self.store.location,
+                "endpoints": self.etcd.endpoints, "members": self.etcd.status(),
+                "etcdctl": self.etcd.operator_hint()}
 
 
 def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 5.0) -> None:

@@ -1,4 +1,5 @@
-"""The lab's side of the subnet store, synchronous, over `dataplane.store`'s directory store.
+"""The lab's side of the subnet store, synchronous, over `dataplane.store`'s directory store
+or, with `--store etcd`, its etcd store (EtcdLabStore).
 
 The lab plays two roles flannel leaves to others: the operator who writes the network config,
 and flanneld on the kernel-vxlan nodes it programs itself, which take their leases through the
@@ -8,8 +9,9 @@ no store: dataplane.netconf accepts only the backends our daemon runs, udp and v
     <store>/config                    flannel's net-conf.json
     <store>/subnets/10.244.1.0-24     one lease per node subnet
 
-Seam for `--store etcd` (later): `daemon_args()` is how a daemon is pointed at the store, and
-`_open()` the one place that picks the store implementation.
+`daemon_args()` is how a daemon is pointed at the store, `_open()` the one place that picks
+the store implementation and `_run()` where its calls are made (for etcd: from inside the
+underlay namespace, where etcd listens).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from typing import Any, TypeVar
 
 from dataplane.lab.errors import LabError
 from dataplane.lab.flannel import write_atomic
+from dataplane.lab.nsthread import call_in_netns
 from dataplane.lease import Lease, LeaseAttrs
-from dataplane.store.base import StoreError
+from dataplane.store.base import StoreError, SubnetStore
 from dataplane.store.directory import DirectoryStore
 
 T = TypeVar("T")
@@ -33,6 +36,10 @@ T = TypeVar("T")
 class LabStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
 
     def daemon_args(self) -> list[str]:
         return ["--store-dir", str(self.root)]
@@ -50,17 +57,45 @@ class LabStore:
         leases, _ = self._call(lambda s: s.list_leases())
         return {lease.subnet: lease for lease in leases}
 
-    def _open(self) -> DirectoryStore:
+    def _open(self) -> SubnetStore:
         return DirectoryStore(self.root)
+
+    def _run(self, coro_fn: Callable[[], Awaitable[T]]) -> T:
+        return _run_sync(coro_fn)
 
     def _call(self, op: Callable[[Any], Awaitable[T]]) -> T:
         async def go() -> T:
             async with self._open() as store:
                 return await op(store)
         try:
-            return _run_sync(go)
+            return self._run(go)
         except (StoreError, ValueError) as exc:
-            raise LabError(f"subnet store {self.root}: {exc}") from exc
+            raise LabError(f"subnet store {self.location}: {exc}") from exc
+
+
+class EtcdLabStore(LabStore):
+    """The lab's etcd (labetcd), under flannel's default prefix /coreos.com/network."""
+
+    def __init__(self, endpoints: str, netns_name: str) -> None:
+        self.endpoints = endpoints
+        self.netns = netns_name
+
+    @property
+    def location(self) -> str:
+        return f"etcd {self.endpoints}"
+
+    def daemon_args(self) -> list[str]:
+        return ["--etcd-endpoints", self.endpoints]
+
+    def write_config(self, conf_json: str) -> None:
+        self._call(lambda s: s.write_network_config(conf_json))
+
+    def _open(self) -> SubnetStore:
+        from dataplane.store.etcd import EtcdStore      # only etcd labs load the etcd modules
+        return EtcdStore(self.endpoints)
+
+    def _run(self, coro_fn: Callable[[], Awaitable[T]]) -> T:
+        return call_in_netns(self.netns, lambda: asyncio.run(coro_fn()))  # type: ignore[arg-type]
 
 
 def _run_sync(coro_fn: Callable[[], Awaitable[T]]) -> T:

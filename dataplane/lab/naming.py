@@ -4,6 +4,10 @@
     <prefix>-n<i>        node i: uplink `eth0` = 10.99.0.<i>/24, pod subnet = i-th /24 of the network
     <prefix>-n<i>-p<j>   pod j on node i: `eth0` from the CNI bridge plugin (cni0 on the node)
 
+With `--store etcd`, etcd member k (0-based) listens in the underlay namespace on 10.99.0.<254-k>,
+an address of br0 itself: every node reaches it over its uplink, as it would a machine on the
+same segment, and node addresses count up from .1, so the two never meet.
+
 Every link is created directly inside its namespace (a veth's two ends are born in their own
 namespaces), so nothing ever appears in the host's namespace and link names never collide
 between labs; they are short constants (`eth0`, `br0`, `n<i>`), well under IFNAMSIZ.
@@ -25,6 +29,8 @@ NODE_UPLINK = "eth0"          # what a node calls its link to the underlay
 POD_IFNAME = "eth0"
 SUBNET_LEN = 24               # flannel's default SubnetLen
 MAX_NODES = UNDERLAY_NETWORK.num_addresses - 2
+ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380     # etcd's own defaults: one address per member
+MAX_ETCD_MEMBERS = 5
 
 
 def check_prefix(prefix: str) -> str:
@@ -59,6 +65,17 @@ def underlay_ip(i: int) -> IPv4Address:
     if not 1 <= i <= MAX_NODES:
         raise LabError(f"node index {i} outside 1..{MAX_NODES}")
     return UNDERLAY_NETWORK.network_address + i
+
+
+def etcd_ip(k: int) -> IPv4Address:
+    """etcd member k's address on the underlay bridge, from the top: 10.99.0.254, .253, ..."""
+    if not 0 <= k < MAX_ETCD_MEMBERS:
+        raise LabError(f"etcd member index {k} outside 0..{MAX_ETCD_MEMBERS - 1}")
+    return UNDERLAY_NETWORK.broadcast_address - 1 - k
+
+
+def etcd_member(k: int) -> str:
+    return f"m{k}"
 
 
 def node_subnet(network: IPv4Network, i: int) -> IPv4Network:

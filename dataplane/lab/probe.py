@@ -3,6 +3,9 @@
     ping DST...            ICMP echo to several addresses at once; prints {"DST": true|false}
     tcp-serve IP PORT      accept one connection, read to EOF; prints {"bytes", "sha256"}
     tcp-send IP PORT N     send N deterministic pseudo-random bytes; prints the same
+    flow DST               ICMP echo every --interval for --duration seconds, to watch an event
+                           (etcd stopped, a leader killed) for loss; prints FLOWING once the
+                           first reply is back, then {"sent", "received", "lost"}
 
 In Python rather than iputils' ping: the Debian package is not among the lab's dependencies,
 and one process pinging every destination keeps a reachability matrix at one process per pod.
@@ -83,6 +86,64 @@ def ping(targets: list[str], *, count: int = 2, interval: float = 0.2,
     return {t: t in replied for t in targets}
 
 
+def flow(target: str, *, interval: float = 0.01, duration: float = 10.0,
+         timeout: float = 1.0, warmup: float = 5.0) -> dict[str, object]:
+    """A steady stream of echo requests to one target. Warm-up requests (not counted) go out
+    until one is answered, so neighbour resolution is out of the way; then `duration` seconds
+    of requests on a fixed schedule (late sends do not shift the rest), and replies are
+    awaited `timeout` seconds more. "lost" holds the send time (seconds from the start of the
+    counted flow) of every request that got no reply."""
+    ident = os.getpid() & 0xFFFF
+    token = os.urandom(16)
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        def replies(wait: float) -> list[int]:
+            seqs = []
+            if select.select([sock], [], [], max(wait, 0))[0]:
+                while True:
+                    try:
+                        packet, (src, _) = sock.recvfrom(2048)
+                    except BlockingIOError:
+                        break
+                    ihl = (packet[0] & 0x0F) * 4
+                    kind, _, _, rid, seq = struct.unpack_from("!BBHHH", packet, ihl)
+                    if (kind == ICMP_ECHO_REPLY and rid == ident and src == target
+                            and packet[ihl + 8:ihl + 24] == token):
+                        seqs.append(seq)
+            return seqs
+
+        def send(seq: int) -> None:
+            try:
+                sock.sendto(_echo_request(ident, seq, token), (target, 0))
+            except OSError:
+                pass                      # no route or buffer: a loss like any other
+
+        sock.setblocking(False)
+        # Warm-up on the top sequence numbers, which the counted flow never reaches.
+        deadline, seq = time.monotonic() + warmup, 0xFFFF
+        while True:
+            send(seq)
+            seq -= 1
+            if replies(interval):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"flow: no reply from {target} within {warmup:g} s")
+        print("FLOWING", flush=True)
+
+        count = min(int(duration / interval), 0x7FFF)
+        start = time.monotonic()
+        got: set[int] = set()
+        for n in range(count):
+            while (wait := start + n * interval - time.monotonic()) > 0:
+                got.update(replies(wait))
+            send(n)
+        end = time.monotonic() + timeout
+        while len(got & set(range(count))) < count and time.monotonic() < end:
+            got.update(replies(end - time.monotonic()))
+    received = got & set(range(count))
+    return {"sent": count, "received": len(received), "interval": interval,
+            "lost": [round(n * interval, 3) for n in range(count) if n not in received]}
+
+
 def _payload(nbytes: int, seed: int):
     rng = random.Random(seed)
     left = nbytes
@@ -119,6 +180,25 @@ def tcp_send(ip: str, port: int, nbytes: int, seed: int, timeout: float) -> dict
             "seconds": round(time.monotonic() - start, 6)}
 
 
+def peers(port: int, want: int, timeout: float) -> dict[str, object]:
+    """Poll our daemon's /metrics on this namespace's loopback until it knows `want` peers."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    known = -1
+    while True:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+            for line in text.decode().splitlines():
+                if line.startswith("dataplane_peers "):
+                    known = int(float(line.split()[1]))
+        except OSError:
+            pass                 # not serving yet
+        if known >= want or time.monotonic() > deadline:
+            return {"peers": known, "ok": known >= want}
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m dataplane.lab.probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -137,10 +217,25 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("nbytes", type=int)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--timeout", type=float, default=30.0)
+    q = sub.add_parser("peers")
+    q.add_argument("port", type=int)
+    q.add_argument("want", type=int)
+    q.add_argument("--timeout", type=float, default=10.0)
+    f = sub.add_parser("flow")
+    f.add_argument("target")
+    f.add_argument("--interval", type=float, default=0.01)
+    f.add_argument("--duration", type=float, default=10.0)
+    f.add_argument("--timeout", type=float, default=1.0)
     args = parser.parse_args(argv)
-    if args.cmd == "ping":
-        result: dict[str, object] = dict(ping(args.targets, count=args.count,
-                                              interval=args.interval, timeout=args.timeout))
+    result: dict[str, object]
+    if args.cmd == "peers":
+        result = peers(args.port, args.want, args.timeout)
+    elif args.cmd == "ping":
+        result = dict(ping(args.targets, count=args.count, interval=args.interval,
+                           timeout=args.timeout))
+    elif args.cmd == "flow":
+        result = flow(args.target, interval=args.interval, duration=args.duration,
+                      timeout=args.timeout)
     elif args.cmd == "tcp-serve":
         result = tcp_serve(args.ip, args.port, args.timeout)
     else:

@@ -1,6 +1,6 @@
 """What a lab is made of, and state.json: written before each step so `down` can undo a lab
 whose `up` crashed half-way (a namespace is recorded before it is created, a pod before its
-CNI ADD, a daemon's pid as soon as it is spawned)."""
+CNI ADD, a daemon's or etcd member's pid as soon as it is spawned)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dataplane.lab.flannel import DAEMON_BACKENDS, write_atomic
+from dataplane.lab.naming import ETCD_CLIENT_PORT, ETCD_PEER_PORT
 
 STATE_VERSION = 1
 STATE_ROOT = Path("/run/dataplane-lab")    # one directory per lab prefix; tmpfs, like netns
@@ -72,6 +73,28 @@ class Pod:
 
 
 @dataclass
+class EtcdMember:
+    """One member of the lab's etcd (`--store etcd`), in the underlay namespace."""
+    name: str                  # m0, m1, ...
+    ip: IPv4Address            # on the underlay bridge
+    data_dir: Path             # inside the lab's state dir: `down` removes it with the rest
+    pid: int | None = None
+    pid_start: int | None = None
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.ip}:{ETCD_CLIENT_PORT}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.ip}:{ETCD_PEER_PORT}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir.with_name(self.data_dir.name + ".log")
+
+
+@dataclass
 class LabState:
     prefix: str
     options: dict[str, Any]            # the Lab(...) arguments, to reattach with Lab.load
@@ -79,6 +102,7 @@ class LabState:
     namespaces: list[str] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
     pods: list[Pod] = field(default_factory=list)
+    etcd: list[EtcdMember] = field(default_factory=list)
     created: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
@@ -100,8 +124,11 @@ class LabState:
                  for n in raw["nodes"]]
         pods = [Pod(**{**p, "ip": IPv4Address(p["ip"]) if p["ip"] else None})
                 for p in raw["pods"]]
+        etcd = [EtcdMember(**{**m, "ip": IPv4Address(m["ip"]), "data_dir": Path(m["data_dir"])})
+                for m in raw.get("etcd", [])]       # absent from labs of directory-store days
         return cls(prefix=raw["prefix"], options=raw["options"], phase=raw["phase"],
-                   namespaces=raw["namespaces"], nodes=nodes, pods=pods, created=raw["created"])
+                   namespaces=raw["namespaces"], nodes=nodes, pods=pods, etcd=etcd,
+                   created=raw["created"])
 
     def save(self, path: Path) -> None:
         write_atomic(path, self.to_json())

@@ -19,7 +19,7 @@ def render(status: dict[str, Any],
     lines = [f"lab {status['prefix']}: backend {status['backend']}, network "
              f"{status['network']}, phase {status['phase']}",
              f"state {status['state_dir']}, underlay namespace {status['underlay_ns']} "
-             "(bridge br0)", ""]
+             "(bridge br0)", *render_store(status.get("store") or {}), ""]
     node_rows = []
     for n in status["nodes"]:
         if n["daemon_pid"] is None:
@@ -39,6 +39,24 @@ def render(status: dict[str, Any],
     if matrix is not None:
         lines += ["", *render_matrix(status["prefix"], [p["name"] for p in pods], matrix)]
     return "\n".join(lines)
+
+
+def render_store(store: dict[str, Any]) -> list[str]:
+    if store.get("kind") in (None, "none"):
+        return []
+    lines = [f"store {store['location']}"]
+    if store["kind"] == "etcd":
+        rows = []
+        for m in store["members"]:
+            if m["pid"] is None:
+                process = "stopped"
+            else:
+                process = f"pid {m['pid']} {'alive' if m['alive'] else 'DEAD'}"
+            health = "leader" if m["leader"] else ("healthy" if m["healthy"] else "UNHEALTHY")
+            rows.append([m["name"], m["client_url"], process, health])
+        lines += ["", *table(["ETCD", "CLIENT URL", "PROCESS", "STATE"], rows),
+                  f"read it: {store['etcdctl']}"]
+    return lines
 
 
 def render_matrix(prefix: str, names: Sequence[str],

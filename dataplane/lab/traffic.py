@@ -30,6 +30,61 @@ class TransferResult:
     sha256_received: str
 
 
+@dataclass(frozen=True)
+class FlowResult:
+    sent: int
+    received: int
+    interval: float            # seconds between requests
+    lost: tuple[float, ...]    # send times of unanswered requests, seconds into the flow
+
+    @property
+    def longest_gap(self) -> float:
+        """The longest run of consecutive losses, in seconds: how long forwarding stopped."""
+        longest = run = 0
+        previous = None
+        for t in self.lost:
+            run = run + 1 if previous is not None and t - previous < 1.5 * self.interval else 1
+            longest, previous = max(longest, run), t
+        return round(longest * self.interval, 3)
+
+
+class Flow:
+    """A running `probe flow`: ICMP echo from one pod to another on a fixed schedule."""
+
+    def __init__(self, proc: subprocess.Popen[str], src: Pod, dst: Pod, duration: float) -> None:
+        self.proc, self.src, self.dst, self.duration = proc, src, dst, duration
+
+    def result(self, timeout: float | None = None) -> FlowResult:
+        """Wait for the flow to end (at most its duration plus `timeout`, default 15 s)."""
+        try:
+            out, err = self.proc.communicate(timeout=self.duration + (timeout or 15.0))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise LabError(f"flow {self.src.name} -> {self.dst.name} did not finish") from None
+        if self.proc.returncode != 0:
+            raise LabError(f"flow probe in {self.src.name} failed: {err.strip()}")
+        doc = json.loads(out)
+        return FlowResult(doc["sent"], doc["received"], doc["interval"], tuple(doc["lost"]))
+
+    def stop(self) -> str:
+        """End it early; its stderr."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.communicate()[1] or ""
+
+
+def flow(lab: Lab, src: Pod, dst: Pod, *, duration: float, interval: float) -> Flow:
+    """Start a flow and return once it is under way (its first echo answered)."""
+    proc = lab.popen(src, netns.python_argv(PROBE, "flow", str(dst.ip), "--interval",
+                                            str(interval), "--duration", str(duration)),
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    handle = Flow(proc, src, dst, duration)
+    line = proc.stdout.readline().strip() if proc.stdout else ""
+    if line != "FLOWING":
+        raise LabError(f"flow {src.name} -> {dst.name} did not start: {handle.stop().strip()}")
+    return handle
+
+
 def _ping_argv(count: int, timeout: float, targets: list[str]) -> list[str]:
     return netns.python_argv(PROBE, "ping", "--count", str(count), "--timeout", str(timeout),
                              *targets)

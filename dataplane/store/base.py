@@ -73,7 +73,7 @@ __all__ = [
     "LEASE_TTL", "RENEW_MARGIN", "Cursor", "EventKind", "LeaseEvent", "SubnetStore",
     "StoreError", "StoreUnavailable", "SubnetTaken", "NoFreeSubnet", "ConfigError",
     "ConfigNotFound", "InvalidSubnet", "TTL", "Attrs", "as_attrs", "as_ttl", "diff_leases",
-    "renewal_delay", "format_duration",
+    "renewal_delay", "format_duration", "choose_unrequested",
 ]
 
 LEASE_TTL = timedelta(hours=24)      # flannel's subnetTTL
@@ -201,6 +201,33 @@ def diff_leases(old: Mapping[IPv4Network, Lease],
     events += [LeaseEvent(EventKind.ADDED, new[sn]) for sn in sorted(new)
                if old.get(sn) != new[sn]]
     return events
+
+
+def choose_unrequested(config: NetworkConfig, public_ip: str, mine: list[IPv4Network],
+                       taken: list[IPv4Network], previous: IPv4Network | None,
+                       where: str) -> IPv4Network:
+    """flannel's choice when no subnet is asked for: a subnet our PublicIP already holds (a
+    restarted node keeps its pods' addresses), else `previous` if it is still free, else a free
+    one at random. `taken` lists every leased subnet, ours included; `where` ends the error."""
+    import logging
+
+    from dataplane.lease import is_compatible, pick_free_subnet
+
+    log = logging.getLogger("dataplane.store")
+    for subnet in mine:
+        if is_compatible(config, subnet):
+            log.info("reusing lease %s held by %s", subnet, public_ip)
+            return subnet
+    if (previous is not None and is_compatible(config, previous)
+            and not any(previous.overlaps(sn) for sn in taken)):
+        log.info("reusing previous subnet %s", previous)
+        return previous
+    target = pick_free_subnet(config, taken)
+    if target is None:
+        raise NoFreeSubnet(f"no free subnet in {config.network}: all subnets from "
+                           f"{config.subnet_min} to {config.subnet_max} (/{config.subnet_len}) "
+                           f"are leased ({where})")
+    return target
 
 
 def renewal_delay(lease: Lease, margin: timedelta = RENEW_MARGIN,

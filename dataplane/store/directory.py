@@ -44,12 +44,12 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator, TypeVar
 
-from dataplane.lease import (Lease, LeaseAttrs, LeaseFormatError, is_compatible,
-                             parse_subnet_key, pick_free_subnet, subnet_key, validate_subnet)
+from dataplane.lease import (Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key,
+                             validate_subnet)
 from dataplane.netconf import ConfigError, NetworkConfig, parse_network_config
 from dataplane.store.base import (LEASE_TTL, TTL, Attrs, ConfigNotFound, Cursor, LeaseEvent,
-                                  NoFreeSubnet, StoreError, StoreUnavailable, SubnetStore,
-                                  SubnetTaken, as_attrs, as_ttl, diff_leases)
+                                  StoreError, StoreUnavailable, SubnetStore, SubnetTaken,
+                                  as_attrs, as_ttl, choose_unrequested, diff_leases)
 
 log = logging.getLogger(__name__)
 
@@ -316,22 +316,9 @@ class DirectoryStore(SubnetStore):
                     raise SubnetTaken(requested, e.lease, f" (as part of {e.subnet})")
             target = requested
         else:
-            # flannel: after a restart a node keeps the subnet its PublicIP holds.
-            for e in mine:
-                if target is None and is_compatible(config, e.subnet):
-                    target = e.subnet
-                    log.info("reusing lease %s held by %s", e.subnet, attrs.public_ip)
-            if (target is None and previous is not None and is_compatible(config, previous)
-                    and not any(previous.overlaps(sn) for sn in live)):
-                target = previous
-                log.info("reusing previous subnet %s", previous)
-            if target is None:
-                target = pick_free_subnet(config, live)
-                if target is None:
-                    raise NoFreeSubnet(
-                        f"no free subnet in {config.network}: all subnets from "
-                        f"{config.subnet_min} to {config.subnet_max} (/{config.subnet_len}) "
-                        f"are leased ({len(live)} leases in {self.subnets_dir})")
+            target = choose_unrequested(config, attrs.public_ip, [e.subnet for e in mine],
+                                        list(live), previous,
+                                        f"{len(live)} leases in {self.subnets_dir}")
         for e in mine:                            # one node, one lease
             if e.subnet != target:
                 log.info("releasing %s, also held by %s", e.subnet, attrs.public_ip)

@@ -46,12 +46,12 @@ from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Network
 from typing import Any, AsyncIterator, Iterable
 
-from dataplane.lease import (Lease, LeaseAttrs, LeaseFormatError, is_compatible,
-                             parse_subnet_key, pick_free_subnet, subnet_key, validate_subnet)
+from dataplane.lease import (Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key,
+                             validate_subnet)
 from dataplane.netconf import ConfigError, NetworkConfig, parse_network_config
 from dataplane.store.base import (LEASE_TTL, TTL, Attrs, ConfigNotFound, Cursor, EventKind,
-                                  LeaseEvent, NoFreeSubnet, StoreError, StoreUnavailable,
-                                  SubnetStore, SubnetTaken, as_attrs, as_ttl, diff_leases)
+                                  LeaseEvent, StoreError, StoreUnavailable, SubnetStore,
+                                  SubnetTaken, as_attrs, as_ttl, choose_unrequested, diff_leases)
 from dataplane.store.etcd_client import (Endpoint, EtcdClient, EtcdError, EtcdRequestError,
                                          EtcdUnavailable, compare_create, compare_mod, op_delete,
                                          op_put, prefix_end, unb64)
@@ -427,22 +427,9 @@ class EtcdStore(SubnetStore):
                 raise SubnetTaken(requested, None, " (by a dual-stack lease)")
             target = requested
         else:
-            for e in mine:                   # flannel: a restarted node keeps its subnet
-                if target is None and is_compatible(config, e.subnet):
-                    target = e.subnet
-                    log.info("reusing lease %s held by %s", e.subnet, attrs.public_ip)
-            taken = [*live, *others]
-            if (target is None and previous is not None and is_compatible(config, previous)
-                    and not any(previous.overlaps(sn) for sn in taken)):
-                target = previous
-                log.info("reusing previous subnet %s", previous)
-            if target is None:
-                target = pick_free_subnet(config, taken)
-                if target is None:
-                    raise NoFreeSubnet(
-                        f"no free subnet in {config.network}: all subnets from "
-                        f"{config.subnet_min} to {config.subnet_max} (/{config.subnet_len}) "
-                        f"are leased ({len(live)} leases in etcd under {self.prefix})")
+            target = choose_unrequested(config, attrs.public_ip, [e.subnet for e in mine],
+                                        [*live, *others], previous,
+                                        f"{len(live)} leases in etcd under {self.prefix}")
         drop = [e for e in mine if e.subnet != target]
         for e in drop:
             log.info("releasing %s, also held by %s", e.subnet, attrs.public_ip)

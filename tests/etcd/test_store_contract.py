@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from dataplane.lease import InvalidSubnet, Lease, LeaseAttrs
+from dataplane.lease import InvalidSubnet, Lease
 from dataplane.store.base import (EventKind, LeaseEvent, NoFreeSubnet, StoreError, SubnetStore,
                                   SubnetTaken)
 from tests.etcd.etcd_helpers import (MAC_A, MAC_B, SMALL, StoreKind, net, open_spec,

@@ -26,7 +26,7 @@ def fake_node(impl: str):
     fwd.ingress([("10.99.0.77", 8285, b"x")])    # unknown peer
     lease = Lease(ipaddress.IPv4Network("10.244.1.0/24"), "10.99.0.1")
     return types.SimpleNamespace(
-        fwd=fwd, peers={ipaddress.IPv4Network("10.244.2.0/24"): None}, lease=lease,
+        counters=fwd.counters, peers={ipaddress.IPv4Network("10.244.2.0/24"): None}, lease=lease,
         store_errors=3, ready=asyncio.Event(), started=1.0,
         config=parse_network_config('{"Network": "10.244.0.0/16"}'),
         opts=types.SimpleNamespace(fastpath=impl),

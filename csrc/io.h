@@ -1,0 +1,50 @@
+/* io.h: what the plain I/O path (io.c) and the offload path (io_offload.c) share. */
+#ifndef DP_IO_H
+#define DP_IO_H
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "dp.h"
+
+/* A packet the batch decided to forward failed in the syscall: move it to the drop count. */
+static inline void unforward(struct dp_fwd *f, int dir, uint32_t len, int why)
+{
+    f->ctr.packets[dir]--;
+    f->ctr.bytes[dir] -= len;
+    f->ctr.drops[dir][why]++;
+}
+
+static inline struct sockaddr_in sockaddr_of(uint32_t addr, uint16_t port)
+{
+    return (struct sockaddr_in){
+        .sin_family = AF_INET,
+        .sin_port = htons(port),
+        .sin_addr.s_addr = htonl(addr),
+    };
+}
+
+/* write() to the TUN, retried on EINTR; with IFF_VNET_HDR the packet gets a zero header
+ * (nothing to offload). Returns whether the whole packet went in. */
+static inline int tun_put(const struct dp_fwd *f, int tun_fd, const uint8_t *data, uint32_t len)
+{
+    static const uint8_t no_offload[DP_VNET_HLEN];
+    ssize_t r, want = len;
+    int vnet = (f->cfg.io_flags & DP_IO_VNET) != 0;
+    struct iovec iov[2] = {{(void *)no_offload, DP_VNET_HLEN}, {(void *)data, len}};
+    if (vnet)
+        want += DP_VNET_HLEN;
+    do
+        r = vnet ? writev(tun_fd, iov, 2) : write(tun_fd, data, len);
+    while (r < 0 && errno == EINTR);
+    return r == want;
+}
+
+int dp_drain_tun_vnet(struct dp_fwd *f, int tun_fd, int sock_fd, int budget);
+int dp_drain_udp_gro(struct dp_fwd *f, int sock_fd, int tun_fd, int budget);
+
+#endif

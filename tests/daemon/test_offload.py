@@ -1,0 +1,120 @@
+"""Large TCP transfers through two daemons with offloads on, and with each offload refused:
+the content must arrive intact whichever path the bytes took."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests import netns
+from tests.daemon.test_lifecycle import metrics
+
+NBYTES = 24 << 20
+
+
+def transfer(host, nbytes: int = NBYTES) -> tuple[dict, dict]:
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", host.peer_ns, "python3", "-m", "dataplane.lab.probe",
+         "tcp-serve", "10.244.2.0", "7001", "--timeout", "60"],
+        stdout=subprocess.PIPE, text=True, env=netns.env())
+    try:
+        assert server.stdout.readline().strip() == "LISTENING"
+        sent = _send(host, nbytes)
+        received = json.loads(server.communicate(timeout=60)[0].splitlines()[-1])
+    finally:
+        server.kill()
+        server.wait()
+    return sent, received
+
+
+def _send(host, nbytes: int):
+    result = subprocess.run(
+        ["ip", "netns", "exec", host.ns, "python3", "-m", "dataplane.lab.probe", "tcp-send",
+         "10.244.2.0", "7001", str(nbytes), "--seed", "7", "--timeout", "60"],
+        capture_output=True, text=True, env=netns.env())
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def start_pair(host, backend: str, *args: str, env: dict[str, str] | None = None):
+    host.config(json.dumps({"Network": "10.244.0.0/16", "Backend": {"Type": backend}}))
+    procs = []
+    for side, ns, ip, subnet, port in (("a", host.ns, "10.99.0.1", "10.244.1.0/24", 9101),
+                                       ("b", host.peer_ns, "10.99.0.2", "10.244.2.0/24", 9102)):
+        argv = ["ip", "netns", "exec", ns, *netns.dataplane_cmd(
+            "-v", "run", "--store-dir", str(host.store), "--public-ip", ip, "--subnet", subnet,
+            "--subnet-file", str(host.tmp / f"{side}.env"), "--healthz-port", str(port), *args)]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, env={**netns.env(), **(env or {})}))
+    for side, proc in zip("ab", procs):
+        netns.wait_for(lambda: (host.tmp / f"{side}.env").exists() or proc.poll() is not None,
+                       what=f"node {side}")
+        assert proc.poll() is None, proc.stdout.read()
+    netns.wait_for(lambda: metrics(host.ns, 9101)["dataplane_peers"] == 1, what="peers")
+    netns.wait_for(lambda: metrics(host.peer_ns, 9102)["dataplane_peers"] == 1, what="peers")
+    return procs
+
+
+def stop(procs) -> str:
+    out = ""
+    for proc in procs:
+        proc.terminate()
+        out += proc.communicate(timeout=15)[0]
+    return out
+
+
+def counter(ns: str, port: int, name: str, direction: str | None = None) -> float:
+    key = f'{name}{{direction="{direction}"}}' if direction else name
+    return metrics(ns, port)[key]
+
+
+@pytest.mark.parametrize("backend", ["udp", "vxlan"])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_offloads_on(host, backend, workers):
+    procs = start_pair(host, backend, "--workers", workers)
+    try:
+        sent, received = transfer(host)
+        assert received["sha256"] == sent["sha256"] and received["bytes"] == NBYTES
+        # the bytes went as super-packets: cut at the sender, coalesced at the receiver
+        assert counter(host.ns, 9101, "dataplane_super_packets_total", "egress") > 0
+        assert counter(host.peer_ns, 9102, "dataplane_super_packets_total", "ingress") > 0
+        assert counter(host.ns, 9101, "dataplane_gso_fallbacks_total") == 0
+    finally:
+        log = stop(procs)
+    assert "offloads: TUN csum,tso4" in log and "UDP_SEGMENT on, UDP_GRO on" in log
+
+
+@pytest.mark.parametrize("backend,deny", [("vxlan", "tso"), ("vxlan", "gso"), ("vxlan", "gro"),
+                                          ("udp", "gso-at-send"), ("vxlan", "gso-at-send"),
+                                          ("vxlan", "tso,gso,gro")])
+def test_refused_offloads_fall_back(host, backend, deny):
+    procs = start_pair(host, backend, "--workers", "1",
+                       env={"DATAPLANE_OFFLOAD_DENY": deny})
+    try:
+        sent, received = transfer(host)
+        assert received["sha256"] == sent["sha256"] and received["bytes"] == NBYTES
+        super_egress = counter(host.ns, 9101, "dataplane_super_packets_total", "egress")
+        fallbacks = counter(host.ns, 9101, "dataplane_gso_fallbacks_total")
+    finally:
+        log = stop(procs)
+    if "tso" in deny:
+        assert super_egress == 0 and "offloads: TUN csum;" in log
+    if deny == "gso-at-send":
+        # the first refusal turns GSO off for good: only the messages of that one round (at
+        # most two per super-packet, 16 super-packets) can have been refused
+        assert 1 <= fallbacks <= 32, fallbacks
+    if "gso" in deny.split(","):
+        assert "UDP_SEGMENT refused" in log
+
+
+def test_offload_off_and_python_fast_path_move_the_same_bytes(host):
+    for args in (["--offload", "off"], ["--fastpath", "python"]):
+        procs = start_pair(host, "vxlan", *args)
+        try:
+            sent, received = transfer(host, 4 << 20)
+            assert received["sha256"] == sent["sha256"]
+            assert counter(host.ns, 9101, "dataplane_super_packets_total", "egress") == 0
+        finally:
+            stop(procs)

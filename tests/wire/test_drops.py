@@ -1,0 +1,46 @@
+"""The drop-reason enum and the shared constants are the same numbers in C and in Python."""
+
+from __future__ import annotations
+
+from dataplane import fastpath
+from dataplane.drops import MAX_DROPS, Direction, Drop
+from dataplane.fastpath import types
+
+lib = fastpath.load("c").lib
+
+
+def c_name(member: Drop) -> str:
+    return "DP_OK" if member is Drop.NONE else f"DP_DROP_{member.name}"
+
+
+def test_every_drop_reason_has_its_c_twin():
+    for member in Drop:
+        assert getattr(lib, c_name(member)) == member.value, member
+
+
+def test_c_has_no_reason_python_lacks():
+    c_reasons = {n for n in dir(lib) if n.startswith("DP_DROP_") and n != "DP_DROP_COUNT"}
+    assert c_reasons == {c_name(m) for m in Drop if m is not Drop.NONE}
+    assert lib.DP_DROP_COUNT == len(Drop)
+
+
+def test_counter_capacity_and_directions():
+    assert lib.DP_MAX_DROPS == MAX_DROPS >= len(Drop)
+    assert (lib.DP_EGRESS, lib.DP_INGRESS) == (Direction.EGRESS, Direction.INGRESS)
+
+
+def test_shared_constants_match_the_header():
+    assert (lib.DP_MODE_UDP, lib.DP_MODE_VXLAN) == (types.MODE_UDP, types.MODE_VXLAN)
+    assert (lib.DP_ACT_DROP, lib.DP_ACT_SEND, lib.DP_ACT_TUN) == tuple(types.Action)
+    assert lib.DP_VXLAN_HLEN == types.VXLAN_HLEN == 8
+    assert lib.DP_ETH_HLEN == types.ETH_HLEN == 14
+    assert lib.DP_VXLAN_OVERHEAD == types.VXLAN_OVERHEAD == 22
+    assert lib.DP_OUTER_HLEN == types.OUTER_HLEN == 28
+    assert lib.DP_HEADROOM == types.HEADROOM >= types.VXLAN_OVERHEAD + types.OUTER_HLEN
+    assert lib.DP_ICMP_MAX == types.ICMP_MAX == 20 + 8 + 60 + 8
+
+
+def test_labels_are_kebab_case_and_unique():
+    labels = [m.label for m in Drop]
+    assert len(set(labels)) == len(labels)
+    assert Drop.UNKNOWN_PEER.label == "unknown-peer"
