@@ -34,17 +34,23 @@ class Dataplane:
         return overhead(self.encap)
 
 
+# The batched C rungs are pinned to what DESIGN.md calls step 3 (one call per batch, one
+# packet per syscall): no offloads, one worker. The offload rungs add the rest of the ladder.
+PLAIN_C = ("--offload", "off", "--workers", "1")
+
 LADDER: tuple[Dataplane, ...] = (
     Dataplane("host-gw", "host-gw", None, note="plain routes via the peer node: the ceiling"),
     Dataplane("kernel-vxlan", "kernel-vxlan", "vxlan", note="flannel's vxlan: the kernel device"),
-    Dataplane("udp/c", "udp", "udp", "c", note="our daemon, flannel udp wire, C fast path"),
-    Dataplane("vxlan/c", "vxlan", "vxlan", "c", note="our daemon, VXLAN wire, C fast path"),
+    Dataplane("udp/c", "udp", "udp", "c", PLAIN_C,
+              note="our daemon, flannel udp wire, batched C fast path"),
+    Dataplane("vxlan/c", "vxlan", "vxlan", "c", PLAIN_C,
+              note="our daemon, VXLAN wire, batched C fast path"),
     Dataplane("udp/python", "udp", "udp", "python", note="per-packet Python reference"),
     Dataplane("vxlan/python", "vxlan", "vxlan", "python", note="per-packet Python reference"),
-    # Later rungs are one line each, e.g. (flag names as the daemon will spell them):
-    # Dataplane("vxlan/c+offload", "vxlan", "vxlan", "c", ("--offload",)),
-    # Dataplane("vxlan/c+offload+mq", "vxlan", "vxlan", "c", ("--offload", "--queues", "2"),
-    #           pin_daemons=False),
+    Dataplane("vxlan/c+offload", "vxlan", "vxlan", "c", ("--offload", "on", "--workers", "1"),
+              note="TUN super-packets, UDP GSO/GRO, one worker"),
+    Dataplane("vxlan/c+offload+mq", "vxlan", "vxlan", "c", ("--offload", "on", "--workers", "2"),
+              pin_daemons=False, note="offloads and a worker per core (multi-queue TUN)"),
 )
 
 BY_NAME = {dp.name: dp for dp in LADDER}

@@ -113,14 +113,19 @@ def udp_point(topo: Topology, s: Settings, payload: int) -> dict:
         node1 = topo.link_counters(topo.client.node_netns)
     r = parsers.iperf3_udp(out.stdout)
     inner_pkts, outer_pkts = pod1.tx_packets - pod0.tx_packets, node1.tx_packets - node0.tx_packets
-    # Frame bytes minus the 14-byte Ethernet header: IP packet sizes, inner and outer.
+    delivered = r.packets_sent - r.packets_lost
+    # Frame bytes minus the 14-byte Ethernet header: IP packet sizes, inner and outer. Counters
+    # count buffers: fewer outer buffers than packets delivered means a daemon sent them
+    # coalesced (UDP GSO), and an average then says nothing about one packet's headers.
+    coalesced = outer_pkts < delivered
     inner_avg = (pod1.tx_bytes - pod0.tx_bytes) / inner_pkts - 14 if inner_pkts else None
-    outer_avg = (node1.tx_bytes - node0.tx_bytes) / outer_pkts - 14 if outer_pkts else None
-    delivered_mpkts = (r.packets_sent - r.packets_lost) / 1e6
+    outer_avg = (None if coalesced or not outer_pkts
+                 else (node1.tx_bytes - node0.tx_bytes) / outer_pkts - 14)
+    delivered_mpkts = delivered / 1e6
     return {"payload": payload, "inner_size": payload + 28, "packets_sent": r.packets_sent,
             "packets_lost": r.packets_lost, "seconds": r.seconds, "rx_pps": r.rx_pps,
             "loss_pct": r.loss_pct, "goodput_mbps": r.goodput_mbps,
-            "inner_avg_bytes": inner_avg, "outer_avg_bytes": outer_avg,
+            "inner_avg_bytes": inner_avg, "outer_avg_bytes": outer_avg, "coalesced": coalesced,
             "efficiency": inner_avg / outer_avg if inner_avg and outer_avg else None,
             "cpu_s_per_mpkt": _per(cpu.machine, delivered_mpkts),
             "daemon_cpu_s_per_mpkt": _per(cpu.daemons, delivered_mpkts), **cpu.raw()}

@@ -107,7 +107,9 @@ def efficiency_section(results: dict) -> list[str]:
              "Inner IP bytes per underlay IP byte. Theory: inner / (inner + header bytes). "
              "Measured: average packet sizes on the sending side while iperf3 sent UDP as fast "
              "as it could, from interface counters (pod eth0 for the inner packets, node 1's "
-             "underlay link for the outer ones); Mbit/s is the payload the receiver got.", ""]
+             "underlay link for the outer ones); Mbit/s is the payload the receiver got. "
+             "`-`: the daemon sent the packets coalesced (UDP GSO) and the counters, which "
+             "count buffers, cannot tell one packet's size.", ""]
     header = ["dataplane", "headers (B)"]
     for p in payloads:
         header += [f"{p + overhead.IP_UDP} B: theory", "measured", "Mbit/s"]

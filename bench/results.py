@@ -23,7 +23,8 @@ results.json (schema "dataplane-bench/1"):
                echo: {sent, answered}, rss_bytes: [per daemon],
                background_cpu_per_s: machine CPU-s/s while the lab idled 1 s first},
          sweep: [{payload, inner_size, packets_sent, packets_lost, seconds, rx_pps, loss_pct,
-                  goodput_mbps, inner_avg_bytes, outer_avg_bytes, efficiency, cpu_s_per_mpkt,
+                  goodput_mbps, inner_avg_bytes, outer_avg_bytes (null if coalesced),
+                  coalesced, efficiency, cpu_s_per_mpkt,
                   daemon_cpu_s_per_mpkt, machine_cpu_s, steal_s, daemon_cpu_s}],
          hist: {rtt: [counts], ping: [counts]}               bench.stats.LogHistogram bins
          errors: {test: message}}
