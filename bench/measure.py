@@ -20,7 +20,6 @@ from bench.stats import LogHistogram, median, percentile
 from bench.topology import Topology
 
 GB = 1e9
-MB = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ from bench.ladder import BASELINE, Dataplane
 from bench.measure import Settings
 from bench.progress import Progress
 from bench.stats import schedule
+from bench.summary import MIB
 from bench.topology import Topology, prefixes, remove_stale_labs
 
 log = logging.getLogger(__name__)
 
-MIB = 1 << 20
 SETUP_SECONDS = 0.8        # a test's own start-up: servers, `ss` polls, counters
 LAB_UP_SECONDS = 1.5        # measured: 0.4 s for a kernel lab, 1.6-1.9 s with daemons
 

@@ -49,7 +49,7 @@ def test_every_dataplane_produced_samples(run):
     doc = run["doc"]
     assert run["status"] == 0, [s["errors"] for s in doc["samples"]]
     ran = [dp["name"] for dp in doc["dataplanes"]]
-    assert ran == [n for n in runnable() if n not in {s["name"] for s in doc["skipped"]}]
+    assert doc["skipped"] == [] and ran == runnable()     # whatever this build can run, ran
     assert {"host-gw", "kernel-vxlan"} <= set(ran)
     for name in ran:
         (s,) = [s for s in doc["samples"] if s["dataplane"] == name]
