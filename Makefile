@@ -29,12 +29,12 @@ test: deps build
 	$(PYTHON) -m pytest -q tests
 	$(MAKE) test-asan
 
-# The wire suite again, against the C library built with AddressSanitizer and UBSan.
+# The wire and offload suites again, against the C library built with AddressSanitizer and UBSan.
 test-asan: build
 	$(PYTHON) -m dataplane.fastpath._build_ffi --asan
 	DATAPLANE_CMODULE=_dpc_asan LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=0 \
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-		$(PYTHON) -m pytest -q -p no:cacheprovider tests/wire
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/wire tests/offload
 
 bench-micro: deps build
 	$(PYTHON) -m pytest -q bench/micro --benchmark-only --benchmark-autosave \

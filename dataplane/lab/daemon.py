@@ -3,7 +3,6 @@ ready: it writes subnet.env once its lease is held and its device is up, as flan
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Sequence
@@ -51,22 +50,18 @@ def start(node: Node, command: Sequence[str]) -> subprocess.Popen[bytes]:
 
 def wait_converged(nodes: Sequence[Node], peers: int, timeout: float) -> None:
     """Wait until every daemon knows `peers` peers: a node that started before another learns
-    of it from the store's watch, a moment after both are ready."""
-    probes = {node.name: (node, subprocess.Popen(
-        netns.ns_argv(node.netns, netns.python_argv(
-            "dataplane.lab.probe", "peers", str(METRICS_PORT), str(peers),
-            "--timeout", str(timeout))),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=netns.python_env()))
-        for node in nodes}
+    of it from the store's watch, a moment after both are ready. Asked of each daemon's
+    /metrics on its own loopback, from a thread inside its namespace."""
+    from dataplane.lab.nsthread import call_in_netns
+    from dataplane.lab.probe import peers as poll
+
+    deadline = time.monotonic() + timeout
     late = []
-    for name, (node, proc) in probes.items():
-        out, err = proc.communicate(timeout=timeout + 15)
-        try:
-            result = json.loads(out)
-        except ValueError:
-            raise LabError(f"peer probe on {name} failed: {err.strip()}") from None
+    for node in nodes:
+        result = call_in_netns(node.netns, lambda: poll(
+            METRICS_PORT, peers, max(0.1, deadline - time.monotonic())))
         if not result["ok"]:
-            late.append(f"{name} knows {max(result['peers'], 0)} of {peers}")
+            late.append(f"{node.name} knows {max(int(result['peers']), 0)} of {peers}")
     if late:
         raise LabError("daemons did not learn their peers within "
                        f"{timeout:g} s: {'; '.join(late)}")

@@ -217,10 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("nbytes", type=int)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--timeout", type=float, default=30.0)
-    q = sub.add_parser("peers")
-    q.add_argument("port", type=int)
-    q.add_argument("want", type=int)
-    q.add_argument("--timeout", type=float, default=10.0)
     f = sub.add_parser("flow")
     f.add_argument("target")
     f.add_argument("--interval", type=float, default=0.01)
@@ -228,9 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--timeout", type=float, default=1.0)
     args = parser.parse_args(argv)
     result: dict[str, object]
-    if args.cmd == "peers":
-        result = peers(args.port, args.want, args.timeout)
-    elif args.cmd == "ping":
+    if args.cmd == "ping":
         result = dict(ping(args.targets, count=args.count, interval=args.interval,
                            timeout=args.timeout))
     elif args.cmd == "flow":

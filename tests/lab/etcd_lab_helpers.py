@@ -13,13 +13,14 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from dataplane.lab import Lab, Node
+from dataplane.lab.daemon import METRICS_PORT
 from dataplane.lab.nsthread import call_in_netns
 from dataplane.store.etcd_server import INSTALL_HINT, find_etcd
 
 T = TypeVar("T")
 
-HEALTHZ_PORT = 9100          # every node is a namespace of its own: one port for all
-DAEMON_ARGS = ["--healthz-port", str(HEALTHZ_PORT)]
+HEALTHZ_PORT = METRICS_PORT  # the lab serves every daemon's /metrics there
+DAEMON_ARGS: list[str] = []
 PREFIX = "/coreos.com/network"
 
 
