@@ -5,7 +5,7 @@ PIP := PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip --disable-pip-version-check 
 APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump
 ASAN_RT := $(shell gcc -print-file-name=libasan.so)
 
-.PHONY: all deps apt-deps py-deps build test test-asan bench bench-micro demo clean
+.PHONY: all deps apt-deps py-deps build test test-asan bench bench-quick bench-micro demo clean
 
 all: build
 
@@ -36,9 +36,20 @@ test-asan: build
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider tests/wire tests/offload
 
+# The comparison: every dataplane in one interleaved run; report, plots and raw JSON in
+# bench/results/<UTC time>/, then the C vs Python micro-benchmarks.
+bench: deps build
+	$(PYTHON) -m dataplane bench
+	$(MAKE) bench-micro
+
+# The same, reduced: one round of 1 s tests (what CI runs through tests/bench).
+bench-quick: deps build
+	$(PYTHON) -m dataplane bench --quick
+
 bench-micro: deps build
 	$(PYTHON) -m pytest -q bench/micro --benchmark-only --benchmark-autosave \
 		--benchmark-storage=bench/results/micro --benchmark-columns=min,median,mean,ops
+	$(PYTHON) -m bench.micro.report
 
 # A mixed cluster: two nodes on our userspace VXLAN, one on kernel VXLAN, two pods each;
 # pod-to-pod pings across every pair, then everything is removed (also on failure).

@@ -1,7 +1,9 @@
 """`dataplane` command line: one subcommand per module.
 
 Each command module defines HELP (one line), configure(parser) and main(args) -> exit code, so
-the code of a command lives beside what it drives and this file only lists them.
+the code of a command lives beside what it drives and this file only lists them. Only the
+module of the command being run is imported: the node daemon must not carry the benchmark's
+plotting libraries in its 64 MB, nor fail to start because another command is broken.
 """
 
 from __future__ import annotations
@@ -11,13 +13,22 @@ import importlib
 import logging
 import sys
 
-# name -> module implementing it
+# name -> (module implementing it, one line of help; the module's HELP says the same)
 COMMANDS = {
-    "run": "dataplane.daemon.command",
-    "lab": "dataplane.lab.command",
-    "leases": "dataplane.store.command",
-    "explain": "dataplane.explain",
-    "bench": "bench.command",
+    "run": ("dataplane.daemon.command",
+            "run the node daemon: lease a subnet, bring up the TUN device and forward pod "
+            "traffic"),
+    "lab": ("dataplane.lab.command",
+            "build, inspect and remove a cluster of nodes and pods in network namespaces"),
+    "leases": ("dataplane.store.command",
+               "list the subnet leases in the store: subnet, public IP, backend, VtepMAC, "
+               "expiry"),
+    "explain": ("dataplane.explain",
+                "print one encapsulated packet layer by layer, with the overhead and MTU it "
+                "forces"),
+    "bench": ("bench.command",
+              "benchmark every dataplane side by side: throughput, packet rate, latency, CPU, "
+              "memory"),
 }
 
 
@@ -25,7 +36,15 @@ class CommandError(Exception):
     """An error for the user: printed as one line, exit status 1, no traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dataplane",
         description="A userspace overlay dataplane for pod networks: flannel's udp backend and "
@@ -34,16 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name in COMMANDS.items():
-        try:
+    chosen = _chosen(sys.argv[1:] if argv is None else argv)
+    for name, (module_name, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == chosen:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue     # a command whose module is not part of this build
-            raise
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.configure(p)
-        p.set_defaults(_main=module.main)
+            module.configure(p)
+            p.set_defaults(_main=module.main)
     return parser
 
 
@@ -54,7 +70,7 @@ def setup_logging(verbosity: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
