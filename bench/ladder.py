@@ -47,6 +47,8 @@ LADDER: tuple[Dataplane, ...] = (
               note="our daemon, VXLAN wire, batched C fast path"),
     Dataplane("udp/python", "udp", "udp", "python", note="per-packet Python reference"),
     Dataplane("vxlan/python", "vxlan", "vxlan", "python", note="per-packet Python reference"),
+    Dataplane("udp/c+offload", "udp", "udp", "c", ("--offload", "on", "--workers", "1"),
+              note="flannel udp wire with TUN super-packets, UDP GSO/GRO, one worker"),
     Dataplane("vxlan/c+offload", "vxlan", "vxlan", "c", ("--offload", "on", "--workers", "1"),
               note="TUN super-packets, UDP GSO/GRO, one worker"),
     Dataplane("vxlan/c+offload+mq", "vxlan", "vxlan", "c", ("--offload", "on", "--workers", "2"),
