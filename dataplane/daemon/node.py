@@ -226,6 +226,12 @@ class Node:
         flags |= IO_TUN_USO if taken & TUN_F_USO4 else 0
         log.info("offloads: TUN %s; UDP_SEGMENT %s, UDP_GRO %s", describe_offload(taken),
                  "on" if gso else "refused", "on" if gro else "refused")
+        if gro:
+            # GRO on the underlay device aggregates a UDP flow for a local socket that asked
+            # for UDP_GRO; rx-udp-gro-forwarding only matters for UDP the host forwards.
+            log.info("underlay %s: tunnel datagrams reach us GRO-aggregated through UDP_GRO; "
+                     "rx-udp-gro-forwarding left as it is (we terminate, not forward)",
+                     self.underlay.ifname)
         return flags
 
     def _lease_attrs(self) -> LeaseAttrs:

@@ -329,17 +329,19 @@ class Lab:
         n.pid = n.pid_start = None
         self._save()
 
-    def start_daemon(self, node: Node | str | int, *, fastpath: str | None = None) -> int:
-        """(Re)start one node's daemon, e.g. with another fast path, and wait until it is
-        ready again; returns its pid. Kernel nodes keep what they learnt at `up`: call
-        sync_peers() if the daemon came back with a new VtepMAC."""
+    def start_daemon(self, node: Node | str | int, *, fastpath: str | None = None,
+                     wait: bool = True) -> int:
+        """(Re)start one node's daemon, e.g. with another fast path, and (unless wait=False)
+        wait until it is ready again; returns its pid. Kernel nodes keep what they learnt at
+        `up`: call sync_peers() if the daemon came back with a new VtepMAC."""
         n = node if isinstance(node, Node) else self.node(node)
         if not n.runs_daemon:
             raise LabError(f"{n.name} is a {n.backend} node: it runs no daemon")
         if n.name in self.daemon_pids():
             raise LabError(f"the daemon on {n.name} is running (pid {n.pid}); stop it first")
         proc = self._spawn_daemon(n, fastpath or self.fastpath)
-        daemon.wait_ready({n.name: (n, proc)}, self.daemon_timeout)
+        if wait:
+            daemon.wait_ready({n.name: (n, proc)}, self.daemon_timeout)
         return proc.pid
 
     @property

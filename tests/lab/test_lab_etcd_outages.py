@@ -163,3 +163,27 @@ def test_daemons_outlive_an_etcd_that_comes_back_empty(prefix: str) -> None:
         wait_for(lambda: len(etcd_kvs(lab)) == 3, 15, "both leases back")
         wait_peers(lab.nodes, 1)
         assert lab.ping(lab.pod(1, 1), lab.pod(2, 1))
+
+
+def test_a_daemon_started_while_etcd_is_down_waits_then_forwards(prefix: str) -> None:
+    """No store at start: the daemon retries with backoff and says so, serves /healthz but is
+    not ready, and sets up nothing (no device, no subnet.env: no forwarding on stale guesses)
+    until etcd answers; then it takes its lease and forwards."""
+    with Lab(prefix, nodes=2, pods=1, backend="vxlan", store="etcd",
+             daemon_args=DAEMON_ARGS) as lab:
+        node = lab.node(1)
+        lab.stop_daemon(node)
+        member = lab.etcd.member(0)
+        lab.etcd.stop_member(member.name)
+        lab.start_daemon(node, wait=False)
+        wait_for(lambda: "retrying in" in node.log_file.read_text(), 15,
+                 "the daemon to report the unreachable store")
+        time.sleep(1.0)
+        assert not ready(node) and not node.subnet_file.exists()
+        links = lab.exec(node, ["ip", "-o", "link", "show"]).stdout
+        assert "flannel.1" not in links
+        lab.etcd.start_member(member.name)
+        wait_for(node.subnet_file.exists, 30, "the lease once etcd is back")
+        wait_peers(lab.nodes, 1, timeout=20)
+        assert lab.ping(lab.pod(1, 1), lab.pod(2, 1))
+        assert metrics(node)["dataplane_store_errors_total"] >= 1
