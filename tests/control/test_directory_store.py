@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import os
-import queue
 from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -19,10 +17,11 @@ from typing import Any, AsyncIterator
 import pytest
 
 from conftest import FakeClock, make_store_dir
+from tests import racing
 from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import ConfigError
-from dataplane.store.base import (ConfigNotFound, EventKind, LeaseEvent, NoFreeSubnet,
-                                  StoreUnavailable, SubnetTaken)
+from dataplane.store.base import (ConfigNotFound, EventKind, LeaseEvent, StoreUnavailable,
+                                  SubnetTaken)
 from dataplane.store.directory import DirectoryStore
 
 MAC_A = "0a:00:00:00:00:0a"
@@ -269,45 +268,13 @@ def test_watch_of_a_vanished_store_raises_store_unavailable(run, tmp_path: Path)
 
 # -- several processes -------------------------------------------------------------------------
 
-def _race(path: str, public_ip: str, requested: str | None, skew: float, barrier: Any,
-          results: Any) -> None:
-    async def go() -> str:
-        clock = FakeClock()
-        clock.advance(skew)
-        store = DirectoryStore(path, clock=clock)
-        try:
-            lease = await store.acquire_lease(
-                vxlan(public_ip), requested=IPv4Network(requested) if requested else None)
-            return str(lease.subnet)
-        except NoFreeSubnet:
-            return "full"
-        except SubnetTaken:
-            return "taken"
-    barrier.wait()
-    try:
-        results.put((public_ip, asyncio.run(go())))
-    except BaseException as exc:            # report, never hang the parent
-        results.put((public_ip, f"error {exc!r}"))
-
-
 def race(path: Path, n: int, requested: str | None = None, skew: float = 0) -> dict[str, str]:
     """n processes acquire at once (10.99.0.1...); skew: seconds their clocks run ahead."""
-    ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(str(path), f"10.99.0.{i + 1}", requested,
-                                             skew, barrier, results)) for i in range(n)]
-    for p in procs:
-        p.start()
-    try:
-        out = dict(results.get(timeout=20) for _ in procs)
-    except queue.Empty:
-        pytest.fail("a racing process did not report")
-    finally:
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-    return out
+    def make_store() -> DirectoryStore:
+        clock = FakeClock()
+        clock.advance(skew)
+        return DirectoryStore(path, clock=clock)
+    return racing.race(make_store, n, requested, timeout=20)
 
 
 

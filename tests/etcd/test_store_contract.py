@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
-import queue
 from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Network
 from typing import Any, AsyncIterator
@@ -17,6 +15,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from dataplane.lease import InvalidSubnet, Lease
+from tests import racing
 from dataplane.store.base import (EventKind, LeaseEvent, NoFreeSubnet, StoreError, SubnetStore,
                                   SubnetTaken)
 from tests.etcd.etcd_helpers import (MAC_A, MAC_B, SMALL, StoreKind, net, open_spec,
@@ -293,45 +292,10 @@ def test_coroutines_of_one_process_never_share_a_subnet(run, kind: StoreKind) ->
     assert sum(isinstance(r, NoFreeSubnet) for r in got) == 2, got
 
 
-def _race(spec: tuple[str, ...], public_ip: str, requested: str | None, barrier: Any,
-          results: Any) -> None:
-    async def go() -> str:
-        store = open_spec(spec)
-        try:
-            lease = await store.acquire_lease(
-                vxlan(public_ip), requested=IPv4Network(requested) if requested else None)
-            return str(lease.subnet)
-        except NoFreeSubnet:
-            return "full"
-        except SubnetTaken:
-            return "taken"
-        finally:
-            await store.close()
-    barrier.wait()
-    try:
-        results.put((public_ip, asyncio.run(go())))
-    except BaseException as exc:            # report, never hang the parent
-        results.put((public_ip, f"error {exc!r}"))
-
-
 def race(kind: StoreKind, n: int, requested: str | None = None) -> dict[str, str]:
     """n processes, each its own store (and etcd client), acquire at once (10.99.0.1...)."""
-    ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(kind.spec(), f"10.99.0.{i + 1}", requested,
-                                             barrier, results)) for i in range(n)]
-    for p in procs:
-        p.start()
-    try:
-        out = dict(results.get(timeout=30) for _ in procs)
-    except queue.Empty:
-        pytest.fail("a racing process did not report")
-    finally:
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-    return out
+    spec = kind.spec()
+    return racing.race(lambda: open_spec(spec), n, requested)
 
 
 @pytest.mark.parametrize("round_", range(2))
