@@ -151,7 +151,7 @@ def method_section(results: dict) -> list[str]:
     payloads = ", ".join(str(p) for p in m["udp_payloads"])
     lines = [
         "## 5. Method", "",
-        f"- One lab per dataplane, all built before the first round and kept up side by side "
+        "- One lab per dataplane, all built before the first round and kept up side by side "
         "(each has its own namespaces and underlay bridge, so they are isolated; an idle lab "
         "costs nothing measurable). Two nodes, one pod each, 1500-byte underlay, traffic from "
         "the pod on node 1 to the pod on node 2.",
