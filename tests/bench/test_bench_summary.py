@@ -145,3 +145,35 @@ def test_rss_overview_before_after_and_limit():
     assert list(r) == ["udp/c"]
     assert r["udp/c"] == {"before_mb": 31.0, "after_mb": 34.0, "peak_mb": 70.0,
                           "growth_mb": 3.0, "within_limit": False}
+
+
+def test_targets_section_judges_the_offload_rungs_of_the_same_run():
+    from bench.report import targets_section
+
+    def fig(ratio, median=1.0):
+        return {"median": median, "n": 3, "ratio": ratio}
+
+    metrics = {
+        "kernel-vxlan": {"tcp1_gbps": fig(1.0), "udp_small_loss_pct": fig(None, 0.0)},
+        "vxlan/c+offload": {"tcp1_gbps": fig(0.55), "tcp1_cpu_s_per_gb": fig(1.4),
+                            "udp_small_rx_pps": fig(0.9), "udp_small_loss_pct": fig(None, 0.0),
+                            "rtt_median_us": fig(1.7)},
+        "vxlan/c+offload+mq": {"tcp1_gbps": fig(0.50), "udp_small_rx_pps": fig(1.2),
+                               "udp_small_loss_pct": fig(None, 26.0)},
+    }
+    results = {"summary": {"baseline": "kernel-vxlan", "metrics": metrics},
+               "dataplanes": [{"name": n, "encap": "vxlan"} for n in metrics]}
+    text = "\n".join(targets_section(results))
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()
+            if line.startswith("| ") and "target" not in line}
+    assert "vxlan/c+offload |" in rows["one TCP stream"] and "missed** by 0.45" in rows[
+        "one TCP stream"]
+    assert "reached" in rows["whole-machine CPU per GB, one stream"]
+    # the multi-queue rung's higher rate came with 26% loss: it does not count
+    assert "0.90×" in rows["64-byte UDP packets received per second"]
+    assert "missed" in rows["64-byte UDP packets received per second"]
+    assert "reached" in rows["UDP round trip under light load (median)"]
+    assert "Why a target is missed" in text
+    plain = {"summary": {"baseline": "kernel-vxlan", "metrics": {"kernel-vxlan": {}}},
+             "dataplanes": [{"name": "kernel-vxlan", "encap": "vxlan"}]}
+    assert targets_section(plain) == []
