@@ -150,13 +150,10 @@ int dp_drain_udp(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
                 .msg_iovlen = 1,
             };
         }
-        int n = recvmmsg(sock_fd, io->msgs, (unsigned)want, MSG_DONTWAIT, NULL);
-        f->ctr.syscalls[DP_INGRESS]++;
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno != EAGAIN && total == 0)
-                return -errno;
+        int n = recv_batch(f, sock_fd, io->msgs, want, total);
+        if (n <= 0) {
+            if (n < 0)
+                return n;
             break;
         }
         for (int i = 0; i < n; i++)

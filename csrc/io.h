@@ -44,6 +44,21 @@ static inline int tun_put(const struct dp_fwd *f, int tun_fd, const uint8_t *dat
     return r == want;
 }
 
+/* recvmmsg without waiting, EINTR retried: how many arrived, 0 when nothing more is to be had
+ * now (EAGAIN, or an error after some progress), -errno for a hard error before any. */
+static inline int recv_batch(struct dp_fwd *f, int sock_fd, struct mmsghdr *msgs, int want,
+                             int total)
+{
+    for (;;) {
+        int n = recvmmsg(sock_fd, msgs, (unsigned)want, MSG_DONTWAIT, NULL);
+        f->ctr.syscalls[DP_INGRESS]++;
+        if (n >= 0)
+            return n;
+        if (errno != EINTR)
+            return errno != EAGAIN && total == 0 ? -errno : 0;
+    }
+}
+
 int dp_drain_tun_vnet(struct dp_fwd *f, int tun_fd, int sock_fd, int budget);
 int dp_drain_udp_gro(struct dp_fwd *f, int sock_fd, int tun_fd, int budget);
 

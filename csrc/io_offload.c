@@ -421,13 +421,10 @@ int dp_drain_udp_gro(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
                 .msg_controllen = sizeof(in->ctl[i].buf),
             };
         }
-        int n = recvmmsg(sock_fd, in->msgs, (unsigned)want, MSG_DONTWAIT, NULL);
-        f->ctr.syscalls[DP_INGRESS]++;
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno != EAGAIN && total == 0)
-                return -errno;
+        int n = recv_batch(f, sock_fd, in->msgs, want, total);
+        if (n <= 0) {
+            if (n < 0)
+                return n;
             break;
         }
         uint32_t segs = 0;
