@@ -1,4 +1,5 @@
-"""Small helpers for tests that need their own network namespaces (root only).
+"""Small helpers for tests that need their own network namespaces (root only), over the
+lab's own namespace and environment helpers (dataplane.lab.netns).
 
 Every name carries a per-run prefix, and teardown kills what runs inside before deleting, so a
 failed test leaves nothing behind.
@@ -14,7 +15,7 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from dataplane.lab import netns as lab_netns
 
 
 def require_root() -> None:
@@ -33,18 +34,16 @@ def prefix() -> str:
 
 
 def netns_add(name: str) -> None:
-    run("ip", "netns", "add", name)
-    run("ip", "-n", name, "link", "set", "lo", "up")
+    lab_netns.add(name)
 
 
 def netns_del(name: str) -> None:
-    pids = run("ip", "netns", "pids", name, check=False).stdout.split()
-    for pid in pids:
+    for pid in lab_netns.pids_in(name):
         try:
-            os.kill(int(pid), signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    run("ip", "netns", "del", name, check=False)
+    lab_netns.delete(name)
 
 
 def dataplane_cmd(*args: str) -> list[str]:
@@ -53,9 +52,7 @@ def dataplane_cmd(*args: str) -> list[str]:
 
 def env() -> dict[str, str]:
     """Child processes import this checkout, whatever is installed."""
-    e = dict(os.environ)
-    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
-    return e
+    return lab_netns.python_env()
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):
