@@ -112,6 +112,16 @@ def render_metrics(node: Node) -> str:
     return w.text()
 
 
+def parse_metrics(text: str) -> dict[str, float]:
+    """The samples of a /metrics page: 'name{labels}' -> value (for the lab and the tests)."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
 class MetricsServer:
     def __init__(self, node: Node, host: str, port: int) -> None:
         self.node, self.host, self.port = node, host, port

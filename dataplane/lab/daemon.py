@@ -53,18 +53,38 @@ def wait_converged(nodes: Sequence[Node], peers: int, timeout: float) -> None:
     of it from the store's watch, a moment after both are ready. Asked of each daemon's
     /metrics on its own loopback, from a thread inside its namespace."""
     from dataplane.lab.nsthread import call_in_netns
-    from dataplane.lab.probe import peers as poll
 
     deadline = time.monotonic() + timeout
     late = []
     for node in nodes:
-        result = call_in_netns(node.netns, lambda: poll(
-            METRICS_PORT, peers, max(0.1, deadline - time.monotonic())))
-        if not result["ok"]:
-            late.append(f"{node.name} knows {max(int(result['peers']), 0)} of {peers}")
+        known = call_in_netns(node.netns, lambda: _poll_peers(
+            peers, max(0.1, deadline - time.monotonic())))
+        if known < peers:
+            late.append(f"{node.name} knows {max(known, 0)} of {peers}")
     if late:
         raise LabError("daemons did not learn their peers within "
                        f"{timeout:g} s: {'; '.join(late)}")
+
+
+def _poll_peers(want: int, timeout: float) -> int:
+    """Ask /metrics on this thread's namespace's loopback until the daemon knows `want` peers
+    or time runs out; the last count (-1: never answered)."""
+    import urllib.request
+
+    from dataplane.daemon.metrics import parse_metrics
+
+    deadline = time.monotonic() + timeout
+    known = -1
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics",
+                                        timeout=2) as resp:
+                known = int(parse_metrics(resp.read().decode()).get("dataplane_peers", -1))
+        except OSError:
+            pass                 # not serving yet
+        if known >= want or time.monotonic() > deadline:
+            return known
+        time.sleep(0.05)
 
 
 def log_tail(node: Node, lines: int = 20) -> str:

@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from dataplane.daemon.metrics import parse_metrics
 from tests import netns
 
 BACKENDS = ["udp", "vxlan"]
@@ -54,18 +55,7 @@ def ping(ns: str, dst: str, count: int = 2) -> bool:
 def metrics(ns: str, port: int) -> dict[str, float]:
     code = (f"import urllib.request;print(urllib.request.urlopen("
             f"'http://127.0.0.1:{port}/metrics', timeout=5).read().decode())")
-    out = netns.run("ip", "netns", "exec", ns, "python3", "-c", code).stdout
-    samples = {}
-    for line in out.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
-
-
-def drops(ns: str, port: int, reason: str) -> float:
-    return metrics(ns, port).get(
-        f'dataplane_drops_total{{direction="ingress",reason="{reason}"}}', 0)
+    return parse_metrics(netns.run("ip", "netns", "exec", ns, "python3", "-c", code).stdout)
 
 
 def tun_name(backend: str) -> str:

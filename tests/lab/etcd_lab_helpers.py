@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from dataplane.daemon.metrics import parse_metrics
 from dataplane.lab import Lab, Node
 from dataplane.lab.daemon import METRICS_PORT
 from dataplane.lab.nsthread import call_in_netns
@@ -50,12 +51,7 @@ def http_get(node: Node, path: str) -> tuple[int, str]:
 def metrics(node: Node) -> dict[str, float]:
     status, text = http_get(node, "/metrics")
     assert status == 200, text
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
+    return parse_metrics(text)
 
 
 def ready(node: Node) -> bool:
