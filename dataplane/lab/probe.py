@@ -46,6 +46,25 @@ def _echo_request(ident: int, seq: int, token: bytes) -> bytes:
                        seq) + token
 
 
+def _echo_replies(sock: socket.socket, ident: int, token: bytes,
+                  wait: float) -> list[tuple[str, int]]:
+    """Our echo replies waiting on a non-blocking raw socket, after up to `wait` seconds for the
+    first: (source, sequence) each. Others' ICMP, which raw sockets see too, is skipped."""
+    found: list[tuple[str, int]] = []
+    if select.select([sock], [], [], max(wait, 0))[0]:
+        while True:
+            try:
+                packet, (src, _) = sock.recvfrom(2048)
+            except BlockingIOError:
+                break
+            ihl = (packet[0] & 0x0F) * 4    # raw sockets deliver the IP header
+            kind, _, _, rid, seq = struct.unpack_from("!BBHHH", packet, ihl)
+            if (kind == ICMP_ECHO_REPLY and rid == ident
+                    and packet[ihl + 8:ihl + 24] == token):
+                found.append((src, seq))
+    return found
+
+
 def ping(targets: list[str], *, count: int = 2, interval: float = 0.2,
          timeout: float = 1.0) -> dict[str, bool]:
     """Send `count` echo requests to each target, `interval` apart; a target is reachable if
@@ -72,17 +91,8 @@ def ping(targets: list[str], *, count: int = 2, interval: float = 0.2,
                 sent += 1
                 next_send += interval
             wait = (deadline if sent >= count else min(next_send, deadline)) - time.monotonic()
-            if select.select([sock], [], [], max(wait, 0))[0]:
-                while True:
-                    try:
-                        packet, (src, _) = sock.recvfrom(2048)
-                    except BlockingIOError:
-                        break
-                    ihl = (packet[0] & 0x0F) * 4    # raw sockets deliver the IP header
-                    kind, _, _, rid, _ = struct.unpack_from("!BBHHH", packet, ihl)
-                    if (kind == ICMP_ECHO_REPLY and rid == ident and src in targets
-                            and packet[ihl + 8:ihl + 24] == token):
-                        replied.add(src)
+            replied.update(src for src, _ in _echo_replies(sock, ident, token, wait)
+                           if src in targets)
     return {t: t in replied for t in targets}
 
 
@@ -97,19 +107,7 @@ def flow(target: str, *, interval: float = 0.01, duration: float = 10.0,
     token = os.urandom(16)
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
         def replies(wait: float) -> list[int]:
-            seqs = []
-            if select.select([sock], [], [], max(wait, 0))[0]:
-                while True:
-                    try:
-                        packet, (src, _) = sock.recvfrom(2048)
-                    except BlockingIOError:
-                        break
-                    ihl = (packet[0] & 0x0F) * 4
-                    kind, _, _, rid, seq = struct.unpack_from("!BBHHH", packet, ihl)
-                    if (kind == ICMP_ECHO_REPLY and rid == ident and src == target
-                            and packet[ihl + 8:ihl + 24] == token):
-                        seqs.append(seq)
-            return seqs
+            return [seq for src, seq in _echo_replies(sock, ident, token, wait) if src == target]
 
         def send(seq: int) -> None:
             try:
@@ -178,25 +176,6 @@ def tcp_send(ip: str, port: int, nbytes: int, seed: int, timeout: float) -> dict
         conn.recv(1)    # wait for the server to close: every byte has been read
     return {"bytes": nbytes, "sha256": digest.hexdigest(),
             "seconds": round(time.monotonic() - start, 6)}
-
-
-def peers(port: int, want: int, timeout: float) -> dict[str, object]:
-    """Poll our daemon's /metrics on this namespace's loopback until it knows `want` peers."""
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    known = -1
-    while True:
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-            for line in text.decode().splitlines():
-                if line.startswith("dataplane_peers "):
-                    known = int(float(line.split()[1]))
-        except OSError:
-            pass                 # not serving yet
-        if known >= want or time.monotonic() > deadline:
-            return {"peers": known, "ok": known >= want}
-        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
