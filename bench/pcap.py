@@ -14,6 +14,7 @@ import subprocess
 import time
 
 from bench.topology import Topology
+from bench.traffic import stop
 
 SNAPLEN = 192         # outer headers + VXLAN + inner Ethernet/IP/TCP, and some payload
 GLOBAL_HEADER = 24
@@ -37,13 +38,7 @@ def capture(topo: Topology, path: str, packets: int, timeout: float = 10.0):
     finally:
         if proc.poll() is None:
             time.sleep(0.1)                     # the last packets reach the file
-            proc.terminate()                    # tcpdump flushes and exits on SIGTERM
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        proc.stderr.close()
+        stop(proc)                              # tcpdump flushes and exits on SIGTERM
 
 
 def _wait_listening(proc: subprocess.Popen, timeout: float) -> None:

@@ -79,14 +79,19 @@ def server(topo: Topology, argv: list[str], proto: str, port: int, cpus: set[int
             time.sleep(0.02)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        proc.stderr.close()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM a tool we started, SIGKILL after `grace` seconds; reap it, close its stderr."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    proc.stderr.close()
 
 
 def client(topo: Topology, argv: list[str], cpus: set[int] | None, timeout: float
