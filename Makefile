@@ -1,11 +1,18 @@
 # dataplane: every target installs what it needs, so each works on a fresh machine.
+#
+# Everything Python runs in a virtual environment of its own (.venv beside this file), made from
+# the interpreter named by PYTHON: the distribution's python3 is externally managed (PEP 668)
+# and is never installed into. `make PYTHON=python3.12 test` picks another interpreter.
 PYTHON ?= python3
-PIP := PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip --disable-pip-version-check --quiet
+VENV := .venv
+VPY := $(VENV)/bin/python
+PIP := PIP_ROOT_USER_ACTION=ignore $(VPY) -m pip --disable-pip-version-check --quiet
 # Debian packages: the lab's CNI plugins, traffic tools, etcd for the cluster store.
 APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump
-ASAN_RT := $(shell gcc -print-file-name=libasan.so)
+# (= not :=: gcc may only be installed by the toolchain step)
+ASAN_RT = $(shell gcc -print-file-name=libasan.so)
 
-.PHONY: all deps apt-deps py-deps build test test-asan bench bench-quick bench-micro demo clean
+.PHONY: all deps apt-deps toolchain venv py-deps build test test-asan bench bench-quick bench-micro demo clean
 
 all: build
 
@@ -16,49 +23,71 @@ apt-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-py-deps:
+# The toolchain the venv and the C build need: gcc, and for an interpreter of the distribution
+# its venv module (python3-venv: ensurepip) and headers (python3-dev: Python.h).
+toolchain:
+	@missing=""; command -v gcc >/dev/null 2>&1 || missing="gcc"; \
+	$(PYTHON) -c 'import ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	$(PYTHON) -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+		|| missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VPY): | toolchain
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+venv: $(VPY)
+
+# Installed again only when the declared dependencies change.
+$(VENV)/.installed: pyproject.toml setup.py | $(VPY)
 	$(PIP) install -e '.[test,bench]'
+	touch $@
+
+py-deps: $(VENV)/.installed
 
 deps: apt-deps py-deps
 
 # In-place build of the C hot path (pip install -e does the same through setup.py).
-build:
-	$(PYTHON) -m dataplane.fastpath._build_ffi
+build: py-deps
+	$(VPY) -m dataplane.fastpath._build_ffi
 
 test: deps build
-	$(PYTHON) -m pytest -q tests
+	$(VPY) -m pytest -q tests
 	$(MAKE) test-asan
 
 # The wire and offload suites again, against the C library built with AddressSanitizer and UBSan.
 test-asan: build
-	$(PYTHON) -m dataplane.fastpath._build_ffi --asan
+	$(VPY) -m dataplane.fastpath._build_ffi --asan
 	DATAPLANE_CMODULE=_dpc_asan LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=0 \
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-		$(PYTHON) -m pytest -q -p no:cacheprovider tests/wire tests/offload
+		$(VPY) -m pytest -q -p no:cacheprovider tests/wire tests/offload
 
 # The comparison: every dataplane in one interleaved run; report, plots and raw JSON in
 # bench/results/<UTC time>/, then the C vs Python micro-benchmarks.
 bench: deps build
-	$(PYTHON) -m dataplane bench
+	$(VPY) -m dataplane bench
 	$(MAKE) bench-micro
 
 # The same, reduced: one round of 1 s tests (what CI runs through tests/bench).
 bench-quick: deps build
-	$(PYTHON) -m dataplane bench --quick
+	$(VPY) -m dataplane bench --quick
 
 bench-micro: deps build
-	$(PYTHON) -m pytest -q bench/micro --benchmark-only --benchmark-autosave \
+	$(VPY) -m pytest -q bench/micro --benchmark-only --benchmark-autosave \
 		--benchmark-storage=bench/results/micro --benchmark-columns=min,median,mean,ops
-	$(PYTHON) -m bench.micro.report
+	$(VPY) -m bench.micro.report
 
 # A mixed cluster: two nodes on our userspace VXLAN, one on kernel VXLAN, two pods each;
 # pod-to-pod pings across every pair, then everything is removed (also on failure).
 demo: deps build
-	$(PYTHON) -m dataplane explain --backend vxlan | tail -3
-	@trap '$(PYTHON) -m dataplane lab down --prefix demo' EXIT; \
-	$(PYTHON) -m dataplane lab up --prefix demo --nodes 3 --pods 2 --backend vxlan --kernel-nodes 1 && \
-	$(PYTHON) -m dataplane lab status --prefix demo
+	$(VPY) -m dataplane explain --backend vxlan | tail -3
+	@trap '$(VPY) -m dataplane lab down --prefix demo' EXIT; \
+	$(VPY) -m dataplane lab up --prefix demo --nodes 3 --pods 2 --backend vxlan --kernel-nodes 1 && \
+	$(VPY) -m dataplane lab status --prefix demo
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .benchmarks
+	rm -rf build dist *.egg-info .pytest_cache .benchmarks $(VENV)
 	rm -f dataplane/fastpath/_dpc*.so dataplane/fastpath/_dpc*.c dataplane/fastpath/_dpc*.o
