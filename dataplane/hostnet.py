@@ -129,9 +129,9 @@ RTN_UNICAST = 1
 
 
 def reaches_directly(address: str, ifindex: int) -> bool:
-    """True if the kernel reaches `address` without a gateway, through interface `ifindex`: flannel's
-    ip.DirectRouting test (`ip route get`: no gateway), plus the interface, so only peers on the
-    underlay itself qualify."""
+    """True if the kernel reaches `address` without a gateway, through interface `ifindex`:
+    flannel's ip.DirectRouting test (`ip route get`: no gateway), plus the interface, so only
+    peers on the underlay itself qualify."""
     with IPRoute() as ipr:
         try:
             routes = ipr.route("get", dst=address)

@@ -26,9 +26,9 @@ from datetime import timedelta
 from typing import Awaitable, Callable, TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
-from dataplane.daemon.directroutes import DirectRoutes, KernelRoutes
 from dataplane.daemon.datapath import (SOL_UDP, UDP_GRO, Datapath, Worker, close_sockets,
                                        open_worker_sockets, socket_buffers, udp_offloads)
+from dataplane.daemon.directroutes import DirectRoutes, KernelRoutes
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
                                       MODE_VXLAN, Counters, ForwarderConfig, format_mac,
                                       parse_mac)
@@ -155,6 +155,8 @@ class Node:
         self.mac = vtep_mac(ul.address, cfg.vni, cfg.mac_prefix) if backend == "vxlan" else b""
         if cfg.direct_routing:
             self.direct = DirectRoutes(KernelRoutes(ul, cfg.network))
+            log.info("DirectRouting: peers on %s's own subnet are routed, not tunnelled",
+                     ul.ifname)
             stack.callback(self.direct.close)
 
         impl = fastpath.load(opts.fastpath)

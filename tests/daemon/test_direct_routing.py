@@ -206,6 +206,19 @@ def test_routes_follow_leases_and_a_restart_adopts_them(topo):
     assert "via 10.99.0.8" in topo.routes("a", "10.244.8.0/24")
 
 
+def test_a_stop_keeps_direct_routes_exactly_when_it_keeps_the_lease(topo):
+    """Routes follow our lease: a stop that gives the lease back removes them; one that keeps
+    it (for the restart to take back) keeps them, so pods keep reaching direct peers."""
+    config(topo, DirectRouting=True)
+    topo.start("a")
+    topo.start("b")
+    netns.wait_for(lambda: "via 10.99.0.2" in topo.routes("a", "10.244.2.0/24"),
+                   what="direct route to b")
+    topo.stop("a")
+    kept = (topo.store / "subnets" / "10.244.1.0-24").exists()
+    assert ("via 10.99.0.2" in topo.routes("a", "10.244.2.0/24")) == kept
+
+
 def test_without_direct_routing_everything_is_tunnelled(topo):
     config(topo, DirectRouting=False)
     topo.start("a")
@@ -239,3 +252,18 @@ def test_unknown_option_is_logged_by_name(topo):
     topo.start("a")
     out = topo.stop("a")
     assert "Backend.DirectRoute: unknown option, ignored" in out
+
+
+@pytest.mark.parametrize("backend, field", [
+    ('{"Type": "vxlan",\n  "GBP": true}', "Backend.GBP"),
+    ('{"Type": "vxlan",\n  "Learning": true}', "Backend.Learning"),
+    ('{"Type": "udp",\n  "DirectRouting": true}', "Backend.DirectRouting"),
+])
+def test_refused_option_stops_the_daemon_with_one_line(host, backend, field):
+    host.config('{"Network": "10.244.0.0/16",\n "Backend": ' + backend + '}\n')
+    result = host.run()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if field in x]
+    assert "line 3" in line
+    assert host.leases() == {}
