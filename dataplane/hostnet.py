@@ -120,3 +120,63 @@ def delete_link(name: str) -> None:
             except NetlinkError as exc:
                 if exc.code != 19:      # ENODEV: went away meanwhile
                     raise
+
+
+# ---- DirectRouting: plain routes to peers on the underlay's own subnet -------------------------
+
+RTPROT_DATAPLANE = 0xDB       # rtm_protocol of our routes (unassigned in iproute2's rt_protos)
+RTN_UNICAST = 1
+
+
+def reaches_directly(address: str, ifindex: int) -> bool:
+    """True if the kernel reaches `address` without a gateway, through interface `ifindex`:
+    flannel's ip.DirectRouting test (`ip route get`: no gateway), plus the interface, so only
+    peers on the underlay itself qualify."""
+    with IPRoute() as ipr:
+        try:
+            routes = ipr.route("get", dst=address)
+        except NetlinkError:
+            return False               # unreachable: encapsulation will fail the same way
+    return (len(routes) == 1 and routes[0]["type"] == RTN_UNICAST
+            and routes[0].get_attr("RTA_GATEWAY") is None
+            and routes[0].get_attr("RTA_OIF") == ifindex)
+
+
+def replace_direct_route(subnet: str, gateway: str, ifindex: int) -> None:
+    """`ip route replace <subnet> via <gateway> dev <underlay> proto 0xdb`, as host-gw does."""
+    net = ipaddress.IPv4Network(subnet)
+    with IPRoute() as ipr:
+        try:
+            ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen,
+                      gateway=gateway, oif=ifindex, proto=RTPROT_DATAPLANE)
+        except NetlinkError as exc:
+            raise HostNetError(f"route {net} via {gateway}: {exc}") from None
+
+
+def delete_direct_route(subnet: str, gateway: str, ifindex: int) -> None:
+    """Remove that route; one that is already gone (or replaced by someone else's) is left."""
+    net = ipaddress.IPv4Network(subnet)
+    with IPRoute() as ipr:
+        try:
+            ipr.route("del", dst=str(net.network_address), dst_len=net.prefixlen,
+                      gateway=gateway, oif=ifindex, proto=RTPROT_DATAPLANE)
+        except NetlinkError as exc:
+            if exc.code not in (3, 19):        # ESRCH: no such route; ENODEV: link gone
+                raise HostNetError(f"route {net} via {gateway}: {exc}") from None
+
+
+def direct_routes(ifindex: int, network: str) -> dict[str, str]:
+    """Our routes through `ifindex` into the pod network: {subnet: gateway}. What a previous
+    run left (a stop keeps them, as it keeps the lease), for the next one to adopt or remove."""
+    net = ipaddress.IPv4Network(network)
+    found: dict[str, str] = {}
+    with IPRoute() as ipr:
+        for route in ipr.get_routes(family=AF_INET, table=254, proto=RTPROT_DATAPLANE):
+            dst, gateway = route.get_attr("RTA_DST"), route.get_attr("RTA_GATEWAY")
+            if (dst is None or gateway is None or route.get_attr("RTA_OIF") != ifindex
+                    or route["proto"] != RTPROT_DATAPLANE):
+                continue
+            subnet = ipaddress.IPv4Network(f"{dst}/{route['dst_len']}")
+            if subnet.subnet_of(net):
+                found[str(subnet)] = gateway
+    return found

@@ -10,7 +10,14 @@ The rules are flannel's (pkg/subnet/config.go, CheckNetworkConfig), restated:
   handed out: its .0 would be the network address), `SubnetMax` to the last subnet. Both must lie
   in the network and on a SubnetLen boundary; we also refuse Min > Max, which flannel accepts and
   then never allocates anything.
-- A missing `Backend` means udp. `Backend.Type` must be one we implement: udp or vxlan.
+- A missing `Backend` means udp. `Backend.Type` must be one we implement: udp or vxlan,
+  matched case-insensitively as flannel's backend manager does ("VXLAN" is vxlan).
+- Backend options are those of flannel's udp (`Port`) and vxlan backends (`Port`, `VNI`, `MTU`,
+  `DirectRouting`, `GBP`, `Learning`, and `MacPrefix`, which flannel reads on Windows only).
+  Each is implemented or refused by name; a vxlan option under udp is refused. A key flannel
+  does not know is ignored by flannel and warned about here (NetworkConfig.warnings).
+- IPv4 only: EnableIPv4 false, EnableIPv6 true and any IPv6 setting are refused until IPv6
+  lands; EnableNFTables is accepted (the NAT rules read it).
 Keys match case-insensitively, as Go's encoding/json matches them; the last match wins.
 
 Every error is a ConfigError naming the field and the line where it stands, never a traceback.
@@ -21,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import json.decoder
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -29,6 +36,26 @@ BACKEND_TYPES = ("udp", "vxlan")
 DEFAULT_PORTS = {"udp": 8285, "vxlan": 8472}
 DEFAULT_VNI = 1
 MAX_VNI = (1 << 24) - 1
+VXLAN_OVERHEAD = 50
+MIN_MTU = 68 + VXLAN_OVERHEAD      # Backend.MTU: room for the smallest IPv4 packet inside
+MAX_MTU = 65535
+
+# flannel's Config (pkg/subnet/config.go): every top-level key it decodes.
+TOP_LEVEL_KEYS = ("EnableIPv4", "EnableIPv6", "EnableNFTables", "Network", "IPv6Network",
+                  "SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax", "SubnetLen",
+                  "IPv6SubnetLen", "Backend")
+# What flannel's backends decode from Backend: udp (pkg/backend/udp) takes only Port; vxlan
+# (pkg/backend/vxlan) the rest; Name and MacPrefix only on Windows.
+UDP_KEYS = ("Type", "Port")
+VXLAN_KEYS = ("Type", "Port", "VNI", "MTU", "DirectRouting", "GBP", "Learning", "MacPrefix",
+              "Name")
+# Options refused when true, and why (false, their default, is accepted).
+REFUSED_WHEN_TRUE = {
+    "GBP": "the group policy ID carries the packet mark (skb->mark), which a TUN device does "
+           "not pass to userspace",
+    "Learning": "peers come from leases only, as flannel's permanent FDB entries (which "
+                "learning never overrides); there is no forwarding database to learn into",
+}
 
 
 class ConfigError(ValueError):
@@ -63,6 +90,12 @@ class NetworkConfig:
     port: int                  # Backend.Port: the UDP port every node uses (not in the lease)
     vni: int                   # Backend.VNI
     backend: dict[str, Any]    # the raw Backend object, for options we do not model
+    # appended: other code builds NetworkConfig positionally up to `backend`
+    direct_routing: bool = False   # vxlan DirectRouting: same-subnet peers routed, not tunnelled
+    mtu: int | None = None         # vxlan MTU: the underlay MTU to assume (None: the interface's)
+    mac_prefix: bytes | None = None   # MacPrefix: the first two octets of our VtepMAC
+    # flannel ignores keys it does not know; we say so, one line each, for the daemon's log
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def subnet_size(self) -> int:
@@ -113,16 +146,49 @@ class _Checker:
         self.source = source
         self.key_lines = _key_lines(text)
         self.top_line = text[:len(text) - len(text.lstrip())].count("\n") + 1
+        self.warnings: list[str] = []
 
     def fail(self, path: tuple[str, ...], problem: str) -> ConfigError:
         line = self.key_lines.get(path, self.top_line)
         return ConfigError(problem, field=".".join(path), line=line, source=self.source)
 
-    def check(self, doc: dict[str, Any]) -> NetworkConfig:
-        for name, ok in (("EnableIPv4", True), ("EnableIPv6", False)):
+    def warn(self, path: tuple[str, ...], problem: str) -> None:
+        self.warnings.append(str(self.fail(path, problem)))
+
+    def unknown_keys(self, obj: dict[str, Any], known: tuple[str, ...], parent: tuple[str, ...],
+                     what: str) -> None:
+        names = {k.lower() for k in known}
+        for key in obj:
+            if key.lower() not in names:
+                self.warn((*parent, key), f"unknown option, ignored (as flannel ignores it): "
+                                          f"{what} takes {', '.join(known)}")
+
+    def families(self, doc: dict[str, Any]) -> None:
+        """IPv4 only, until IPv6 lands: refuse every setting that asks for IPv6."""
+        key, value = _lookup(doc, "EnableIPv4")
+        if key is not None and self.boolean((key,), value) is False:
+            raise self.fail((key,), "false is not supported: this dataplane carries IPv4 "
+                                    "only (IPv6-only networks are not implemented yet)")
+        key, value = _lookup(doc, "EnableIPv6")
+        if key is not None and self.boolean((key,), value):
+            raise self.fail((key,), "true is not supported: this dataplane is IPv4 only "
+                                    "(IPv6 is not implemented yet)")
+        for name in ("IPv6Network", "IPv6SubnetMin", "IPv6SubnetMax"):
             key, value = _lookup(doc, name)
-            if key is not None and value not in (ok, None):
-                raise self.fail((key,), f"{value!r} is not supported: this dataplane is IPv4 only")
+            if key is None or value in (None, ""):
+                continue
+            if not isinstance(value, str):
+                raise self.fail((key,), f"must be a string, got {_json_type(value)}")
+            raise self.fail((key,), f"{value!r} is not supported: this dataplane is IPv4 only "
+                                    "(IPv6 is not implemented yet)")
+        key, value = _lookup(doc, "IPv6SubnetLen")
+        if key is not None and value is not None and self.integer((key,), value):
+            raise self.fail((key,), f"{value} is not supported: this dataplane is IPv4 only "
+                                    "(IPv6 is not implemented yet)")
+
+    def check(self, doc: dict[str, Any]) -> NetworkConfig:
+        self.unknown_keys(doc, TOP_LEVEL_KEYS, (), "flannel's network config")
+        self.families(doc)
 
         key, value = _lookup(doc, "Network")
         if key is None:
@@ -165,12 +231,12 @@ class _Checker:
             raise self.fail((key or "SubnetMin",),
                             f"{subnet_min} is above SubnetMax {subnet_max}: no subnet to hand out")
 
-        backend, btype, port, vni = self.backend(doc)
+        backend, btype, port, vni, options = self.backend(doc)
         return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=subnet_min,
                              subnet_max=subnet_max, backend_type=btype, port=port, vni=vni,
-                             backend=backend)
+                             backend=backend, **options, warnings=tuple(self.warnings))
 
-    def backend(self, doc: dict[str, Any]) -> tuple[dict[str, Any], str, int, int]:
+    def backend(self, doc: dict[str, Any]) -> tuple[dict[str, Any], str, int, int, dict]:
         bkey, backend = _lookup(doc, "Backend")
         if bkey is None:
             backend = {"Type": "udp"}      # flannel: no Backend means udp
@@ -181,24 +247,86 @@ class _Checker:
         key, btype = _lookup(backend, "Type")
         if key is None:
             raise self.fail((bkey,), "Type is required (\"udp\" or \"vxlan\")")
-        if btype not in BACKEND_TYPES:
+        if not isinstance(btype, str):
+            raise self.fail((bkey, key), f"must be a string (\"udp\" or \"vxlan\"), got "
+                                         f"{_json_type(btype)}")
+        if btype.lower() not in BACKEND_TYPES:    # flannel lower-cases it too
             raise self.fail((bkey, key), f"unknown backend type {btype!r}: this dataplane "
                                          f"implements {' and '.join(BACKEND_TYPES)}")
+        btype = btype.lower()
+        if btype == "udp":
+            vxlan_only = {k.lower() for k in VXLAN_KEYS} - {k.lower() for k in UDP_KEYS}
+            for key in backend:
+                if key.lower() in vxlan_only:
+                    raise self.fail((bkey, key), "a vxlan option: flannel's udp backend takes "
+                                                 "only Port")
+        self.unknown_keys(backend, VXLAN_KEYS if btype == "vxlan" else UDP_KEYS, (bkey,),
+                          f"the {btype} backend")
+
         key, port = _lookup(backend, "Port")
         if key is None or port is None:
             port = DEFAULT_PORTS[btype]
         else:
             port = self.integer((bkey, key), port)
-            if not 1 <= port <= 65535:
+            if port == 0 and btype == "vxlan":
+                port = DEFAULT_PORTS[btype]      # flannel leaves 0 to the kernel: 8472
+            elif not 1 <= port <= 65535:
                 raise self.fail((bkey, key), f"{port} is not a UDP port (1-65535)")
-        key, vni = _lookup(backend, "VNI")
-        if key is None or vni is None:
-            vni = DEFAULT_VNI
-        else:
-            vni = self.integer((bkey, key), vni)
-            if not 0 <= vni <= MAX_VNI:
-                raise self.fail((bkey, key), f"{vni} is not a VXLAN VNI (0-{MAX_VNI})")
-        return backend, btype, port, vni
+        options: dict[str, Any] = {}
+        vni = DEFAULT_VNI
+        if btype == "vxlan":
+            key, value = _lookup(backend, "VNI")
+            if key is not None and value is not None:
+                vni = self.integer((bkey, key), value)
+                if not 0 <= vni <= MAX_VNI:
+                    raise self.fail((bkey, key), f"{vni} is not a VXLAN VNI (0-{MAX_VNI})")
+            options = self.vxlan_options(bkey, backend)
+        return backend, btype, port, vni, options
+
+    def vxlan_options(self, bkey: str, backend: dict[str, Any]) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        key, value = _lookup(backend, "DirectRouting")
+        options["direct_routing"] = key is not None and bool(self.boolean((bkey, key), value))
+        for name, why in REFUSED_WHEN_TRUE.items():
+            key, value = _lookup(backend, name)
+            if key is not None and self.boolean((bkey, key), value):
+                raise self.fail((bkey, key), f"true is not supported: {why} (false is accepted)")
+        key, value = _lookup(backend, "MTU")
+        if key is not None and value is not None:
+            mtu = self.integer((bkey, key), value)
+            if not MIN_MTU <= mtu <= MAX_MTU:
+                raise self.fail((bkey, key), f"{mtu} is not a usable underlay MTU "
+                                             f"({MIN_MTU}-{MAX_MTU}: it carries {VXLAN_OVERHEAD}"
+                                             " bytes of VXLAN and at least 68 of IPv4 inside)")
+            options["mtu"] = mtu
+        key, value = _lookup(backend, "MacPrefix")
+        if key is not None and value is not None:
+            options["mac_prefix"] = self.mac_prefix((bkey, key), value)
+        key, value = _lookup(backend, "Name")
+        if key is not None:
+            self.warn((bkey, key), "ignored: flannel names the VXLAN device only on Windows "
+                                   "(here it is flannel.<VNI>, or --tun-name)")
+        return options
+
+    def mac_prefix(self, path: tuple[str, ...], value: Any) -> bytes:
+        """flannel's format (Windows): two octets in hex, "0E-2A"."""
+        hexdigits = "0123456789abcdefABCDEF"
+        if (not isinstance(value, str) or len(value) != 5 or value[2] != "-"
+                or not all(c in hexdigits for c in value[:2] + value[3:])):
+            shown = json.dumps(value) if not isinstance(value, (dict, list)) else _json_type(value)
+            raise self.fail(path, f"{shown} is not a MAC prefix: two hex octets as \"0E-2A\"")
+        prefix = bytes.fromhex(value[:2] + value[3:])
+        if prefix[0] & 0x01:
+            raise self.fail(path, f"{value!r} has the multicast bit set (first octet odd): a "
+                                  "VtepMAC must be unicast")
+        return prefix
+
+    def boolean(self, path: tuple[str, ...], value: Any) -> bool | None:
+        """true, false or null (null: as absent, as Go leaves the field alone)."""
+        if value is not None and not isinstance(value, bool):
+            raise self.fail(path, f"must be true or false, got {_json_type(value)} "
+                                  f"{json.dumps(value)}")
+        return value
 
     def cidr(self, path: tuple[str, ...], value: Any) -> IPv4Network:
         if not isinstance(value, str):

@@ -86,7 +86,8 @@ def render_metrics(node: Node) -> str:
         w.metric("dataplane_icmp_unreachable_sent_total", "counter",
                  "ICMP net-unreachable errors written back for packets to unknown subnets.",
                  [({}, c.icmp_sent)])
-    w.metric("dataplane_peers", "gauge", "Peers (other nodes' leases) in the forwarding table.",
+    w.metric("dataplane_peers", "gauge",
+             "Peers (other nodes' leases): tunnelled, or routed directly (DirectRouting).",
              [({}, len(node.peers))])
     if node.lease is not None and node.lease.expiration is not None:
         w.metric("dataplane_lease_expiry_timestamp_seconds", "gauge",

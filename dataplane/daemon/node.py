@@ -28,6 +28,7 @@ from typing import Awaitable, Callable, TypeVar
 from dataplane import fastpath, hostnet, subnetenv
 from dataplane.daemon.datapath import (SOL_UDP, UDP_GRO, Datapath, Worker, close_sockets,
                                        open_worker_sockets, socket_buffers, udp_offloads)
+from dataplane.daemon.directroutes import DirectRoutes, KernelRoutes
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
                                       MODE_VXLAN, Counters, ForwarderConfig, format_mac,
                                       parse_mac)
@@ -70,10 +71,13 @@ class NodeOptions:
     on_ready: list[Callable[[Node], None]] = field(default_factory=list)
 
 
-def vtep_mac(public_ip: str, vni: int) -> bytes:
+def vtep_mac(public_ip: str, vni: int, prefix: bytes | None = None) -> bytes:
     """A VtepMAC stable across restarts of the same node: derived, locally administered,
     unicast. A kernel receiver drops frames whose source MAC equals its own, so it must differ
-    between nodes; the public IP makes it so."""
+    between nodes; the public IP makes it so. With Backend.MacPrefix (flannel's, Windows only
+    there) it is that prefix and the public IP's four octets: unique wherever the IPs are."""
+    if prefix is not None:
+        return prefix + ipaddress.IPv4Address(public_ip).packed
     digest = bytearray(hashlib.sha256(f"dataplane-vtep/{public_ip}/{vni}".encode()).digest()[:6])
     digest[0] = (digest[0] | 0x02) & 0xFE
     return bytes(digest)
@@ -92,7 +96,8 @@ class Node:
         self.tun_mtu = 0
         self.mac = b""
         self.leases: dict[ipaddress.IPv4Network, Lease] = {}   # the store as we last saw it
-        self.peers: dict[ipaddress.IPv4Network, Lease] = {}    # those in the forwarder
+        self.peers: dict[ipaddress.IPv4Network, Lease] = {}    # tunnelled or routed directly
+        self.direct = DirectRoutes(None)     # DirectRouting peers: not in the forwarder
         self.ready = asyncio.Event()
         self.started = time.time()
         self.store_errors = 0
@@ -138,11 +143,21 @@ class Node:
             return False
         self.config = cfg = config
         backend = cfg.backend_type
+        for warning in cfg.warnings:
+            log.warning("%s", warning)
         # pyroute2's synchronous API runs a loop of its own: keep it off ours, in a thread.
         self.underlay = ul = await asyncio.to_thread(hostnet.find_underlay, opts.public_ip,
                                                      opts.iface)
-        self.tun_mtu = ul.mtu - OVERHEAD[backend]
-        self.mac = vtep_mac(ul.address, cfg.vni) if backend == "vxlan" else b""
+        if cfg.mtu is not None and cfg.mtu > ul.mtu:
+            log.warning("Backend.MTU %d is above %s's MTU %d: larger tunnel packets will be "
+                        "fragmented or refused", cfg.mtu, ul.ifname, ul.mtu)
+        self.tun_mtu = (cfg.mtu or ul.mtu) - OVERHEAD[backend]
+        self.mac = vtep_mac(ul.address, cfg.vni, cfg.mac_prefix) if backend == "vxlan" else b""
+        if cfg.direct_routing:
+            self.direct = DirectRoutes(KernelRoutes(ul, cfg.network))
+            log.info("DirectRouting: peers on %s's own subnet are routed, not tunnelled",
+                     ul.ifname)
+            stack.callback(self.direct.close)
 
         impl = fastpath.load(opts.fastpath)
         workers = opts.workers if opts.fastpath == "c" else 1   # the reference holds the GIL
@@ -181,7 +196,9 @@ class Node:
         if listing is None:
             return False
         leases, self._cursor = listing
+        self.direct.adopt()
         self._resync(leases)
+        self.direct.prune()
 
         paths = [Datapath(fwd, fd, recv, send)
                  for fwd, fd, (recv, send) in zip(self.fwds, tun.fds, pairs)]
@@ -243,6 +260,7 @@ class Node:
     async def _release(self) -> None:
         if self.lease is None:
             return
+        self.direct.withdraw_all()       # direct routes live as long as our lease
         try:
             await asyncio.wait_for(self.store.release_lease(self.lease.subnet), 5)
             log.info("released lease %s", self.lease.subnet)
@@ -285,7 +303,8 @@ class Node:
             return
         if event.kind == "removed":
             if self.peers.pop(lease.subnet, None) is not None:
-                self._each_forwarder("del_peer", str(lease.subnet))
+                if not self.direct.forget(lease.subnet):
+                    self._each_forwarder("del_peer", str(lease.subnet))
                 log.info("peer %s (%s) left", lease.subnet, lease.public_ip)
             return
         mac = b"\0" * 6
@@ -299,7 +318,12 @@ class Node:
                 return
         known = self.peers.get(lease.subnet)
         self.peers[lease.subnet] = lease
-        self._each_forwarder("set_peer", str(lease.subnet), lease.public_ip, mac)
+        tunnelled = known is not None and lease.subnet not in self.direct
+        if self.direct.place(lease):
+            if tunnelled:
+                self._each_forwarder("del_peer", str(lease.subnet))
+        else:
+            self._each_forwarder("set_peer", str(lease.subnet), lease.public_ip, mac)
         if known is None or (known.public_ip, known.vtep_mac) != (lease.public_ip, lease.vtep_mac):
             log.info("peer %s at %s%s", lease.subnet, lease.public_ip,
                      f" VtepMAC {lease.vtep_mac}" if lease.vtep_mac else "")

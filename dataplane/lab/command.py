@@ -57,6 +57,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--port", type=int,
                     help="overlay UDP port (default 8285 for udp, 8472 for vxlan)")
     up.add_argument("--vni", type=int, default=1, help="VXLAN network identifier (default 1)")
+    up.add_argument("--direct-routing", action="store_true",
+                    help="vxlan labs: Backend.DirectRouting, so nodes on one underlay subnet "
+                         "(all of the lab's) route pod traffic directly instead of tunnelling")
     up.add_argument("--no-ip-masq", dest="ip_masq", action="store_false",
                     help="FLANNEL_IPMASQ=false in subnet.env (kernel nodes; daemons are not "
                          "given --ip-masq), so the CNI bridge masquerades pod traffic leaving "
@@ -115,7 +118,7 @@ def _up(args: argparse.Namespace) -> int:
               kernel_nodes=args.kernel_nodes, fastpath=args.fastpath, network=args.network,
               underlay_mtu=args.underlay_mtu, ip_masq=args.ip_masq, vni=args.vni,
               port=args.port, daemon_timeout=args.daemon_timeout, store=args.store,
-              etcd_members=args.etcd_members)
+              etcd_members=args.etcd_members, direct_routing=args.direct_routing)
     lab.up(keep_on_error=args.keep_on_error)
     print(render(lab.status()))
     print(f"\ncheck:  dataplane lab status --prefix {lab.prefix}")

@@ -28,11 +28,14 @@ ENCAP_OVERHEAD = {"udp": 28, "vxlan": 50, "host-gw": 0}  # bytes, what FLANNEL_M
 
 
 def net_conf(network: IPv4Network, flannel_type: str, *, vni: int = 1,
-             port: int | None = None, subnet_len: int = 24) -> dict[str, Any]:
+             port: int | None = None, subnet_len: int = 24,
+             direct_routing: bool = False) -> dict[str, Any]:
     """flannel's net-conf.json for this network and backend type."""
     backend: dict[str, Any] = {"Type": flannel_type}
     if flannel_type == "vxlan":
         backend["VNI"] = vni
+        if direct_routing:
+            backend["DirectRouting"] = True
     if flannel_type in DEFAULT_PORT:
         backend["Port"] = port or DEFAULT_PORT[flannel_type]
     return {"Network": str(network), "SubnetLen": subnet_len, "Backend": backend}

@@ -4,6 +4,7 @@ kernel-vxlan (flannel pkg/backend/vxlan): one `flannel.<VNI>` device per node, n
 bound to the underlay address; for each remote node a permanent neighbour entry for its
 `<subnet>.0` gateway, an FDB entry sending its VtepMAC to its public IP, and an onlink route for
 its subnet via that gateway, in that order (the route last, so the kernel never ARPs for it).
+With DirectRouting, a peer the kernel reaches without a gateway gets host-gw's route instead.
 
 host-gw (flannel pkg/backend/hostgw): for each remote node, `<subnet> via <public IP>`.
 """
@@ -54,9 +55,13 @@ def create_vxlan_device(ns: str, *, vni: int, port: int, local: IPv4Address,
 
 
 def add_vxlan_peer(ns: str, *, vni: int, subnet: IPv4Network, public_ip: IPv4Address,
-                   vtep_mac: str) -> None:
+                   vtep_mac: str, direct_routing: bool = False) -> None:
     gateway = str(subnet.network_address)
     with iproute(ns) as ipr:
+        if direct_routing and _reached_directly(ipr, public_ip):
+            # flannel's vxlan DirectRouting: `ip route replace <subnet> via <PublicIP>`
+            ipr.route("replace", dst=str(subnet), gateway=str(public_ip))
+            return
         dev = ipr.link_lookup(ifname=naming.vxlan_device(vni))[0]
         # ip neigh replace <X>.0 lladdr <VtepMAC> dev flannel.1 nud permanent
         ipr.neigh("replace", ifindex=dev, dst=gateway, lladdr=vtep_mac, state="permanent")
@@ -65,6 +70,12 @@ def add_vxlan_peer(ns: str, *, vni: int, subnet: IPv4Network, public_ip: IPv4Add
                 state="permanent", flags=NTF_SELF)
         # ip route replace <X>.0/24 via <X>.0 dev flannel.1 onlink
         ipr.route("replace", dst=str(subnet), gateway=gateway, oif=dev, flags=RTNH_F_ONLINK)
+
+
+def _reached_directly(ipr, address: IPv4Address) -> bool:
+    """flannel's ip.DirectRouting: `ip route get` gives one route, without a gateway."""
+    routes = ipr.route("get", dst=str(address))
+    return len(routes) == 1 and routes[0].get_attr("RTA_GATEWAY") is None
 
 
 def add_host_gw_peer(ns: str, *, subnet: IPv4Network, public_ip: IPv4Address) -> None:

@@ -83,7 +83,8 @@ class Lab:
                  ip_masq: bool = True, vni: int = 1, port: int | None = None,
                  daemon_args: Sequence[str] = (), daemon_program: Sequence[str] | None = None,
                  daemon_timeout: float = 30.0, state_root: Path | str = STATE_ROOT,
-                 store: str = "directory", etcd_members: int = 1) -> None:
+                 store: str = "directory", etcd_members: int = 1,
+                 direct_routing: bool = False) -> None:
         self.prefix = naming.check_prefix(prefix)
         if store not in STORES:
             raise LabError(f"unknown store {store!r}: choose one of {', '.join(STORES)}")
@@ -114,6 +115,9 @@ class Lab:
         self.underlay_mtu = underlay_mtu
         self.ip_masq = ip_masq
         self.vni = vni
+        if direct_routing and self.flannel_type != "vxlan":
+            raise LabError("--direct-routing is a vxlan option (Backend.DirectRouting)")
+        self.direct_routing = direct_routing
         self.port = port or DEFAULT_PORT.get(self.flannel_type)
         self.daemon_args = list(daemon_args)
         self.daemon_program = list(daemon_program) if daemon_program else None
@@ -148,7 +152,8 @@ class Lab:
                 "port": self.port, "daemon_args": self.daemon_args,
                 "daemon_program": self.daemon_program,
                 "daemon_timeout": self.daemon_timeout, "state_root": str(self.state_root),
-                "store": self.store_kind, "etcd_members": self.etcd_members}
+                "store": self.store_kind, "etcd_members": self.etcd_members,
+                "direct_routing": self.direct_routing}
 
     # --- reattaching -----------------------------------------------------------------------
 
@@ -270,7 +275,8 @@ class Lab:
         self._enter("store")
         if self.uses_store:
             self.store.write_config(config_json(net_conf(self.network, self.flannel_type,
-                                                         vni=self.vni, port=self.port)))
+                                                         vni=self.vni, port=self.port,
+                                                         direct_routing=self.direct_routing)))
         for node in self.nodes:
             if not node.runs_daemon:
                 self._program_kernel_node(node)
@@ -381,7 +387,8 @@ class Lab:
                                    f"{lease.to_json().decode()}")
                 kernel_backends.add_vxlan_peer(node.netns, vni=self.vni, subnet=peer.subnet,
                                                public_ip=IPv4Address(lease.public_ip),
-                                               vtep_mac=lease.vtep_mac)
+                                               vtep_mac=lease.vtep_mac,
+                                               direct_routing=self.direct_routing)
         self._save()
 
     def _add_pods(self, node: Node) -> None:

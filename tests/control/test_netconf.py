@@ -168,7 +168,9 @@ JSON = st.recursive(
     | st.text(max_size=20) | st.sampled_from(["10.244.0.0/16", "10.244.1.0", "vxlan", "udp"]),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
         st.sampled_from(["Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "Type",
-                         "Port", "VNI", "network", "x"]), inner, max_size=5),
+                         "Port", "VNI", "network", "x", "DirectRouting", "MTU", "MacPrefix",
+                         "GBP", "Learning", "EnableIPv4", "EnableIPv6", "IPv6Network",
+                         "IPv6SubnetLen"]), inner, max_size=5),
     max_leaves=12)
 
 
@@ -188,3 +190,141 @@ def test_any_text_gives_a_config_or_a_config_error(text: str) -> None:
         parse_network_config(text)
     except ConfigError:
         pass
+
+
+# ---- flannel's options, exactly (pkg/subnet/config.go, pkg/backend/udp, pkg/backend/vxlan) ----
+
+@pytest.mark.parametrize("written, stored", [("VXLAN", "vxlan"), ("Vxlan", "vxlan"),
+                                             ("Udp", "udp"), ("UDP", "udp")])
+def test_backend_type_is_case_insensitive_and_stored_lower_case(written: str, stored: str) -> None:
+    cfg = parse_network_config(json.dumps({"Network": "10.1.0.0/16",
+                                           "Backend": {"Type": written}}))
+    assert cfg.backend_type == stored
+    assert cfg.port == {"udp": 8285, "vxlan": 8472}[stored]
+
+
+def test_vxlan_options_are_typed_fields() -> None:
+    cfg = parse_network_config(json.dumps({"Network": "10.1.0.0/16", "Backend": {
+        "Type": "vxlan", "DirectRouting": True, "MTU": 9000, "MacPrefix": "0E-2A",
+        "GBP": False, "Learning": False, "VNI": 0}}))
+    assert (cfg.direct_routing, cfg.mtu, cfg.mac_prefix, cfg.vni) == \
+        (True, 9000, bytes([0x0E, 0x2A]), 0)
+    assert cfg.warnings == ()
+
+
+def test_vxlan_option_defaults() -> None:
+    cfg = parse_network_config('{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}')
+    assert (cfg.direct_routing, cfg.mtu, cfg.mac_prefix) == (False, None, None)
+
+
+def test_option_names_match_case_insensitively() -> None:
+    cfg = parse_network_config('{"Network": "10.1.0.0/16", "Backend": {"type": "vxlan", '
+                               '"directRouting": true, "mtu": 1400, "macprefix": "aa-bb"}}')
+    assert (cfg.direct_routing, cfg.mtu, cfg.mac_prefix) == (True, 1400, b"\xaa\xbb")
+
+
+def test_vxlan_port_zero_is_the_kernel_default_as_in_flannel() -> None:
+    cfg = parse_network_config('{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan", '
+                               '"Port": 0}}')
+    assert cfg.port == 8472
+
+
+def test_null_options_are_absent_as_in_go() -> None:
+    cfg = parse_network_config('{"Network": "10.1.0.0/16", "EnableIPv4": null, '
+                               '"EnableIPv6": null, "IPv6Network": null, "Backend": '
+                               '{"Type": "vxlan", "DirectRouting": null, "MTU": null}}')
+    assert (cfg.direct_routing, cfg.mtu) == (False, None)
+
+
+def test_accepted_top_level_keys() -> None:
+    cfg = parse_network_config('{"Network": "10.1.0.0/16", "EnableIPv4": true, '
+                               '"EnableIPv6": false, "EnableNFTables": true, "IPv6Network": "", '
+                               '"IPv6SubnetLen": 0, "Backend": {"Type": "udp", "Port": 8000}}')
+    assert (cfg.port, cfg.warnings) == (8000, ())
+
+
+@pytest.mark.parametrize("text, line, field", [
+    ('{\n  "Network": "10.1.0.0/16",\n  "Color": "blue"\n}', 3, "Color"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "DirectRoute": true}\n}',
+     4, "Backend.DirectRoute"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "udp",\n\n  "PSK": "x"}\n}',
+     5, "Backend.PSK"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "Name": "vx0"}\n}',
+     4, "Backend.Name"),
+])
+def test_unknown_keys_are_warned_about_by_name_and_line(text: str, line: int, field: str) -> None:
+    cfg = parse_network_config(text, source="net-conf.json")
+    (warning,) = cfg.warnings
+    assert warning.startswith(f"net-conf.json, line {line}: {field}: "), warning
+    assert "ignored" in warning
+
+
+# Refused options: the text, the line, the field, and a word of the reason.
+REFUSED = [
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "GBP": true}\n}', 4,
+     "Backend.GBP", "mark"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "Learning": true}\n}',
+     4, "Backend.Learning", "learn"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "GBP": "yes"}\n}', 4,
+     "Backend.GBP", "true or false"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "DirectRouting": 1}\n}',
+     4, "Backend.DirectRouting", "true or false"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "MTU": 100}\n}', 4,
+     "Backend.MTU", "118"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "MTU": 70000}\n}', 4,
+     "Backend.MTU", "65535"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "MTU": "1500"}\n}', 4,
+     "Backend.MTU", "whole number"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "MacPrefix": "0E2A"}\n}',
+     4, "Backend.MacPrefix", "0E-2A"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "MacPrefix": "zz-2A"}\n}',
+     4, "Backend.MacPrefix", "hex"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "MacPrefix": "01-00"}\n}',
+     4, "Backend.MacPrefix", "multicast"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "MacPrefix": 14}\n}',
+     4, "Backend.MacPrefix", "0E-2A"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "VNI": -1}\n}', 4,
+     "Backend.VNI", "negative"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "vxlan",\n  "Port": 1.5}\n}', 4,
+     "Backend.Port", "whole number"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "udp",\n  "Port": 0}\n}', 4,
+     "Backend.Port", "not a UDP port"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "udp",\n  "VNI": 1}\n}', 4,
+     "Backend.VNI", "vxlan option"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "udp",\n  "DirectRouting": true}\n}',
+     4, "Backend.DirectRouting", "vxlan option"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "udp",\n  "mtu": 1400}\n}', 4,
+     "Backend.mtu", "vxlan option"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "udp",\n  "MacPrefix": "0E-2A"}\n}',
+     4, "Backend.MacPrefix", "vxlan option"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {"Type": "udp",\n  "GBP": false}\n}', 4,
+     "Backend.GBP", "vxlan option"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {\n    "Type": "host-gw"}\n}', 4,
+     "Backend.Type", "unknown backend type"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "Backend": {\n    "Type": 7}\n}', 4,
+     "Backend.Type", "must be a string"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "EnableIPv4": false\n}', 3, "EnableIPv4", "IPv4 only"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "EnableIPv4": 1\n}', 3, "EnableIPv4", "true or false"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "enableipv6": true\n}', 3, "enableipv6", "IPv6"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "IPv6Network": "fc00::/48"\n}', 3, "IPv6Network",
+     "not implemented"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "IPv6Network": 5\n}', 3, "IPv6Network", "string"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "IPv6SubnetLen": 64\n}', 3, "IPv6SubnetLen",
+     "not implemented"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "IPv6SubnetMin": "fc00:0:0:1::"\n}', 3, "IPv6SubnetMin",
+     "not implemented"),
+    ('{\n  "Network": "10.1.0.0/16",\n  "IPv6SubnetMax": "fc00:0:0:ff::"\n}', 3, "IPv6SubnetMax",
+     "not implemented"),
+]
+
+
+@pytest.mark.parametrize("text, line, field, word", REFUSED)
+def test_refused_options_name_field_line_and_reason(text: str, line: int, field: str,
+                                                     word: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_network_config(text, source="net-conf.json")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"net-conf.json, line {line}: {field}: "), message
+    assert info.value.field == field
+    assert word in message, message

@@ -1,0 +1,169 @@
+"""DirectRouting's bookkeeping on a fake routing table, and the node's peer placement: a
+directly routed peer is never in the forwarder, a tunnelled one always is (no root needed)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network
+
+from dataplane.daemon.directroutes import DirectRoutes
+from dataplane.daemon.node import Node, NodeOptions, vtep_mac
+from dataplane.lease import Lease
+from dataplane.netconf import parse_network_config
+from dataplane.store.base import LeaseEvent
+
+ON_LINK = "10.99.0."          # the fake underlay subnet: these addresses are reached directly
+
+
+class FakeTable:
+    def __init__(self, routes: dict[str, str] | None = None) -> None:
+        self.routes = dict(routes or {})
+        self.calls: list[tuple] = []
+
+    def reaches_directly(self, address: str) -> bool:
+        return address.startswith(ON_LINK)
+
+    def replace(self, subnet: str, gateway: str) -> None:
+        self.calls.append(("replace", subnet, gateway))
+        self.routes[subnet] = gateway
+
+    def delete(self, subnet: str, gateway: str) -> None:
+        self.calls.append(("delete", subnet, gateway))
+        if self.routes.get(subnet) == gateway:
+            del self.routes[subnet]
+
+    def ours(self) -> dict[str, str]:
+        return dict(self.routes)
+
+
+def lease(subnet: str, ip: str, mac: str = "0e:00:00:00:00:02") -> Lease:
+    return Lease(IPv4Network(subnet), ip, "vxlan", {"VNI": 1, "VtepMAC": mac})
+
+
+def test_same_subnet_peer_is_routed_and_others_are_not() -> None:
+    table = FakeTable()
+    direct = DirectRoutes(table, threaded=False)
+    assert direct.place(lease("10.244.2.0/24", "10.99.0.2"))
+    assert not direct.place(lease("10.244.3.0/24", "10.98.0.3"))
+    assert table.routes == {"10.244.2.0/24": "10.99.0.2"}
+    assert IPv4Network("10.244.2.0/24") in direct
+    assert IPv4Network("10.244.3.0/24") not in direct
+
+
+def test_changes_replace_and_moves_away_remove_the_route() -> None:
+    table = FakeTable()
+    direct = DirectRoutes(table, threaded=False)
+    direct.place(lease("10.244.2.0/24", "10.99.0.2"))
+    direct.place(lease("10.244.2.0/24", "10.99.0.2"))           # unchanged: no netlink call
+    assert table.calls == [("replace", "10.244.2.0/24", "10.99.0.2")]
+    direct.place(lease("10.244.2.0/24", "10.99.0.7"))           # new public IP, still on link
+    assert table.routes == {"10.244.2.0/24": "10.99.0.7"}
+    assert not direct.place(lease("10.244.2.0/24", "10.98.0.7"))   # moved off our subnet
+    assert table.routes == {} and IPv4Network("10.244.2.0/24") not in direct
+
+
+def test_forget_and_withdraw_all() -> None:
+    table = FakeTable()
+    direct = DirectRoutes(table, threaded=False)
+    direct.place(lease("10.244.2.0/24", "10.99.0.2"))
+    direct.place(lease("10.244.4.0/24", "10.99.0.4"))
+    assert direct.forget(IPv4Network("10.244.2.0/24"))
+    assert not direct.forget(IPv4Network("10.244.2.0/24"))
+    assert table.routes == {"10.244.4.0/24": "10.99.0.4"}
+    direct.withdraw_all()
+    assert table.routes == {} and direct.routes == {}
+
+
+def test_a_restart_adopts_its_routes_and_prunes_departed_peers() -> None:
+    table = FakeTable({"10.244.2.0/24": "10.99.0.2", "10.244.5.0/24": "10.99.0.5"})
+    direct = DirectRoutes(table, threaded=False)
+    direct.adopt()
+    direct.place(lease("10.244.2.0/24", "10.99.0.2"))     # still there
+    direct.prune()                                         # 10.244.5.0/24 left meanwhile
+    assert table.routes == {"10.244.2.0/24": "10.99.0.2"}
+    assert ("delete", "10.244.5.0/24", "10.99.0.5") in table.calls
+
+
+def test_netlink_failure_falls_back_to_tunnelling() -> None:
+    class Broken(FakeTable):
+        def replace(self, subnet: str, gateway: str) -> None:
+            raise OSError("EPERM")
+
+    direct = DirectRoutes(Broken(), threaded=False)
+    assert not direct.place(lease("10.244.2.0/24", "10.99.0.2"))
+    assert direct.routes == {}
+
+
+def test_disabled_routes_nothing() -> None:
+    direct = DirectRoutes(None)
+    assert not direct.place(lease("10.244.2.0/24", "10.99.0.2"))
+    assert not direct.forget(IPv4Network("10.244.2.0/24"))
+
+
+def test_the_threaded_path_runs_netlink_off_the_caller() -> None:
+    table = FakeTable()
+    direct = DirectRoutes(table)
+    try:
+        assert direct.place(lease("10.244.2.0/24", "10.99.0.2"))
+    finally:
+        direct.close()
+    assert table.routes == {"10.244.2.0/24": "10.99.0.2"}
+
+
+class FakeForwarder:
+    def __init__(self) -> None:
+        self.peers: dict[str, tuple] = {}
+
+    def set_peer(self, subnet: str, ip: str, mac: bytes) -> None:
+        self.peers[subnet] = (ip, mac)
+
+    def del_peer(self, subnet: str) -> None:
+        self.peers.pop(subnet)          # KeyError if the node deletes what it never set
+
+
+def node_with(direct: DirectRoutes) -> tuple[Node, FakeForwarder]:
+    node = Node(NodeOptions(store=None))
+    node.config = parse_network_config('{"Network": "10.244.0.0/16", "Backend": '
+                                       '{"Type": "vxlan", "DirectRouting": true}}')
+    node.lease = lease("10.244.1.0/24", "10.99.0.1")
+    fwd = FakeForwarder()
+    node.fwds = [fwd]
+    node.direct = direct
+    return node, fwd
+
+
+def test_node_keeps_direct_peers_out_of_the_forwarder() -> None:
+    table = FakeTable()
+    node, fwd = node_with(DirectRoutes(table, threaded=False))
+    near, far = lease("10.244.2.0/24", "10.99.0.2"), lease("10.244.3.0/24", "10.98.0.3")
+    node._apply(LeaseEvent("added", near))
+    node._apply(LeaseEvent("added", far))
+    assert set(fwd.peers) == {"10.244.3.0/24"}
+    assert table.routes == {"10.244.2.0/24": "10.99.0.2"}
+    assert set(node.peers) == {near.subnet, far.subnet}     # both count as peers
+
+    # the far peer moves onto our subnet: out of the forwarder, routed
+    node._apply(LeaseEvent("added", lease("10.244.3.0/24", "10.99.0.3")))
+    assert fwd.peers == {}
+    assert table.routes == {"10.244.2.0/24": "10.99.0.2", "10.244.3.0/24": "10.99.0.3"}
+    # the near one moves away: into the forwarder, its route gone
+    node._apply(LeaseEvent("added", lease("10.244.2.0/24", "10.98.0.2")))
+    assert set(fwd.peers) == {"10.244.2.0/24"} and "10.244.2.0/24" not in table.routes
+
+    node._apply(LeaseEvent("removed", lease("10.244.3.0/24", "10.99.0.3")))
+    node._apply(LeaseEvent("removed", lease("10.244.2.0/24", "10.98.0.2")))
+    assert fwd.peers == {} and table.routes == {} and node.peers == {}
+
+
+def test_our_own_lease_is_never_routed() -> None:
+    table = FakeTable()
+    node, fwd = node_with(DirectRoutes(table, threaded=False))
+    node._apply(LeaseEvent("added", lease("10.244.1.0/24", "10.99.0.1")))
+    assert table.calls == [] and fwd.peers == {}
+
+
+def test_mac_prefix_builds_the_vtep_mac_from_the_public_ip() -> None:
+    assert vtep_mac("10.99.0.7", 1, bytes([0x0E, 0x2A])) == bytes.fromhex("0e2a0a630007")
+    assert vtep_mac("10.99.0.7", 1, bytes([0x0E, 0x2A])) != \
+        vtep_mac("10.99.0.8", 1, bytes([0x0E, 0x2A]))
+    derived = vtep_mac("10.99.0.7", 1)
+    assert derived[0] & 0x03 == 0x02          # without: derived, local, unicast as before
