@@ -8,6 +8,7 @@ import shlex
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 from bench import ladder, machine, report, results, runner, topology
 from bench.measure import Settings
@@ -66,6 +67,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                        help="lease changes per second during the churn (default 50)")
     scale.add_argument("--churn-seconds", type=_positive(float), metavar="SECONDS",
                        help="how long the churn lasts at each count (default 20)")
+    p.add_argument("--soak", type=_positive(float), metavar="SECONDS",
+                   help="run the soak instead: steady traffic at half capacity, a peer leaving "
+                        "and joining every minute, an etcd member restarted every 10 minutes; "
+                        "RSS, descriptors, drops and loss every 10 s (bench/soak.py); runs "
+                        "under 20 minutes compress the churn so every event happens")
     p.add_argument("--render", metavar="DIR",
                    help="only redraw the report and plots of an earlier run from its "
                         "results.json (no root needed)")
@@ -220,7 +226,7 @@ def run_scale(args: argparse.Namespace) -> int:
                   f"{s.churn_seconds:g} s; results in {out_dir}")
     previous = signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     try:
-        doc = scale.execute(s, progress)
+        doc = scale.execute(s, progress, Path(out_dir) / "logs")
     finally:
         signal.signal(signal.SIGTERM, previous)
         progress.close()
@@ -230,6 +236,27 @@ def run_scale(args: argparse.Namespace) -> int:
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    from bench import soak
+
+    s = soak.SoakSettings.for_duration(args.soak)
+    out_dir = args.out or results.default_out_dir()
+    os.makedirs(out_dir, exist_ok=True)
+    progress = Progress(s.seconds)
+    progress.note(f"soak: {s.seconds:g} s, churn every {s.churn_every:g} s, etcd restart every "
+                  f"{s.etcd_every:g} s; results in {out_dir}")
+    previous = signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
+    try:
+        doc = soak.execute(s, progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.close()
+    print(f"report: {soak.write_outputs(doc, out_dir)}")
+    for e in doc["errors"]:
+        print(f"error: {e}", file=sys.stderr)
+    return 0 if doc["verdict"]["met"] else 1
 
 
 def main(args: argparse.Namespace) -> int:
@@ -253,6 +280,8 @@ def main(args: argparse.Namespace) -> int:
         raise CommandError("this build has no dataplane.lab: the benchmark needs the lab")
     if args.scale:
         return run_scale(args)
+    if args.soak:
+        return run_soak(args)
     dataplanes, skipped = choose(args)
     s = settings_from(args, dataplanes)
     rounds = args.rounds or (QUICK["rounds"] if args.quick else DEFAULTS["rounds"])

@@ -286,6 +286,7 @@ class Step:
     churn_rss_mb: float | None = None
     flow_sent: int = 0
     flow_lost: int = 0
+    load_avg: float | None = None      # the machine's 1-minute load average at the step's end
     errors: list[str] = field(default_factory=list)
 
 
@@ -332,7 +333,7 @@ def _cold_start(lab, node, want_peers: int, timeout: float, step: Step) -> None:
 
 
 def run_store(store: str, counts: tuple[int, ...], s: ScaleSettings, prefix: str,
-              progress: Progress) -> dict[str, Any]:
+              progress: Progress, log_dir: Path | None = None) -> dict[str, Any]:
     import dataplane.lab as lab_mod
 
     rng = random.Random(s.seed)
@@ -363,6 +364,7 @@ def run_store(store: str, counts: tuple[int, ...], s: ScaleSettings, prefix: str
             progress.status(store, f"{count} leases: cold start")
             _cold_start(lab, node, count - 1, 60.0, step)
             if step.cold_start_s is None:
+                progress.advance(s.churn_seconds + 10)
                 continue
             ops = plan_churn(live, addresses, rate=s.churn_rate, seconds=s.churn_seconds,
                              rng=rng)
@@ -393,6 +395,11 @@ def run_store(store: str, counts: tuple[int, ...], s: ScaleSettings, prefix: str
             if missing:
                 step.errors.append(f"{missing} of {len(ops)} changes never reached the "
                                    f"daemon's table within {APPLY_TIMEOUT:g} s")
+            step.load_avg = round(os.getloadavg()[0], 2)
+            progress.advance(s.churn_seconds + 10)
+            if log_dir is not None:              # node 1's log of this step, for a profile
+                log_dir.mkdir(parents=True, exist_ok=True)
+                (log_dir / f"{store}-{count}.log").write_bytes(node.log_file.read_bytes())
     except Exception as exc:                 # a failed store is reported, the run goes on
         steps.append(Step(leases=0, errors=[f"{type(exc).__name__}: {exc}"]))
     finally:
@@ -405,12 +412,13 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def execute(s: ScaleSettings, progress: Progress) -> dict[str, Any]:
+def execute(s: ScaleSettings, progress: Progress, log_dir: Path | None = None
+            ) -> dict[str, Any]:
     topology.remove_stale_labs()
     prefixes = topology.prefixes(2)
     started = datetime.now(timezone.utc)
-    stores = [run_store("etcd", s.etcd_counts, s, prefixes[0], progress),
-              run_store("directory", s.directory_counts, s, prefixes[1], progress)]
+    stores = [run_store("etcd", s.etcd_counts, s, prefixes[0], progress, log_dir),
+              run_store("directory", s.directory_counts, s, prefixes[1], progress, log_dir)]
     return {"schema": SCHEMA, "started": started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "settings": {"etcd_counts": list(s.etcd_counts),
@@ -460,8 +468,8 @@ def render_report(doc: dict[str, Any]) -> str:
         f"{s['flow_interval'] * 1000:g} ms during the churn.", "",
         "| store | leases | ready s | cold start s (full table) | cold-start CPU s | RSS MiB "
         "| churn p50 / p99 / max s | churn CPU % of a core | RSS after churn MiB | missed "
-        "| echoes lost |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| echoes lost | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for st in doc["stores"]:
         for step in st["steps"]:
@@ -472,7 +480,10 @@ def render_report(doc: dict[str, Any]) -> str:
                 f"{_fmt(step['latency_p99_s'])} / {_fmt(step['latency_max_s'])} | "
                 f"{_fmt(step['churn_cpu_pct'])} | {_fmt(step['churn_rss_mb'])} | "
                 f"{step['churn_missing']} of {step['churn_ops']} | "
-                f"{step['flow_lost']} of {step['flow_sent']} |")
+                f"{step['flow_lost']} of {step['flow_sent']} | {_fmt(step.get('load_avg'))} |")
+    lines += ["", f"The machine has {os.cpu_count()} CPUs; the load average column says how "
+              "busy it was besides (the daemon's own CPU seconds are the figure that does not "
+              "depend on it)."]
     lines += ["", "## Against the targets (the largest step of each store)", "",
               "| target | store | measured | |", "|---|---|---|---|"]
     t = doc["targets"]
