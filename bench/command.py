@@ -8,6 +8,7 @@ import shlex
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 from bench import ladder, machine, report, results, runner, topology
 from bench.measure import Settings
@@ -53,6 +54,24 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="packets captured per test and dataplane (default %(default)s)")
     p.add_argument("--list", action="store_true",
                    help="list the dataplanes and whether this build can run them, then exit")
+    scale = p.add_argument_group(
+        "scale", "--scale measures the control plane instead: thousands of leases in a real "
+        "etcd and in the directory store, cold start and lease churn (bench/scale.py)")
+    scale.add_argument("--scale", action="store_true",
+                       help="run the scale benchmark (with --quick: small counts, 3 s churn)")
+    scale.add_argument("--scale-leases", type=_counts, metavar="LIST",
+                       help="etcd lease counts, ascending (default 1000,2500,5000)")
+    scale.add_argument("--scale-dir-leases", type=_counts, metavar="LIST",
+                       help="directory store lease counts, ascending (default 250,500,1000)")
+    scale.add_argument("--churn-rate", type=_positive(float), metavar="PER_S",
+                       help="lease changes per second during the churn (default 50)")
+    scale.add_argument("--churn-seconds", type=_positive(float), metavar="SECONDS",
+                       help="how long the churn lasts at each count (default 20)")
+    p.add_argument("--soak", type=_positive(float), metavar="SECONDS",
+                   help="run the soak instead: steady traffic at half capacity, a peer leaving "
+                        "and joining every minute, an etcd member restarted every 10 minutes; "
+                        "RSS, descriptors, drops and loss every 10 s (bench/soak.py); runs "
+                        "under 20 minutes compress the churn so every event happens")
     p.add_argument("--render", metavar="DIR",
                    help="only redraw the report and plots of an earlier run from its "
                         "results.json (no root needed)")
@@ -72,6 +91,17 @@ def _positive(kind):
 
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of lease counts: {text!r}") from None
+    if not counts or any(c < 3 for c in counts) or list(counts) != sorted(counts):
+        raise argparse.ArgumentTypeError("lease counts must be at least 3 (the lab's two "
+                                         "nodes and a filler), in ascending order")
+    return counts
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -174,6 +204,61 @@ def _sigterm_handler(owner: int):
     return handle
 
 
+def run_scale(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from bench import scale
+    from dataplane.store.etcd_server import find_etcd
+
+    if find_etcd() is None:
+        from dataplane.cli import CommandError
+        raise CommandError("--scale needs etcd (Debian: etcd-server)")
+    s = scale.QUICK if args.quick else scale.ScaleSettings()
+    s = replace(s, **{k: v for k, v in (("etcd_counts", args.scale_leases),
+                                        ("directory_counts", args.scale_dir_leases),
+                                        ("churn_rate", args.churn_rate),
+                                        ("churn_seconds", args.churn_seconds)) if v})
+    out_dir = args.out or results.default_out_dir()
+    os.makedirs(out_dir, exist_ok=True)
+    progress = Progress(scale.planned_seconds(s))
+    progress.note(f"scale: etcd {list(s.etcd_counts)} leases, directory "
+                  f"{list(s.directory_counts)}; churn {s.churn_rate:g}/s for "
+                  f"{s.churn_seconds:g} s; results in {out_dir}")
+    previous = signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
+    try:
+        doc = scale.execute(s, progress, Path(out_dir) / "logs")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.close()
+    report_path = scale.write_outputs(doc, out_dir)
+    print(f"report: {report_path}")
+    errors = scale.failures(doc)
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    from bench import soak
+
+    s = soak.SoakSettings.for_duration(args.soak)
+    out_dir = args.out or results.default_out_dir()
+    os.makedirs(out_dir, exist_ok=True)
+    progress = Progress(s.seconds)
+    progress.note(f"soak: {s.seconds:g} s, churn every {s.churn_every:g} s, etcd restart every "
+                  f"{s.etcd_every:g} s; results in {out_dir}")
+    previous = signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
+    try:
+        doc = soak.execute(s, progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.close()
+    print(f"report: {soak.write_outputs(doc, out_dir)}")
+    for e in doc["errors"]:
+        print(f"error: {e}", file=sys.stderr)
+    return 0 if doc["verdict"]["met"] else 1
+
+
 def main(args: argparse.Namespace) -> int:
     from dataplane.cli import CommandError
 
@@ -193,6 +278,10 @@ def main(args: argparse.Namespace) -> int:
                            "iproute2 util-linux tcpdump)")
     if topology.lab_module() is None:
         raise CommandError("this build has no dataplane.lab: the benchmark needs the lab")
+    if args.scale:
+        return run_scale(args)
+    if args.soak:
+        return run_soak(args)
     dataplanes, skipped = choose(args)
     s = settings_from(args, dataplanes)
     rounds = args.rounds or (QUICK["rounds"] if args.quick else DEFAULTS["rounds"])

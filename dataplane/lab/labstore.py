@@ -52,6 +52,10 @@ class LabStore:
         lab does not renew, it lives far less)."""
         return self._call(lambda s: s.acquire_lease(attrs, requested=subnet))
 
+    def release(self, subnet: IPv4Network) -> None:
+        """Give a subnet back, as an operator decommissioning a node does."""
+        self._call(lambda s: s.release_lease(subnet))
+
     def leases(self) -> dict[IPv4Network, Lease]:
         """Every unexpired lease, by subnet."""
         leases, _ = self._call(lambda s: s.list_leases())

@@ -59,6 +59,7 @@ from dataplane.store.etcd_client import (Endpoint, EtcdClient, EtcdError, EtcdRe
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/coreos.com/network"
+LOOKUPS_IN_FLIGHT = 64         # etcd lease TTL lookups at once (the client pools 8 connections)
 MIN_TTL = timedelta(seconds=1)      # etcd's TTLs are whole seconds
 RACE_RETRIES = 10                   # flannel's raceRetries
 
@@ -347,9 +348,16 @@ class EtcdStore(SubnetStore):
 
     async def _expirations(self, lease_ids: Iterable[int]) -> dict[int, Any]:
         """etcd lease ID -> expiration (None: never; _GONE: already run out)."""
-        ids = set(lease_ids)
-        found = await asyncio.gather(*(self._expiration(i) for i in ids))
-        return dict(zip(ids, found))
+        # A few lookups in flight, not one task per lease: thousands of waiting tasks cost
+        # megabytes of RSS at a cold start, and the client has only a few connections anyway.
+        ids = iter(set(lease_ids))
+        found: dict[int, Any] = {}
+
+        async def worker() -> None:
+            for lease_id in ids:
+                found[lease_id] = await self._expiration(lease_id)
+        await asyncio.gather(*(worker() for _ in range(LOOKUPS_IN_FLIGHT)))
+        return found
 
     async def _expiration(self, lease_id: int) -> Any:
         if lease_id == 0:
