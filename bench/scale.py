@@ -283,6 +283,7 @@ class Step:
     latency_p99_s: float | None = None
     latency_max_s: float | None = None
     churn_cpu_pct: float | None = None
+    idle_cpu_pct: float | None = None  # the same flow for as long, without churn: forwarding
     churn_rss_mb: float | None = None
     flow_sent: int = 0
     flow_lost: int = 0
@@ -364,12 +365,19 @@ def run_store(store: str, counts: tuple[int, ...], s: ScaleSettings, prefix: str
             progress.status(store, f"{count} leases: cold start")
             _cold_start(lab, node, count - 1, 60.0, step)
             if step.cold_start_s is None:
-                progress.advance(s.churn_seconds + 10)
+                progress.advance(2 * s.churn_seconds + 10)
                 continue
             ops = plan_churn(live, addresses, rate=s.churn_rate, seconds=s.churn_seconds,
                              rng=rng)
             progress.status(store, f"{count} leases: churn, {len(ops)} changes")
             pid = lab.daemon_pids()[node.name]
+            # what the daemon spends forwarding the flow alone, for as long as the churn lasts
+            flow = lab.flow(pod1, pod2, duration=s.churn_seconds, interval=FLOW_INTERVAL)
+            cpu0, t0 = procstat.process_cpu([pid]) or 0.0, time.monotonic()
+            flow.result()
+            cpu1, wall = procstat.process_cpu([pid]), time.monotonic() - t0
+            if cpu1 is not None and wall > 0:
+                step.idle_cpu_pct = round(100 * (cpu1 - cpu0) / wall, 1)
             flow = lab.flow(pod1, pod2, duration=s.churn_seconds + 1, interval=FLOW_INTERVAL)
             cpu0, t0 = procstat.process_cpu([pid]) or 0.0, time.monotonic()
             written = writer.churn(ops)
@@ -396,7 +404,7 @@ def run_store(store: str, counts: tuple[int, ...], s: ScaleSettings, prefix: str
                 step.errors.append(f"{missing} of {len(ops)} changes never reached the "
                                    f"daemon's table within {APPLY_TIMEOUT:g} s")
             step.load_avg = round(os.getloadavg()[0], 2)
-            progress.advance(s.churn_seconds + 10)
+            progress.advance(2 * s.churn_seconds + 10)
             if log_dir is not None:              # node 1's log of this step, for a profile
                 log_dir.mkdir(parents=True, exist_ok=True)
                 (log_dir / f"{store}-{count}.log").write_bytes(node.log_file.read_bytes())
@@ -430,7 +438,7 @@ def execute(s: ScaleSettings, progress: Progress, log_dir: Path | None = None
 
 def planned_seconds(s: ScaleSettings) -> float:
     steps = len(s.etcd_counts) + len(s.directory_counts)
-    return 2 * 20 + steps * (s.churn_seconds + 10)
+    return 2 * 20 + steps * (2 * s.churn_seconds + 10)
 
 
 def failures(doc: dict[str, Any]) -> list[str]:
@@ -467,7 +475,8 @@ def render_report(doc: dict[str, Any]) -> str:
         "after it applied the change to its forwarder (the C table). Pod 1 pings pod 2 every "
         f"{s['flow_interval'] * 1000:g} ms during the churn.", "",
         "| store | leases | ready s | cold start s (full table) | cold-start CPU s | RSS MiB "
-        "| churn p50 / p99 / max s | churn CPU % of a core | RSS after churn MiB | missed "
+        "| churn p50 / p99 / max s | CPU % of a core: churn (flow alone) | RSS after churn MiB "
+        "| missed "
         "| echoes lost | load avg |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -478,7 +487,8 @@ def render_report(doc: dict[str, Any]) -> str:
                 f"{_fmt(step['cold_start_s'])} | {_fmt(step['cold_start_cpu_s'])} | "
                 f"{_fmt(step['rss_mb'])} | {_fmt(step['latency_p50_s'])} / "
                 f"{_fmt(step['latency_p99_s'])} / {_fmt(step['latency_max_s'])} | "
-                f"{_fmt(step['churn_cpu_pct'])} | {_fmt(step['churn_rss_mb'])} | "
+                f"{_fmt(step['churn_cpu_pct'])} ({_fmt(step.get('idle_cpu_pct'))}) | "
+                f"{_fmt(step['churn_rss_mb'])} | "
                 f"{step['churn_missing']} of {step['churn_ops']} | "
                 f"{step['flow_lost']} of {step['flow_sent']} | {_fmt(step.get('load_avg'))} |")
     lines += ["", f"The machine has {os.cpu_count()} CPUs; the load average column says how "

@@ -22,8 +22,11 @@ the fsync and TTLs are at least 1 s, so our mtime is always ahead of the ctime t
 sets, whatever the disk's latency.
 
 Expired leases count as free and are deleted by the next acquire; a watcher reports "removed"
-as soon as a lease expires, whether or not its file is gone. The watch polls (0.5 s): cheap for
-tens of leases, and it notices expiry, which no file event announces.
+as soon as a lease expires, whether or not its file is gone. The watch hears of writes through
+inotify (store/dirwatch.py) and reads just the files named, so a change reaches it in
+milliseconds whatever the number of leases; it wakes at the earliest expiry of a lease it knows
+(no file event announces one) and looks at every file every RESCAN_INTERVAL all the same. Where
+inotify is refused (some network file systems, exhausted watches) it polls every 0.5 s.
 
 A store object belongs to one event loop; its blocking file work runs in the default executor.
 """
@@ -47,6 +50,7 @@ from typing import AsyncIterator, Callable, Iterator, TypeVar
 from dataplane.lease import (Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key,
                              validate_subnet)
 from dataplane.netconf import ConfigError, NetworkConfig, parse_network_config
+from dataplane.store.dirwatch import DirWatch
 from dataplane.store.base import (LEASE_TTL, TTL, Attrs, ConfigNotFound, Cursor, LeaseEvent,
                                   StoreError, StoreUnavailable, SubnetStore, SubnetTaken,
                                   as_attrs, as_ttl, choose_unrequested, diff_leases)
@@ -58,6 +62,10 @@ FOREIGN_TTL = LEASE_TTL            # lifetime of a lease file we did not write
 MIN_TTL = timedelta(seconds=1)     # see _write: keeps our mtimes ahead of ctime
 RACE_RETRIES = 10                  # flannel's raceRetries
 STALE_TEMP_SECONDS = 60            # a temp file this old belongs to a writer that died
+POLL_INTERVAL = 0.5                # without inotify: how often the watch looks at every file
+RESCAN_INTERVAL = 5.0              # with inotify: a full look now and then all the same
+BURST = 0.01                       # after an inotify wake-up: let a burst of writes land
+EXPIRY_SLACK = 0.05                # look just after a lease's expiry, not just before
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 T = TypeVar("T")
 
@@ -85,19 +93,25 @@ class _Entry:
 class DirectoryStore(SubnetStore):
     waits_for_config = False     # no config in a local directory: say so and stop
 
-    def __init__(self, path: str | os.PathLike[str], *, poll_interval: float = 0.5,
-                 lock_timeout: float = 10.0, clock: Callable[[], float] = time.time) -> None:
-        """`clock` (seconds since the epoch) is for tests; it must not run behind time.time()."""
+    def __init__(self, path: str | os.PathLike[str], *, poll_interval: float | None = None,
+                 inotify: bool = True, lock_timeout: float = 10.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        """`poll_interval`: seconds between full looks at every file (default: POLL_INTERVAL
+        without inotify, RESCAN_INTERVAL with it). `clock` (seconds since the epoch) is for
+        tests; it must not run behind time.time()."""
         self.path = Path(path)
         self.config_path = self.path / "config"
         self.subnets_dir = self.path / "subnets"
         self.lock_path = self.path / ".lock"
         self.poll_interval = poll_interval
+        self.inotify = inotify
         self.lock_timeout = lock_timeout
         self._clock = clock
         self._cache: dict[str, _Entry] = {}
         self._warned: set[tuple[str, tuple[int, int, int, int]]] = set()
         self._closed = asyncio.Event()
+        self._wakers: set[asyncio.Event] = set()
+        self._inotify_refused = False
 
     @property
     def location(self) -> str:
@@ -126,25 +140,124 @@ class DirectoryStore(SubnetStore):
         if not isinstance(cursor, _Snapshot):
             raise TypeError("watch_leases() takes the cursor list_leases() returned")
         known = {lease.subnet: lease for lease in cursor.leases}
-        while not self._closed.is_set():
+        woken = asyncio.Event()
+        self._wakers.add(woken)
+        loop = asyncio.get_running_loop()
+        watch = None
+        touched: set[str] | None = set()       # names inotify told of; None: look at all
+        soonest = _soonest(known.values())     # the earliest expiry among them (or earlier)
+
+        def on_inotify() -> None:
+            # Read at once: the descriptor is level-triggered, and left unread it would make
+            # the loop call us again and again until the watch gets to it.
+            nonlocal touched
+            names = watch.read()
+            if names is not None:
+                names = {n for n in names if parse_subnet_key(n) is not None}
+                if not names:
+                    return                        # temp files of a writer: nothing to say
+            touched = None if names is None or touched is None else touched | names
+            woken.set()
+        try:
+            while not self._closed.is_set():
+                if watch is None and self.inotify:
+                    watch = await self._open_watch()
+                    if watch is not None:
+                        loop.add_reader(watch.fd, on_inotify)
+                try:
+                    await asyncio.wait_for(woken.wait(), self._wait(soonest, watch is not None))
+                except asyncio.TimeoutError:
+                    pass
+                if self._closed.is_set():
+                    return
+                names = None                                   # None: look at every file
+                if watch is not None and woken.is_set():
+                    await asyncio.sleep(BURST)                 # a burst of writes: one batch
+                    woken.clear()
+                    names, touched = touched, set()
+                    if names is None:                          # overflow, or dir gone
+                        loop.remove_reader(watch.fd)
+                        watch.close()
+                        watch = None
+                try:
+                    if names is None:
+                        current = {lease.subnet: lease
+                                   for lease in await self._run(self._live_leases)}
+                        events = diff_leases(known, current)
+                        known = current
+                        soonest = _soonest(known.values())
+                    else:                  # only what was touched: the cost of a write is
+                        now = dict(await self._run(self._live_of, names))   # not O(leases)
+                        was = {sn: known[sn] for sn in now if sn in known}
+                        events = diff_leases(was, {sn: ls for sn, ls in now.items() if ls})
+                        for sn, lease in now.items():
+                            if lease is None:
+                                known.pop(sn, None)
+                            else:
+                                known[sn] = lease
+                        # a removal or renewal leaves it early: then a full look corrects it
+                        soonest = _soonest([*now.values(), soonest])
+                except ConfigNotFound as exc:             # the directory went away under us
+                    raise StoreUnavailable(str(exc)) from None
+                if events:
+                    yield events
+        finally:
+            self._wakers.discard(woken)
+            if watch is not None:
+                loop.remove_reader(watch.fd)
+                watch.close()
+
+    def _wait(self, soonest: datetime | None, watched: bool) -> float:
+        """Seconds until the next full look: the poll interval, and with inotify (which tells
+        of every write, but of no expiry) the earliest expiry of a known lease, else a rescan
+        every RESCAN_INTERVAL as a safety net."""
+        if not watched:
+            return self.poll_interval if self.poll_interval is not None else POLL_INTERVAL
+        wait = self.poll_interval if self.poll_interval is not None else RESCAN_INTERVAL
+        if soonest is not None:
+            left = (soonest - self._now()).total_seconds()
+            wait = min(wait, max(left, 0.0) + EXPIRY_SLACK)
+        return wait
+
+    async def _open_watch(self) -> DirWatch | None:
+        """inotify on subnets/ (made if the store exists without it); None where the kernel
+        or the file system will not (then the watch polls), said once."""
+        def open_() -> DirWatch:
             try:
-                await asyncio.wait_for(self._closed.wait(), self.poll_interval)
-                return                                   # closed while waiting
-            except asyncio.TimeoutError:
-                pass
-            if self._closed.is_set():
-                return
-            try:
-                current = {lease.subnet: lease for lease in await self._run(self._live_leases)}
-            except ConfigNotFound as exc:             # the directory went away under us
-                raise StoreUnavailable(str(exc)) from None
-            events = diff_leases(known, current)
-            known = current
-            if events:
-                yield events
+                return DirWatch(self.subnets_dir)
+            except FileNotFoundError:
+                if not self.path.is_dir():
+                    raise
+                os.makedirs(self.subnets_dir, exist_ok=True)
+                return DirWatch(self.subnets_dir)
+        try:
+            return await asyncio.to_thread(open_)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT and not self._inotify_refused:
+                self._inotify_refused = True
+                log.warning("%s: no inotify (%s); polling every %g s", self.subnets_dir,
+                            exc.strerror or exc, self._wait(None, False))
+            return None
+
+    def _live_of(self, names: set[str]) -> list[tuple[IPv4Network, Lease | None]]:
+        """The named lease files as they are now: (subnet, lease or None if gone or expired)."""
+        now = self._now()
+        out = []
+        for name in names:
+            subnet = parse_subnet_key(name)
+            if subnet is None:
+                continue                          # temp files, .lock, foreign names
+            entry = self._read_entry(name, subnet)
+            if entry is None:
+                self._cache.pop(name, None)
+            live = entry is not None and entry.lease is not None and entry.expiration > now
+            out.append((subnet, entry.lease if live else None))
+        return out
 
     async def close(self) -> None:
         self._closed.set()
+        for woken in self._wakers:
+            woken.set()
 
     # -- also useful outside the interface -------------------------------------------------
 
@@ -372,6 +485,12 @@ class DirectoryStore(SubnetStore):
         finally:
             _unlink(tmp)
         return Lease.from_attrs(subnet, attrs, expiration)
+
+
+def _soonest(items) -> datetime | None:
+    """The earliest expiration among leases (and datetimes, or None for none)."""
+    times = [x.expiration if isinstance(x, Lease) else x for x in items if x is not None]
+    return min((t for t in times if t is not None), default=None)
 
 
 def _ttl(ttl: TTL) -> timedelta:
