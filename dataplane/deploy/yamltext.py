@@ -43,7 +43,7 @@ def _node(value: Any, level: int) -> list[str]:
         for item in value:
             lines += _item(pad, item, level)
         return lines
-    return [pad + _inline(value, level)]
+    return [pad + _inline(value, level + 1)]
 
 
 def _entry(head: str, item: Any, level: int, in_list: bool) -> list[str]:
