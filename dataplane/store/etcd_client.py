@@ -64,8 +64,8 @@ from urllib.parse import urlsplit
 from dataplane.store.etcd_tls import HandshakeCutShort, TLSFiles, describe_tls_error
 
 __all__ = ["Endpoint", "EtcdClient", "EtcdError", "EtcdUnavailable", "EtcdRequestError",
-           "EtcdAuthError", "TLSFiles", "Watch", "parse_endpoints", "b64", "unb64", "prefix_end", "compare_create",
-           "compare_mod", "op_put", "op_delete", "op_range"]
+           "EtcdAuthError", "TLSFiles", "Watch", "parse_endpoints", "b64", "unb64",
+           "prefix_end", "compare_create", "compare_mod", "op_put", "op_delete", "op_range"]
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_ATTEMPT_TIMEOUT = 3.0
@@ -74,8 +74,7 @@ DEFAULT_IDLE_CHECK = 15.0
 MAX_BODY = 64 << 20               # a sanity bound: the subnet store's data is kilobytes
 RETRYABLE_CODES = {4, 8, 14}      # gRPC DeadlineExceeded, ResourceExhausted, Unavailable
 GRPC_NOT_FOUND = 5
-GRPC_INVALID_ARGUMENT, GRPC_PERMISSION_DENIED, GRPC_FAILED_PRECONDITION = 3, 7, 9
-GRPC_UNAUTHENTICATED = 16
+GRPC_PERMISSION_DENIED, GRPC_FAILED_PRECONDITION, GRPC_UNAUTHENTICATED = 7, 9, 16
 # etcd's answers about tokens (etcdserver/api/v3rpc/rpctypes): the token is to be replaced.
 STALE_TOKEN = ("invalid auth token", "revision of auth store is old", "auth token")
 

@@ -51,7 +51,8 @@ class NsEtcd(EtcdServer):
 
 @pytest.mark.netns
 @pytest.mark.parametrize("case", ["wrong-ca", "expired-client-cert", "bad-password"])
-def test_the_daemon_waits_out_a_refusal_and_comes_up_when_fixed(host, case: str) -> None:  # noqa: F811
+def test_the_daemon_waits_out_a_refusal_and_comes_up_when_fixed(
+        host, case: str) -> None:  # noqa: F811
     if find_etcd() is None:
         pytest.skip("etcd is not installed (apt-get install etcd-server)")
     pki = host.tmp / "pki"
@@ -59,7 +60,8 @@ def test_the_daemon_waits_out_a_refusal_and_comes_up_when_fixed(host, case: str)
     ca, other = CA(pki, "ca"), CA(pki, "other")
     server = ca.issue("server", server=True, ips=(host.ip,))
     good, expired = ca.issue("client"), ca.issue("old-client", expired=True)
-    cafile, certfile, keyfile = host.tmp / "ca.pem", host.tmp / "client.crt", host.tmp / "client.key"
+    cafile, certfile = host.tmp / "ca.pem", host.tmp / "client.crt"
+    keyfile = host.tmp / "client.key"
     shutil.copy(other.path if case == "wrong-ca" else ca.path, cafile)
     first = expired if case == "expired-client-cert" else good
     shutil.copy(first.cert, certfile)
