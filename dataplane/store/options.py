@@ -65,11 +65,11 @@ def open_store(args: argparse.Namespace) -> SubnetStore:
         return EtcdStore(endpoints, prefix=prefix or DEFAULT_ETCD_PREFIX,
                          tls=_tls(endpoints, security), username=security["username"],
                          password=security["password"])
-    given = [f"--etcd-{name}" for name, value in security.items() if value]
-    if prefix or given:
+    etcd_only = [f"--etcd-{name}" for name, value in security.items() if value]
+    if prefix or etcd_only:
         from dataplane.cli import CommandError
-        raise CommandError(f"{(['--etcd-prefix'] if prefix else given)[0]} applies to the etcd "
-                           "store: give --etcd-endpoints too")
+        raise CommandError(f"{(['--etcd-prefix'] if prefix else etcd_only)[0]} applies to the "
+                           "etcd store: give --etcd-endpoints too")
     return DirectoryStore(args.store_dir or DEFAULT_STORE_DIR)
 
 
