@@ -26,6 +26,8 @@ COMMANDS = {
     "explain": ("dataplane.explain",
                 "print one encapsulated packet layer by layer, with the overhead and MTU it "
                 "forces"),
+    "manifest": ("dataplane.manifest",
+                 "print deployment files: a Kubernetes DaemonSet manifest, the systemd unit"),
     "bench": ("bench.command",
               "benchmark every dataplane side by side: throughput, packet rate, latency, CPU, "
               "memory"),

@@ -129,14 +129,21 @@ def main(args: argparse.Namespace) -> int:
 def run_node(node) -> int:
     import uvloop
 
+    from dataplane.daemon import sdnotify
+
     async def go() -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, node.stop)
-        try:
-            await node.run()
-        finally:
-            await node.store.close()
+        # systemd's Type=notify: READY=1, WATCHDOG=1, STOPPING=1 (nothing without NOTIFY_SOCKET)
+        async with sdnotify.supervise(node) as systemd:
+            def stop() -> None:
+                systemd.stopping()
+                node.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop)
+            try:
+                await node.run()
+            finally:
+                await node.store.close()
 
     try:
         uvloop.run(go())

@@ -52,6 +52,7 @@ from dataplane.netconf import ConfigError, NetworkConfig, parse_network_config
 from dataplane.store.base import (LEASE_TTL, TTL, Attrs, ConfigNotFound, Cursor, EventKind,
                                   LeaseEvent, StoreError, StoreUnavailable, SubnetStore,
                                   SubnetTaken, as_attrs, as_ttl, choose_unrequested, diff_leases)
+from dataplane.store.etcd_tls import TLSFiles
 from dataplane.store.etcd_client import (Endpoint, EtcdClient, EtcdError, EtcdRequestError,
                                          EtcdUnavailable, compare_create, compare_mod, op_delete,
                                          op_put, prefix_end, unb64)
@@ -100,9 +101,12 @@ _GONE = object()    # an etcd lease that has already run out: its key is about t
 class EtcdStore(SubnetStore):
     def __init__(self, endpoints: str | Iterable[str | Endpoint], *,
                  prefix: str = DEFAULT_PREFIX, timeout: float = 5.0,
-                 idle_check: float = 15.0) -> None:
-        """endpoints: "http://a:2379,http://b:2379" or a list. Nothing is contacted yet."""
-        self.client = EtcdClient(endpoints, timeout=timeout, idle_check=idle_check)
+                 idle_check: float = 15.0, tls: TLSFiles | None = None,
+                 username: str | None = None, password: str | None = None) -> None:
+        """endpoints: "http://a:2379,https://b:2379" or a list; tls, username, password as
+        EtcdClient takes them. Nothing is contacted yet."""
+        self.client = EtcdClient(endpoints, timeout=timeout, idle_check=idle_check, tls=tls,
+                                 username=username, password=password)
         self.prefix = normalize_prefix(prefix)
         self.config_key = f"{self.prefix}/config".encode()
         self.subnets_prefix = f"{self.prefix}/subnets/".encode()

@@ -34,7 +34,18 @@ going quiet. A watch with nothing to say sends nothing: after `idle_check` secon
 the reader asks the same member for its status, and a member that does not answer, or has no
 leader, ends the watch with EtcdUnavailable, as does the stream closing.
 
-Only http:// endpoints: TLS (flannel's --etcd-certfile and friends) is not implemented.
+TLS: https:// endpoints are dialled with the SSLContext of a TLSFiles (etcd_tls.py: flanneld's
+--etcd-cafile, --etcd-certfile, --etcd-keyfile, reloaded when they change); the same HTTP/1.1
+runs inside. A handshake that fails (the server's certificate does not verify, or the server
+refuses ours) is a definitive failure, like a refused connection: the call fails at once, with
+the cause in words (etcd_tls.describe_tls_error).
+
+Authentication (etcd's `auth enable` users): with a username the client first POSTs
+/v3/auth/authenticate and sends the token it gets in the Authorization header of every call,
+the watch stream included. A token etcd no longer takes (simple tokens expire after
+--auth-token-ttl of disuse; any auth change makes old ones stale) is replaced once, and the call
+repeated. A bad password, a missing user name and a permission etcd denies raise EtcdAuthError:
+an EtcdUnavailable, so that callers retry it like an outage while the operator fixes it.
 """
 
 from __future__ import annotations
@@ -45,13 +56,16 @@ import errno
 import json
 import os
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterable, Sequence
 from urllib.parse import urlsplit
 
+from dataplane.store.etcd_tls import HandshakeCutShort, TLSFiles, describe_tls_error
+
 __all__ = ["Endpoint", "EtcdClient", "EtcdError", "EtcdUnavailable", "EtcdRequestError",
-           "Watch", "parse_endpoints", "b64", "unb64", "prefix_end", "compare_create",
-           "compare_mod", "op_put", "op_delete", "op_range"]
+           "EtcdAuthError", "TLSFiles", "Watch", "parse_endpoints", "b64", "unb64",
+           "prefix_end", "compare_create", "compare_mod", "op_put", "op_delete", "op_range"]
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_ATTEMPT_TIMEOUT = 3.0
@@ -60,6 +74,9 @@ DEFAULT_IDLE_CHECK = 15.0
 MAX_BODY = 64 << 20               # a sanity bound: the subnet store's data is kilobytes
 RETRYABLE_CODES = {4, 8, 14}      # gRPC DeadlineExceeded, ResourceExhausted, Unavailable
 GRPC_NOT_FOUND = 5
+GRPC_PERMISSION_DENIED, GRPC_FAILED_PRECONDITION, GRPC_UNAUTHENTICATED = 7, 9, 16
+# etcd's answers about tokens (etcdserver/api/v3rpc/rpctypes): the token is to be replaced.
+STALE_TOKEN = ("invalid auth token", "revision of auth store is old", "auth token")
 
 
 class EtcdError(Exception):
@@ -81,6 +98,11 @@ class EtcdRequestError(EtcdError):
         super().__init__(f"{endpoint}{path}: {message} (gRPC code {code})")
 
 
+class EtcdAuthError(EtcdUnavailable):
+    """etcd refused who we are (bad password, no user name, permission denied): retryable,
+    since an operator can fix it while we wait."""
+
+
 class _ProtocolError(Exception):
     """The peer does not speak the HTTP we expect."""
 
@@ -92,13 +114,15 @@ class Endpoint:
     url: str          # as given, without a trailing slash: what messages name
     host: str
     port: int
+    tls: bool = False  # https://
+
 
     def __str__(self) -> str:
         return self.url
 
 
 def parse_endpoints(urls: str | Iterable[str | Endpoint]) -> list[Endpoint]:
-    """Endpoints from "http://a:2379,http://b:2379" or a list; ValueError names a bad one."""
+    """Endpoints from "http://a:2379,https://b:2379" or a list; ValueError names a bad one."""
     items = urls.split(",") if isinstance(urls, str) else list(urls)
     endpoints = []
     for item in items:
@@ -113,15 +137,13 @@ def parse_endpoints(urls: str | Iterable[str | Endpoint]) -> list[Endpoint]:
             port = parts.port
         except ValueError as exc:
             raise ValueError(f"etcd endpoint {item!r}: {exc}") from None
-        if parts.scheme == "https":
-            raise ValueError(f"etcd endpoint {item!r}: https (TLS) is not supported; "
-                             "use an http:// client URL")
-        if parts.scheme != "http" or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"etcd endpoint {item!r}: expected a URL such as "
-                             "http://127.0.0.1:2379")
+                             "http://127.0.0.1:2379 or https://127.0.0.1:2379")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError(f"etcd endpoint {item!r}: a client URL has no path")
-        endpoints.append(Endpoint(item.rstrip("/"), parts.hostname, port or 2379))
+        endpoints.append(Endpoint(item.rstrip("/"), parts.hostname, port or 2379,
+                                  parts.scheme == "https"))
     if not endpoints:
         raise ValueError("no etcd endpoint given")
     if len(set(endpoints)) != len(endpoints):
@@ -258,8 +280,17 @@ class _Connection:
         self.writer = writer
 
     @classmethod
-    async def open(cls, endpoint: Endpoint) -> _Connection:
-        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    async def open(cls, endpoint: Endpoint, tls: TLSFiles | None = None) -> _Connection:
+        if endpoint.tls:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    endpoint.host, endpoint.port, ssl=(tls or _default_tls()).context(),
+                    server_hostname=endpoint.host)
+            except (ConnectionResetError, ConnectionAbortedError,
+                    asyncio.IncompleteReadError) as exc:
+                raise HandshakeCutShort(exc) from None
+        else:
+            reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -306,12 +337,31 @@ class _Connection:
             return await self.reader.readexactly(length)
         return await self.reader.read(MAX_BODY)        # ends with the connection
 
+    def tls_failure(self) -> ssl.SSLError | None:
+        """The TLS alert behind a connection that broke: the server's "bad certificate" can
+        reach the reader while the writer only sees the connection go."""
+        exc = self.reader.exception()
+        return exc if isinstance(exc, ssl.SSLError) else None
+
     def close(self) -> None:
         self.writer.transport.abort()
 
 
-def _describe(exc: BaseException, timeout: float | None = None) -> str:
+_DEFAULT_TLS: list[TLSFiles] = []
+
+
+def _default_tls() -> TLSFiles:
+    """https:// without our TLS flags: the system's CAs, no client certificate."""
+    if not _DEFAULT_TLS:
+        _DEFAULT_TLS.append(TLSFiles())
+    return _DEFAULT_TLS[0]
+
+
+def _describe(exc: BaseException, timeout: float | None = None,
+              tls: TLSFiles | None = None) -> str:
     """A short reason for an endpoint's failure, for EtcdUnavailable's message."""
+    if isinstance(exc, ssl.SSLError):
+        return describe_tls_error(exc, tls)
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return f"no answer within {timeout:g} s" if timeout else "timed out"
     if isinstance(exc, asyncio.IncompleteReadError):
@@ -321,6 +371,11 @@ def _describe(exc: BaseException, timeout: float | None = None) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
+
+
+def _definitive(exc: BaseException) -> bool:
+    """Trying again soon would meet the same answer: nothing listens, or TLS says no."""
+    return _refused(exc) or isinstance(exc, ssl.SSLError)
 
 
 def _refused(exc: BaseException) -> bool:
@@ -358,8 +413,17 @@ class EtcdClient:
     def __init__(self, endpoints: str | Iterable[str | Endpoint], *,
                  timeout: float = DEFAULT_TIMEOUT, attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                 idle_check: float = DEFAULT_IDLE_CHECK, max_connections: int = 8) -> None:
+                 idle_check: float = DEFAULT_IDLE_CHECK, max_connections: int = 8,
+                 tls: TLSFiles | None = None, username: str | None = None,
+                 password: str | None = None) -> None:
+        """tls: the certificates for https:// endpoints (default: the system's CAs, no client
+        certificate). username/password: etcd's authentication, if it is on."""
         self.endpoints = parse_endpoints(endpoints)
+        self.tls = tls
+        self.username = username or None
+        self.password = password or ""
+        self._token: str | None = None            # None: not authenticated yet; "": auth off
+        self._auth_lock = asyncio.Lock()
         self.timeout = timeout
         self.attempt_timeout = min(attempt_timeout, timeout)
         self.connect_timeout = connect_timeout
@@ -454,12 +518,14 @@ class EtcdClient:
             return await self.call("/v3/maintenance/status", {})
         timeout = self.attempt_timeout
         try:
-            return await self._attempt(endpoint, "/v3/maintenance/status", b"{}", timeout)
+            token = await self._ensure_token()
+            return await self._attempt(endpoint, "/v3/maintenance/status", b"{}", timeout,
+                                       [("Authorization", token)] if token else [])
         except _ServerSaid as said:
             raise EtcdUnavailable(f"{endpoint}: {said.error.message}") from None
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
                 _ProtocolError) as exc:
-            raise EtcdUnavailable(f"{endpoint}: {_describe(exc, timeout)}") from None
+            raise EtcdUnavailable(f"{endpoint}: {_describe(exc, timeout, self.tls)}") from None
 
     async def watch(self, key: bytes, range_end: bytes | None = None, *, start_revision: int = 0,
                     prev_kv: bool = False) -> Watch:
@@ -470,7 +536,7 @@ class EtcdClient:
         if start_revision:
             request["start_revision"] = str(start_revision)
         payload = json.dumps({"create_request": request}).encode()
-        conn, head = await self._failover("/v3/watch", payload, stream=True)
+        conn, head = await self._authed("/v3/watch", payload, stream=True)
         watch = Watch(self, conn, head)
         self._watches.add(watch)
         return watch
@@ -488,9 +554,72 @@ class EtcdClient:
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST body to path on the first endpoint that serves it; the decoded answer."""
-        return await self._failover(path, json.dumps(body).encode())
+        return await self._authed(path, json.dumps(body).encode())
 
-    async def _failover(self, path: str, payload: bytes, stream: bool = False) -> Any:
+    # -- authentication -----------------------------------------------------------------------
+
+    async def _authed(self, path: str, payload: bytes, stream: bool = False) -> Any:
+        """_failover with our token; a token etcd no longer takes is replaced once."""
+        for again in (True, False):
+            token = await self._ensure_token()
+            headers = [("Authorization", token)] if token else []
+            try:
+                return await self._failover(path, payload, stream=stream, headers=headers)
+            except EtcdRequestError as exc:
+                if again and token and _stale_token(exc):
+                    self._forget_token(token)
+                    continue
+                raise self._auth_error(exc) or exc from None
+        raise AssertionError("unreachable")
+
+    async def _ensure_token(self) -> str:
+        if self.username is None:
+            return ""
+        async with self._auth_lock:
+            if self._token is None:
+                self._token = await self._authenticate()
+            return self._token
+
+    def _forget_token(self, token: str) -> None:
+        if self._token == token:          # not one another call has just replaced
+            self._token = None
+
+    async def _authenticate(self) -> str:
+        body = json.dumps({"name": self.username, "password": self.password}).encode()
+        try:
+            doc = await self._failover("/v3/auth/authenticate", body)
+        except EtcdRequestError as exc:
+            if exc.code == GRPC_FAILED_PRECONDITION and "not enabled" in exc.message:
+                return ""                 # auth is off: etcd takes every call as it is
+            raise EtcdAuthError(f"etcd {exc.endpoint}: authentication as {self.username!r} "
+                                f"failed ({exc.message}): check --etcd-username and "
+                                "--etcd-password") from None
+        token = doc.get("token")
+        if not isinstance(token, str) or not token:
+            raise EtcdAuthError(f"etcd {self.urls}: authentication as {self.username!r} "
+                                "returned no token")
+        return token
+
+    def _auth_error(self, exc: EtcdRequestError) -> EtcdAuthError | None:
+        """etcd's no to who we are, as EtcdAuthError; None for other errors."""
+        message = exc.message.lower()
+        who = f"user {self.username!r}" if self.username else "no user"
+        if exc.code == GRPC_PERMISSION_DENIED or "permission denied" in message:
+            return EtcdAuthError(f"etcd {exc.endpoint}: permission denied to {who} for "
+                                 f"{exc.path} (grant the user a role with readwrite on the "
+                                 "prefix)")
+        if "user name is empty" in message or (exc.code == GRPC_UNAUTHENTICATED
+                                               and not self.username):
+            return EtcdAuthError(f"etcd {exc.endpoint}: authentication is enabled: give "
+                                 "--etcd-username and --etcd-password")
+        if exc.code == GRPC_UNAUTHENTICATED or _stale_token(exc):
+            return EtcdAuthError(f"etcd {exc.endpoint}: {exc.message} (as {who})")
+        return None
+
+    # -- machinery, continued -------------------------------------------------------------------
+
+    async def _failover(self, path: str, payload: bytes, stream: bool = False,
+                        headers: Sequence[tuple[str, str]] = ()) -> Any:
         if self._closed:
             raise EtcdError("etcd client is closed")
         loop = asyncio.get_running_loop()
@@ -511,9 +640,11 @@ class EtcdClient:
                 timeout = min(left, self.attempt_timeout)
                 try:
                     if stream:
-                        result = await self._open_stream(endpoint, path, payload, timeout)
+                        result = await self._open_stream(endpoint, path, payload, timeout,
+                                                         headers)
                     else:
-                        result = await self._attempt(endpoint, path, payload, timeout)
+                        result = await self._attempt(endpoint, path, payload, timeout,
+                                                     headers)
                 except _ServerSaid as said:
                     if not said.retryable:
                         raise said.error from None
@@ -521,8 +652,11 @@ class EtcdClient:
                     continue
                 except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
                         _ProtocolError) as exc:
-                    failures[endpoint.url] = _describe(exc, timeout)
-                    refused += _refused(exc)
+                    failures[endpoint.url] = _describe(exc, timeout, self.tls)
+                    if (not endpoint.tls and isinstance(exc, asyncio.IncompleteReadError)
+                            and not exc.partial):
+                        failures[endpoint.url] += " before answering (does it serve https://?)"
+                    refused += _definitive(exc)
                     continue
                 self._current = index
                 return result
@@ -533,8 +667,8 @@ class EtcdClient:
             await asyncio.sleep(min(backoff, left))
             backoff = min(backoff * 2, 1.0)
 
-    async def _attempt(self, endpoint: Endpoint, path: str, payload: bytes,
-                       timeout: float) -> dict[str, Any]:
+    async def _attempt(self, endpoint: Endpoint, path: str, payload: bytes, timeout: float,
+                       headers: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
         """One try on one endpoint: the decoded 200 answer, or an exception."""
         async with asyncio.timeout(timeout), self._slots:
             idle = self._idle[endpoint]
@@ -542,14 +676,14 @@ class EtcdClient:
                 reused = bool(idle)
                 conn = idle.pop() if reused else await self._connect(endpoint)
                 try:
-                    await conn.send(path, payload)
+                    await conn.send(path, payload, headers)
                     head = await conn.read_head()
                     body = await conn.read_body(head)
                 except (ConnectionError, asyncio.IncompleteReadError) as exc:
                     conn.close()
                     if reused:
                         continue          # the server closed it while it sat in the pool
-                    raise exc
+                    raise conn.tls_failure() or exc from None
                 except BaseException:
                     conn.close()
                     raise
@@ -568,24 +702,35 @@ class EtcdClient:
 
     async def _connect(self, endpoint: Endpoint) -> _Connection:
         try:
-            return await asyncio.wait_for(_Connection.open(endpoint), self.connect_timeout)
+            return await asyncio.wait_for(_Connection.open(endpoint, self.tls),
+                                          self.connect_timeout)
         except asyncio.TimeoutError:
             raise OSError(errno.ETIMEDOUT, f"connect timed out after "
                                            f"{self.connect_timeout:g} s") from None
 
     async def _open_stream(self, endpoint: Endpoint, path: str, payload: bytes,
-                           timeout: float) -> tuple[_Connection, _Head]:
+                           timeout: float, headers: Sequence[tuple[str, str]] = ()
+                           ) -> tuple[_Connection, _Head]:
         conn = await self._connect(endpoint)        # a connection of its own, never pooled
         try:
             async with asyncio.timeout(timeout):
-                await conn.send(path, payload, [("Grpc-Metadata-Hasleader", "true")])
+                await conn.send(path, payload, [("Grpc-Metadata-Hasleader", "true"),
+                                                *headers])
                 head = await conn.read_head()
                 if head.status != 200:
                     raise _error_from(endpoint, path, head.status, await conn.read_body(head))
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            conn.close()
+            raise conn.tls_failure() or exc from None
         except BaseException:
             conn.close()
             raise
         return conn, head
+
+
+def _stale_token(exc: EtcdRequestError) -> bool:
+    message = exc.message.lower()
+    return any(words in message for words in STALE_TOKEN)
 
 
 def _first_json(body: bytes) -> dict[str, Any]:
@@ -635,7 +780,7 @@ class Watch:
             except OSError as exc:
                 if self._closed:
                     raise StopAsyncIteration from None
-                raise self._broken(_describe(exc)) from None
+                raise self._broken(_describe(exc, tls=self.client.tls)) from None
             if not data:
                 if self._closed:
                     raise StopAsyncIteration
@@ -657,6 +802,8 @@ class Watch:
         error = doc.get("error") if isinstance(doc, dict) else None
         if isinstance(error, dict):
             message = str(error.get("message") or error.get("error") or error)
+            if any(words in message.lower() for words in STALE_TOKEN):
+                self.client._token = None          # the next watch authenticates again
             raise self._broken(message)
         raise self._broken(f"unexpected message: {line[:80]!r}")
 

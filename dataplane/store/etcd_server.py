@@ -9,6 +9,13 @@ logging to `<data_dir>.log` beside it (or `log_path`). start() returns once /hea
 directory to its owner. Ports left at 0 are picked free on `host` when first started and kept,
 so a member restarts where it was. `fast=True` shortens the heartbeat and election timeout
 (and with them etcd's minimum lease TTL, to 1 s) for tests on one machine.
+
+`tls=ServerTLS(cert, key, ca, client_cert_auth)` serves clients over https (peers stay on
+http); with client_cert_auth etcd demands a client certificate signed by `ca` (`ca` is what
+clients trust either way). etcd's own JSON
+gateway then dials the member with the server's certificate as a client one, so that
+certificate needs both the serverAuth and the clientAuth extended key usages (our health probe
+presents it too).
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -46,12 +55,36 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    cert_file: str
+    key_file: str
+    trusted_ca_file: str
+    client_cert_auth: bool = False
+
+    def argv(self) -> list[str]:
+        args = ["--cert-file", self.cert_file, "--key-file", self.key_file]
+        if self.client_cert_auth:     # etcd demands client certificates once it has a CA
+            args += ["--client-cert-auth", "--trusted-ca-file", self.trusted_ca_file]
+        return args
+
+    def probe_context(self) -> ssl.SSLContext:
+        """For the health probe, which asks whether etcd is up, not whether it is trusted
+        (tests serve expired certificates on purpose)."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        if self.client_cert_auth:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
 class EtcdServer:
     def __init__(self, data_dir: str | os.PathLike[str], *, host: str = "127.0.0.1",
                  client_port: int = 0, peer_port: int = 0, name: str = "default",
                  initial_cluster: str | None = None, fast: bool = False,
                  log_path: str | os.PathLike[str] | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), tls: ServerTLS | None = None) -> None:
         """initial_cluster: "a=http://h:p,b=http://h:q" for a member of a cluster (see
         start_cluster); None for a single-member cluster of its own."""
         self.data_dir = Path(data_dir)
@@ -64,11 +97,12 @@ class EtcdServer:
         self.log_path = Path(log_path) if log_path else self.data_dir.with_name(
             self.data_dir.name + ".log")
         self.extra_args = list(extra_args)
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -93,6 +127,8 @@ class EtcdServer:
         if self.fast:
             # etcd's minimum lease TTL is 1.5 election ticks' worth of heartbeats.
             args += ["--heartbeat-interval", "25", "--election-timeout", "250"]
+        if self.tls:
+            args += self.tls.argv()
         return args + self.extra_args
 
     def start(self, *, wait: bool = True, timeout: float = 15.0) -> EtcdServer:
@@ -115,7 +151,9 @@ class EtcdServer:
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.client_url + "/health", timeout=0.5) as resp:
+            context = self.tls.probe_context() if self.tls else None
+            with urllib.request.urlopen(self.client_url + "/health", timeout=0.5,
+                                        context=context) as resp:
                 return json.load(resp).get("health") == "true"
         except (OSError, ValueError, urllib.error.URLError):
             return False

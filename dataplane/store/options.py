@@ -2,6 +2,8 @@
 
 --store-dir DIR            the directory store (one machine); the default
 --etcd-endpoints URLS      flannel's etcd store (a cluster), with --etcd-prefix (flanneld's flags)
+                           and, for https:// endpoints and etcd's users, --etcd-cafile,
+                           --etcd-certfile, --etcd-keyfile, --etcd-username, --etcd-password
 """
 
 from __future__ import annotations
@@ -32,19 +34,61 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--etcd-prefix", metavar="PATH", type=_prefix,
                        help=f"etcd key prefix (default {DEFAULT_ETCD_PREFIX}): the network "
                             "config is PATH/config, leases PATH/subnets/")
+    add_etcd_security_arguments(group)
+
+
+def add_etcd_security_arguments(group: Any) -> None:
+    """flanneld's TLS and authentication flags for etcd."""
+    group.add_argument("--etcd-cafile", metavar="FILE",
+                       help="PEM CA bundle that signs the https:// endpoints' certificates "
+                            "(default: the system's CAs)")
+    group.add_argument("--etcd-certfile", metavar="FILE",
+                       help="PEM client certificate, for etcd started with --client-cert-auth")
+    group.add_argument("--etcd-keyfile", metavar="FILE",
+                       help="PEM private key of --etcd-certfile")
+    group.add_argument("--etcd-username", metavar="NAME",
+                       help="etcd user, when etcd's authentication is enabled")
+    group.add_argument("--etcd-password", metavar="PASSWORD",
+                       help="password of --etcd-username (better passed as "
+                            "FLANNELD_ETCD_PASSWORD in an environment file than on the "
+                            "command line)")
 
 
 def open_store(args: argparse.Namespace) -> SubnetStore:
     """The store the parsed flags name. Opening touches nothing; the first call reports errors."""
     endpoints = getattr(args, "etcd_endpoints", None)
     prefix = getattr(args, "etcd_prefix", None)
+    security = {name: getattr(args, f"etcd_{name}", None)
+                for name in ("cafile", "certfile", "keyfile", "username", "password")}
     if endpoints:
         from dataplane.store.etcd import EtcdStore
-        return EtcdStore(endpoints, prefix=prefix or DEFAULT_ETCD_PREFIX)
-    if prefix:
+        return EtcdStore(endpoints, prefix=prefix or DEFAULT_ETCD_PREFIX,
+                         tls=_tls(endpoints, security), username=security["username"],
+                         password=security["password"])
+    etcd_only = [f"--etcd-{name}" for name, value in security.items() if value]
+    if prefix or etcd_only:
         from dataplane.cli import CommandError
-        raise CommandError("--etcd-prefix applies to the etcd store: give --etcd-endpoints too")
+        raise CommandError(f"{(['--etcd-prefix'] if prefix else etcd_only)[0]} applies to the "
+                           "etcd store: give --etcd-endpoints too")
     return DirectoryStore(args.store_dir or DEFAULT_STORE_DIR)
+
+
+def _tls(endpoints: list[Any], security: dict[str, str | None]) -> Any:
+    """The ssl context for https:// endpoints; CommandError for a bad file, or TLS files
+    given for plain http:// endpoints (they would be silently unused)."""
+    from dataplane.cli import CommandError
+    files = {name: security[name] for name in ("cafile", "certfile", "keyfile")}
+    if not any(e.tls for e in endpoints):
+        given = [f"--etcd-{name}" for name, value in files.items() if value]
+        if given:
+            raise CommandError(f"{given[0]} applies to https:// etcd endpoints; "
+                               "--etcd-endpoints has only http:// ones")
+        return None
+    from dataplane.store.etcd_tls import TLSFiles
+    try:
+        return TLSFiles(**files)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _endpoints(value: str) -> list[Any]:

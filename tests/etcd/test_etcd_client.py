@@ -17,11 +17,13 @@ from dataplane.store.etcd_client import (EtcdClient, EtcdRequestError, EtcdUnava
 # -- pure parts --------------------------------------------------------------------------------
 
 def test_parse_endpoints() -> None:
-    eps = parse_endpoints(" http://127.0.0.1:2379, http://[::1]:2380/,http://etcd-a ")
-    assert [(e.url, e.host, e.port) for e in eps] == [
-        ("http://127.0.0.1:2379", "127.0.0.1", 2379), ("http://[::1]:2380", "::1", 2380),
-        ("http://etcd-a", "etcd-a", 2379)]
-    for bad, why in [("127.0.0.1:2379", "expected a URL"), ("https://a:2379", "https"),
+    eps = parse_endpoints(" http://127.0.0.1:2379, http://[::1]:2380/,http://etcd-a,"
+                          "https://etcd-b:2381 ")
+    assert [(e.url, e.host, e.port, e.tls) for e in eps] == [
+        ("http://127.0.0.1:2379", "127.0.0.1", 2379, False),
+        ("http://[::1]:2380", "::1", 2380, False), ("http://etcd-a", "etcd-a", 2379, False),
+        ("https://etcd-b:2381", "etcd-b", 2381, True)]
+    for bad, why in [("127.0.0.1:2379", "expected a URL"), ("ftp://a:2379", "expected a URL"),
                      ("http://a:2379/v3", "no path"), ("http://a:99999", "out of range"),
                      ("", "no etcd endpoint"), ("http://a:1,http://a:1", "repeat")]:
         with pytest.raises(ValueError, match=why):
