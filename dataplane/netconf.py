@@ -63,6 +63,7 @@ class NetworkConfig:
     port: int                  # Backend.Port: the UDP port every node uses (not in the lease)
     vni: int                   # Backend.VNI
     backend: dict[str, Any]    # the raw Backend object, for options we do not model
+    enable_nftables: bool = False   # EnableNFTables: flanneld's rules through nftables
 
     @property
     def subnet_size(self) -> int:
@@ -76,6 +77,7 @@ class NetworkConfig:
             "SubnetMin": str(self.subnet_min),
             "SubnetMax": str(self.subnet_max),
             "Backend": self.backend or {"Type": self.backend_type},
+            **({"EnableNFTables": True} if self.enable_nftables else {}),
         }, indent=2)
 
 
@@ -166,9 +168,13 @@ class _Checker:
                             f"{subnet_min} is above SubnetMax {subnet_max}: no subnet to hand out")
 
         backend, btype, port, vni = self.backend(doc)
+        key, nft = _lookup(doc, "EnableNFTables")
+        if nft is not None and not isinstance(nft, bool):
+            raise self.fail((key,), f"must be true or false, got {_json_type(nft)} "
+                                    f"{json.dumps(nft)}")
         return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=subnet_min,
                              subnet_max=subnet_max, backend_type=btype, port=port, vni=vni,
-                             backend=backend)
+                             backend=backend, enable_nftables=bool(nft))
 
     def backend(self, doc: dict[str, Any]) -> tuple[dict[str, Any], str, int, int]:
         bkey, backend = _lookup(doc, "Backend")

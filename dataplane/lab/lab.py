@@ -83,7 +83,8 @@ class Lab:
                  ip_masq: bool = True, vni: int = 1, port: int | None = None,
                  daemon_args: Sequence[str] = (), daemon_program: Sequence[str] | None = None,
                  daemon_timeout: float = 30.0, state_root: Path | str = STATE_ROOT,
-                 store: str = "directory", etcd_members: int = 1) -> None:
+                 store: str = "directory", etcd_members: int = 1,
+                 nftables: bool = False) -> None:
         self.prefix = naming.check_prefix(prefix)
         if store not in STORES:
             raise LabError(f"unknown store {store!r}: choose one of {', '.join(STORES)}")
@@ -113,6 +114,7 @@ class Lab:
         self.fastpath = fastpath
         self.underlay_mtu = underlay_mtu
         self.ip_masq = ip_masq
+        self.nftables = nftables        # EnableNFTables: flanneld's rules through nftables
         self.vni = vni
         self.port = port or DEFAULT_PORT.get(self.flannel_type)
         self.daemon_args = list(daemon_args)
@@ -122,6 +124,7 @@ class Lab:
         self.dir = self.state_root / self.prefix
         self.store_kind, self.etcd_members = store, etcd_members
         self.underlay_ns = naming.underlay_ns(self.prefix)
+        self.outside_ns = naming.outside_ns(self.prefix)
         self.etcd: LabEtcd | None = None
         self.store: LabStore
         if store == "etcd":
@@ -148,7 +151,8 @@ class Lab:
                 "port": self.port, "daemon_args": self.daemon_args,
                 "daemon_program": self.daemon_program,
                 "daemon_timeout": self.daemon_timeout, "state_root": str(self.state_root),
-                "store": self.store_kind, "etcd_members": self.etcd_members}
+                "store": self.store_kind, "etcd_members": self.etcd_members,
+                "nftables": self.nftables}
 
     # --- reattaching -----------------------------------------------------------------------
 
@@ -262,6 +266,8 @@ class Lab:
             node.dir.mkdir(parents=True, exist_ok=True)
             underlay.attach(self.underlay_ns, node.name, node.index, node.underlay_ip,
                             self.underlay_mtu)
+        self._add_netns(self.outside_ns)
+        underlay.attach_outside(self.underlay_ns, self.outside_ns, self.underlay_mtu)
 
         if self.etcd is not None:
             self._enter("etcd")
@@ -270,7 +276,8 @@ class Lab:
         self._enter("store")
         if self.uses_store:
             self.store.write_config(config_json(net_conf(self.network, self.flannel_type,
-                                                         vni=self.vni, port=self.port)))
+                                                         vni=self.vni, port=self.port,
+                                                         nftables=self.nftables)))
         for node in self.nodes:
             if not node.runs_daemon:
                 self._program_kernel_node(node)
@@ -298,6 +305,9 @@ class Lab:
         if self.uses_store:
             self.store.acquire(node.subnet, lease_attrs(node.underlay_ip, self.flannel_type,
                                                         vni=self.vni, vtep_mac=node.vtep_mac))
+        kernel_backends.install_flannel_rules(node.netns, network=self.network,
+                                              subnet=node.subnet, ip_masq=self.ip_masq,
+                                              nftables=self.nftables)
         subnetenv.write(node.subnet_file, network=self.network, subnet=node.subnet, mtu=mtu,
                         ipmasq=self.ip_masq)
 
