@@ -509,6 +509,8 @@ class Lab:
         return {"prefix": self.prefix, "backend": self.backend, "phase": self.phase,
                 "network": str(self.network), "state_dir": str(self.dir),
                 "underlay_ns": self.underlay_ns, "store": self._store_status(), "nodes": nodes,
+                "outside": {"ns": self.outside_ns, "ip": str(naming.OUTSIDE_IP),
+                            "exists": netns.exists(self.outside_ns)},
                 "pods": [{"name": p.name, "node": p.node,
                           "ip": str(p.ip) if p.ip else None} for p in self.pods]}
 

@@ -88,19 +88,33 @@ def probe(lab: Lab, *, timeout: float = 1.0) -> list[PathResult]:
     names.update({str(n.subnet.network_address): f"{n.name}'s {tunnel[n.backend]}"
                   for n in lab.nodes})
 
-    client = _udp_socket(src.netns, None)
+    answers = exchange(src.netns, [(ns, ip) for _, ns, ip, _ in targets], timeout=timeout)
+    results = []
+    for (kind, ns, ip, via), (who, replied) in zip(targets, answers):
+        results.append(PathResult(kind=kind, src=src.name, src_ip=str(src.ip), dst=ns,
+                                  dst_ip=ip, via=via, seen=who, replied=replied,
+                                  note=names.get(who, "") if who else ""))
+    return results
+
+
+def exchange(src_ns: str, targets: list[tuple[str, str]], *, timeout: float = 1.0
+             ) -> list[tuple[str | None, bool]]:
+    """From namespace `src_ns`, one UDP datagram to each (namespace, address), which answers
+    it: for each, the source address it saw (None if nothing arrived) and whether the answer
+    came back. Resent every 200 ms until answered (the first may wait on ARP)."""
+    client = _udp_socket(src_ns, None)
     servers: list[socket.socket] = []
+    seen: dict[int, str] = {}
+    replied: set[int] = set()
     try:
-        for _, ns, ip, _ in targets:
+        for ns, ip in targets:
             servers.append(_udp_socket(ns, (ip, 0)))
-        seen: dict[int, str] = {}
-        replied: set[int] = set()
         token = os.urandom(8)
         deadline = time.monotonic() + timeout
         next_send = 0.0
         while len(replied) < len(targets) and time.monotonic() < deadline:
             now = time.monotonic()
-            if now >= next_send:        # again every 200 ms: the first may wait on ARP
+            if now >= next_send:
                 for i, server in enumerate(servers):
                     if i not in replied:
                         try:
@@ -125,15 +139,8 @@ def probe(lab: Lab, *, timeout: float = 1.0) -> list[PathResult]:
                     try:
                         sock.sendto(data, addr)
                     except OSError:
-                        pass
+                        pass        # e.g. the outside host has no route back to a pod
     finally:
         for sock in (client, *servers):
             sock.close()
-
-    results = []
-    for i, (kind, ns, ip, via) in enumerate(targets):
-        who = seen.get(i)
-        results.append(PathResult(kind=kind, src=src.name, src_ip=str(src.ip), dst=ns,
-                                  dst_ip=ip, via=via, seen=who, replied=i in replied,
-                                  note=names.get(who, "") if who else ""))
-    return results
+    return [(seen.get(i), i in replied) for i in range(len(targets))]

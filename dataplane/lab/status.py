@@ -20,7 +20,9 @@ def render(status: dict[str, Any],
     lines = [f"lab {status['prefix']}: backend {status['backend']}, network "
              f"{status['network']}, phase {status['phase']}",
              f"state {status['state_dir']}, underlay namespace {status['underlay_ns']} "
-             "(bridge br0)", *render_store(status.get("store") or {}), ""]
+             "(bridge br0)" + (f", outside host {status['outside']['ns']} "
+                               f"{status['outside']['ip']}" if status.get("outside") else ""),
+             *render_store(status.get("store") or {}), ""]
     node_rows = []
     for n in status["nodes"]:
         if n["daemon_pid"] is None:

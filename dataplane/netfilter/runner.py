@@ -50,9 +50,11 @@ class Runner:
 
 
 def first_error(text: str) -> str:
-    """The line of a tool's complaint that says what went wrong."""
+    """A tool's complaint on one line: nft's `Error:` line (it goes on to echo the input), or
+    iptables-restore's lines up to its pointer to --help."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in lines:
-        if "error" in line.lower():
+        if "Error:" in line:
             return line
-    return lines[0] if lines else "no message"
+    lines = [line for line in lines if not line.startswith("Try `")]
+    return "; ".join(lines[:3]) or "no message"

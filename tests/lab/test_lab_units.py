@@ -41,11 +41,13 @@ def test_bad_prefixes(name: str) -> None:
 
 
 def test_owned_namespaces_never_match_another_prefix() -> None:
-    own = ["ab-ul", "ab-n1", "ab-n12-p3"]
+    own = ["ab-ul", "ab-n1", "ab-n12-p3", "ab-out"]
     assert all(naming.owned_namespace("ab", n) for n in own)
-    for other in ["abc-ul", "ab-n1-x", "ab-", "xab-n1", "ab-n1-p", "ab-ulx"]:
+    for other in ["abc-ul", "ab-n1-x", "ab-", "xab-n1", "ab-n1-p", "ab-ulx", "ab-outx",
+                  "abc-out"]:
         assert not naming.owned_namespace("ab", other), other
-    assert sorted(own, key=naming.namespace_order) == ["ab-n12-p3", "ab-n1", "ab-ul"]
+    assert sorted(own, key=naming.namespace_order) == ["ab-n12-p3", "ab-n1", "ab-out",
+                                                       "ab-ul"]
 
 
 def test_backend_plans() -> None:
