@@ -1,8 +1,9 @@
 # dataplane: every target installs what it needs, so each works on a fresh machine.
 PYTHON ?= python3
 PIP := PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip --disable-pip-version-check --quiet
-# Debian packages: the lab's CNI plugins, traffic tools, etcd for the cluster store.
-APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump
+# Debian packages: the lab's CNI plugins, traffic tools, etcd for the cluster store;
+# iptables and nftables for flanneld's NAT and FORWARD rules (the daemon runs their tools).
+APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump iptables nftables
 ASAN_RT := $(shell gcc -print-file-name=libasan.so)
 
 .PHONY: all deps apt-deps py-deps build test test-asan bench bench-quick bench-micro demo clean

@@ -132,6 +132,9 @@ def _up(args: argparse.Namespace) -> int:
         a, b = lab.pods[0], lab.pods[-1]
         print(f"iperf3: ip netns exec {b.name} iperf3 -s -1 -B {b.ip} &\n"
               f"        ip netns exec {a.name} iperf3 -c {b.ip}")
+    if lab.pods:
+        print(f"NAT:    ip netns exec {lab.pods[0].name} ping -c 1 {naming.OUTSIDE_IP}   "
+              f"(the outside host; tcpdump -ni eth0 in {lab.outside_ns} shows the node's address)")
     print(f"remove: dataplane lab down --prefix {lab.prefix}")
     return 0
 

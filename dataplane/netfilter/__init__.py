@@ -125,7 +125,7 @@ class TrafficManager:
             await asyncio.sleep(self.options.resync)
             try:
                 restored = await asyncio.to_thread(self.ensure)
-            except NetfilterError as exc:
+            except (NetfilterError, ValueError, OSError) as exc:   # never the daemon's end
                 if str(exc) != self._last_error:        # once per kind of failure
                     log.warning("netfilter resync failed: %s", exc)
                 self._last_error = str(exc)
