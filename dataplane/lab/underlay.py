@@ -3,7 +3,7 @@
     <prefix>-ul:  br0 ── n1 ─┐            ┌─ eth0 10.99.0.1/24    <prefix>-n1
                      ── n2 ─┼── veth ──── ┼─ eth0 10.99.0.2/24    <prefix>-n2
                      ── …   │             │  …
-                     ── out ┘            └─ eth0 10.99.0.249/24  <prefix>-out (outside host)
+                     ── out ┘            └─ eth0 10.99.0.249/24  <prefix>-out (outside)
 
 This is the "physical network" between nodes; every encapsulated packet crosses br0, so a
 capture (`--pcap`, later) belongs here: `ip netns exec <prefix>-ul tcpdump -i br0`.

@@ -32,10 +32,11 @@ def _seconds(value: str) -> int:
 def add_netfilter_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "NAT and forwarding rules (flanneld's)",
-        "iptables chains nat/FLANNEL-POSTRTG and filter/FLANNEL-FWD, or with \"EnableNFTables\": "
-        "true in the network config the nftables table ip flannel-ipv4. A stop leaves them in "
-        "place (pods keep their NAT while the daemon restarts); a restart rewrites them without "
-        "duplicates. Remove them when decommissioning: python3 -m dataplane.netfilter remove")
+        "iptables chains nat/FLANNEL-POSTRTG and filter/FLANNEL-FWD, or, with\n"
+        "\"EnableNFTables\": true in the network config, the nftables table ip flannel-ipv4.\n"
+        "A stop leaves them in place (pods keep their NAT while the daemon restarts); a\n"
+        "restart rewrites them without duplicates. When decommissioning the node, remove\n"
+        "them: python3 -m dataplane.netfilter remove")
     g.add_argument("--ip-masq", nargs="?", const=True, default=False, type=go_bool,
                    metavar="BOOL",
                    help="masquerade pod traffic leaving the pod network (flannel's "

@@ -152,3 +152,12 @@ def test_preflight_says_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_pat
     with pytest.raises(LabError, match="apt-get install containernetworking-plugins"):
         Lab("x1", state_root=tmp_path).up()
     assert list(tmp_path.iterdir()) == []      # nothing was created
+
+
+def test_the_outside_host_never_meets_a_node_or_an_etcd_member() -> None:
+    nodes = {naming.underlay_ip(i) for i in range(1, naming.MAX_NODES + 1)}
+    etcd = {naming.etcd_ip(k) for k in range(naming.MAX_ETCD_MEMBERS)}
+    assert naming.OUTSIDE_IP not in nodes | etcd and not nodes & etcd
+    assert naming.OUTSIDE_IP in naming.UNDERLAY_NETWORK
+    with pytest.raises(LabError):
+        naming.underlay_ip(naming.MAX_NODES + 1)
