@@ -72,6 +72,8 @@ class TrafficManager:
         self.ip_masq = ip_masq
         self.parts: list[rules.RuleSet] = []      # what we installed and keep
         self._last_error: str | None = None
+        # A daemon reports on its own node; a lab or test driving another namespace, quietly.
+        self._info = log.debug if netns else log.info
 
     @classmethod
     def start(cls, network: IPv4Network, subnet: IPv4Network, **kwargs) -> TrafficManager:
@@ -85,7 +87,7 @@ class TrafficManager:
             try:
                 gone = self.other.remove()
                 if gone:
-                    log.info("removed the %s rules of an earlier run: %s", self.other.name,
+                    self._info("removed the %s rules of an earlier run: %s", self.other.name,
                              ", ".join(gone))
             except NetfilterError as exc:
                 log.debug("could not clean up %s rules: %s", self.other.name, exc)
@@ -98,13 +100,13 @@ class TrafficManager:
                 raise NetfilterError(f"--ip-masq: cannot install the masquerade rules with "
                                      f"{be.name}: {exc}") from None
             self.parts.append(masq)
-            log.info("%s: masquerading pod traffic leaving %s (%s)", be.name, self.network,
+            self._info("%s: masquerading pod traffic leaving %s (%s)", be.name, self.network,
                      "fully-random" if masq.rules[-1].random_fully else "without fully-random")
         if self.options.forward_rules:
             fwd = rules.forward_rules(self.network)
             try:
                 be.install(fwd)
-                log.info("%s: FORWARD accepts %s both ways", be.name, self.network)
+                self._info("%s: FORWARD accepts %s both ways", be.name, self.network)
             except NetfilterError as exc:
                 log.warning("cannot install the FORWARD accept rules with %s: %s "
                             "(--iptables-forward-rules=false turns them off)", be.name, exc)
