@@ -87,8 +87,8 @@ class TrafficManager:
             try:
                 gone = self.other.remove()
                 if gone:
-                    self._info("removed the %s rules of an earlier run: %s", self.other.name,
-                             ", ".join(gone))
+                    self._info("removed the %s rules of an earlier run: %s",
+                               self.other.name, ", ".join(gone))
             except NetfilterError as exc:
                 log.debug("could not clean up %s rules: %s", self.other.name, exc)
         if self.ip_masq:
@@ -101,7 +101,7 @@ class TrafficManager:
                                      f"{be.name}: {exc}") from None
             self.parts.append(masq)
             self._info("%s: masquerading pod traffic leaving %s (%s)", be.name, self.network,
-                     "fully-random" if masq.rules[-1].random_fully else "without fully-random")
+                       "fully-random" if masq.rules[-1].random_fully else "without fully-random")
         if self.options.forward_rules:
             fwd = rules.forward_rules(self.network)
             try:
