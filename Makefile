@@ -7,8 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 PIP := PIP_ROOT_USER_ACTION=ignore $(VPY) -m pip --disable-pip-version-check --quiet
-# Debian packages: the lab's CNI plugins, traffic tools, etcd for the cluster store.
-APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump
+# Debian packages: the lab's CNI plugins, traffic tools, etcd for the cluster store;
+# iptables and nftables for flanneld's NAT and FORWARD rules (the daemon runs their tools).
+APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump iptables nftables
 # (= not :=: gcc may only be installed by the toolchain step)
 ASAN_RT = $(shell gcc -print-file-name=libasan.so)
 

@@ -96,6 +96,7 @@ class NetworkConfig:
     mac_prefix: bytes | None = None   # MacPrefix: the first two octets of our VtepMAC
     # flannel ignores keys it does not know; we say so, one line each, for the daemon's log
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    enable_nftables: bool = False   # EnableNFTables: flanneld's rules through nftables
 
     @property
     def subnet_size(self) -> int:
@@ -109,6 +110,7 @@ class NetworkConfig:
             "SubnetMin": str(self.subnet_min),
             "SubnetMax": str(self.subnet_max),
             "Backend": self.backend or {"Type": self.backend_type},
+            **({"EnableNFTables": True} if self.enable_nftables else {}),
         }, indent=2)
 
 
@@ -232,9 +234,14 @@ class _Checker:
                             f"{subnet_min} is above SubnetMax {subnet_max}: no subnet to hand out")
 
         backend, btype, port, vni, options = self.backend(doc)
+        key, nft = _lookup(doc, "EnableNFTables")
+        if nft is not None and not isinstance(nft, bool):
+            raise self.fail((key,), f"must be true or false, got {_json_type(nft)} "
+                                    f"{json.dumps(nft)}")
         return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=subnet_min,
                              subnet_max=subnet_max, backend_type=btype, port=port, vni=vni,
-                             backend=backend, **options, warnings=tuple(self.warnings))
+                             backend=backend, **options, warnings=tuple(self.warnings),
+                             enable_nftables=bool(nft))
 
     def backend(self, doc: dict[str, Any]) -> tuple[dict[str, Any], str, int, int, dict]:
         bkey, backend = _lookup(doc, "Backend")

@@ -12,6 +12,7 @@ import signal
 
 from dataplane import fastpath, subnetenv
 from dataplane.cli import CommandError
+from dataplane.netfilter.options import add_netfilter_arguments, netfilter_options
 from dataplane.store.options import add_store_arguments, open_store
 from dataplane.tun import TUN_PATH
 
@@ -37,13 +38,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                            "--subnet-file, or any free one)")
     node.add_argument("--subnet-file", default=subnetenv.DEFAULT_PATH, metavar="PATH",
                       help="where to write subnet.env for the CNI plugin (default %(default)s)")
-    node.add_argument("--ip-masq", action="store_true",
-                      help="record FLANNEL_IPMASQ=true in subnet.env (masquerading itself is "
-                           "left to the CNI bridge plugin)")
     node.add_argument("--tun-name", metavar="NAME",
                       help="TUN device name (default flannel0 for udp, flannel.<VNI> for vxlan)")
     node.add_argument("--lease-ttl", type=_positive, default=24 * 3600, metavar="SECONDS",
                       help="lease lifetime (default 24 h, renewed an hour before it ends)")
+    add_netfilter_arguments(p)
     ops = p.add_argument_group("health and metrics")
     ops.add_argument("--healthz-ip", default="127.0.0.1", metavar="IP",
                      help="address of /healthz, /readyz and /metrics (default %(default)s)")
@@ -119,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
         store=open_store(args), public_ip=args.public_ip, iface=args.iface, subnet=args.subnet,
         subnet_file=args.subnet_file, fastpath=args.fastpath, offload=args.offload == "on",
         workers=args.workers or len(os.sched_getaffinity(0)),
-        ip_masq=args.ip_masq,
+        ip_masq=args.ip_masq, netfilter=netfilter_options(args),
         tun_name=args.tun_name, lease_ttl=args.lease_ttl,
         renew_margin=min(3600.0, args.lease_ttl / 2),
         healthz=(args.healthz_ip, args.healthz_port) if args.healthz_port else None))
@@ -161,11 +160,12 @@ def user_error(exc: BaseException) -> str | None:
     from dataplane.hostnet import HostNetError
     from dataplane.lease import InvalidSubnet
     from dataplane.netconf import ConfigError
+    from dataplane.netfilter import NetfilterError
     from dataplane.store.base import StoreError
     from dataplane.tun import TunError
 
     if isinstance(exc, (ConfigError, InvalidSubnet, StoreError, HostNetError, TunError,
-                        LeaseLost)):
+                        LeaseLost, NetfilterError)):
         return str(exc)
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         return ("the tunnel port is in use (another dataplane or flanneld on this node?): "

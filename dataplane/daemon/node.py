@@ -34,6 +34,7 @@ from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNE
                                       parse_mac)
 from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import NetworkConfig
+from dataplane.netfilter import NetfilterOptions, TrafficManager
 from dataplane.store.base import (ConfigNotFound, LeaseEvent, StoreUnavailable, SubnetStore,
                                   SubnetTaken, diff_leases, renewal_delay)
 from dataplane.tun import (OFFLOAD_CHOICES, TUN_F_USO4, describe_offload, open_tun,
@@ -64,6 +65,7 @@ class NodeOptions:
     offload: bool = True            # TUN super-packets, UDP GSO/GRO (C fast path only)
     workers: int = 1                # TUN queues and forwarding threads (C fast path only)
     ip_masq: bool = False
+    netfilter: NetfilterOptions = field(default_factory=NetfilterOptions)
     tun_name: str | None = None
     lease_ttl: float = 24 * 3600
     renew_margin: float = 3600
@@ -103,6 +105,7 @@ class Node:
         self.store_errors = 0
         self.metrics = None
         self.io_flags = 0
+        self.traffic: TrafficManager | None = None      # NAT and FORWARD rules
         self._stop = asyncio.Event()
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -120,7 +123,8 @@ class Node:
             if not await self._start(stack):
                 return                                   # stopped while starting
             tasks = [asyncio.create_task(self._follow_leases(), name="lease-watch"),
-                     asyncio.create_task(self._keep_lease(), name="lease-renew")]
+                     asyncio.create_task(self._keep_lease(), name="lease-renew"),
+                     asyncio.create_task(self.traffic.keep(), name="netfilter-resync")]
             stack.push_async_callback(_cancel, tasks)
             self.ready.set()
             for callback in self.opts.on_ready:
@@ -211,6 +215,10 @@ class Node:
                 worker.start()
                 stack.callback(worker.stop)
 
+        # flanneld's rules before subnet.env: pods created from it have NAT; a stop keeps them.
+        self.traffic = await asyncio.to_thread(
+            TrafficManager.start, cfg.network, lease.subnet, ip_masq=opts.ip_masq,
+            nftables=cfg.enable_nftables, options=opts.netfilter)
         subnetenv.write(opts.subnet_file, network=cfg.network, subnet=lease.subnet,
                         mtu=self.tun_mtu, ipmasq=opts.ip_masq)
         stack.callback(_unlink, opts.subnet_file)

@@ -18,6 +18,8 @@ SCHEME = textwrap.dedent("""\
       P-n<i>     node i: eth0 10.99.0.<i>/24 on the underlay; pod subnet = the i-th /24
                  of the network (10.244.<i>.0/24 by default); cni0 = 10.244.<i>.1
       P-n<i>-p<j> pod j on node i: eth0 from the CNI bridge plugin, host-local address
+      P-out      the outside host: eth0 10.99.0.249/24 on the underlay, no pod subnet and
+                 no route to one (pods reach it through their node's NAT)
       --store etcd: etcd member k on 10.99.0.<254-k>:2379, an address of br0 in P-ul
     State (state.json, store, subnet.env, daemon logs, CNI data): /run/dataplane-lab/P/
     Run anything inside: ip netns exec P-n1-p1 <command>""")
@@ -64,7 +66,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="FLANNEL_IPMASQ=false in subnet.env (kernel nodes; daemons are not "
                          "given --ip-masq), so the CNI bridge masquerades pod traffic leaving "
                          "the node's subnet (default: true, as kube-flannel runs flanneld with "
-                         "--ip-masq; the lab has no egress to masquerade for)")
+                         "--ip-masq, whose NAT the outside host P-out shows)")
+    up.add_argument("--nftables", action="store_true",
+                    help="\"EnableNFTables\": true in the network config: flanneld's NAT and "
+                         "FORWARD rules (daemons and kernel nodes) in nftables' table ip "
+                         "flannel-ipv4 instead of iptables chains")
     up.add_argument("--store", choices=("directory", "etcd"), default="directory",
                     help="subnet store: a directory in the lab's state dir (default), or a "
                          "real etcd in the underlay namespace (flannel's keys; daemons get "
@@ -78,12 +84,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="if building fails, leave what was built for inspection")
 
     status = sub.add_parser("status", help="show nodes, daemons, pods and reachability",
-                            description="Show a lab's nodes, daemons and pods, and ping every "
-                                        "pod from every other pod. Exit status 1 if any "
-                                        "pair is unreachable.")
+                            description="Show a lab's nodes, daemons and pods, ping every "
+                                        "pod from every other pod, and send one datagram "
+                                        "down each kind of pod traffic (loopback, same node, "
+                                        "other node, outside through the NAT), showing the "
+                                        "source address the far end saw. Exit status 1 if "
+                                        "any pair or path fails.")
     _prefix(status)
     status.add_argument("--no-ping", dest="ping", action="store_false",
-                        help="skip the reachability matrix")
+                        help="skip the reachability matrix and the traffic paths")
     status.add_argument("--timeout", type=float, default=1.0, metavar="SECONDS",
                         help="ping reply timeout (default 1)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -118,7 +127,8 @@ def _up(args: argparse.Namespace) -> int:
               kernel_nodes=args.kernel_nodes, fastpath=args.fastpath, network=args.network,
               underlay_mtu=args.underlay_mtu, ip_masq=args.ip_masq, vni=args.vni,
               port=args.port, daemon_timeout=args.daemon_timeout, store=args.store,
-              etcd_members=args.etcd_members, direct_routing=args.direct_routing)
+              etcd_members=args.etcd_members, direct_routing=args.direct_routing,
+              nftables=args.nftables)
     lab.up(keep_on_error=args.keep_on_error)
     print(render(lab.status()))
     print(f"\ncheck:  dataplane lab status --prefix {lab.prefix}")
@@ -126,6 +136,9 @@ def _up(args: argparse.Namespace) -> int:
         a, b = lab.pods[0], lab.pods[-1]
         print(f"iperf3: ip netns exec {b.name} iperf3 -s -1 -B {b.ip} &\n"
               f"        ip netns exec {a.name} iperf3 -c {b.ip}")
+    if lab.pods:
+        print(f"NAT:    ip netns exec {lab.pods[0].name} ping -c 1 {naming.OUTSIDE_IP}   "
+              f"(the outside host; tcpdump -ni eth0 in {lab.outside_ns} shows the node's address)")
     print(f"remove: dataplane lab down --prefix {lab.prefix}")
     return 0
 
@@ -134,17 +147,25 @@ def _status(args: argparse.Namespace) -> int:
     from dataplane.lab.lab import Lab
     from dataplane.lab.status import render
 
+    from dataplane.lab import paths as traffic_paths
+
     lab = Lab.load(args.prefix)
     status = lab.status()
     matrix = lab.reachability(timeout=args.timeout) if args.ping else None
+    kinds = ([p.to_dict() for p in traffic_paths.probe(lab, timeout=args.timeout)]
+             if args.ping else None)
     if args.json:
         if matrix is not None:
             status["reachability"] = [{"from": s, "to": d, "ok": ok}
                                       for (s, d), ok in sorted(matrix.items())]
+        if kinds is not None:
+            status["paths"] = kinds
         print(json.dumps(status, indent=1))
     else:
-        print(render(status, matrix))
-    return 1 if matrix and not all(matrix.values()) else 0
+        print(render(status, matrix, kinds))
+    failed = (matrix and not all(matrix.values())) or any(
+        not (p["seen"] and p["replied"]) for p in kinds or [])
+    return 1 if failed else 0
 
 
 def _down(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ ENCAP_OVERHEAD = {"udp": 28, "vxlan": 50, "host-gw": 0}  # bytes, what FLANNEL_M
 
 def net_conf(network: IPv4Network, flannel_type: str, *, vni: int = 1,
              port: int | None = None, subnet_len: int = 24,
-             direct_routing: bool = False) -> dict[str, Any]:
+             direct_routing: bool = False, nftables: bool = False) -> dict[str, Any]:
     """flannel's net-conf.json for this network and backend type."""
     backend: dict[str, Any] = {"Type": flannel_type}
     if flannel_type == "vxlan":
@@ -38,7 +38,10 @@ def net_conf(network: IPv4Network, flannel_type: str, *, vni: int = 1,
             backend["DirectRouting"] = True
     if flannel_type in DEFAULT_PORT:
         backend["Port"] = port or DEFAULT_PORT[flannel_type]
-    return {"Network": str(network), "SubnetLen": subnet_len, "Backend": backend}
+    conf = {"Network": str(network), "SubnetLen": subnet_len, "Backend": backend}
+    if nftables:
+        conf["EnableNFTables"] = True      # flanneld's rules through nftables, not iptables
+    return conf
 
 
 def config_json(conf: dict[str, Any]) -> str:

@@ -7,6 +7,9 @@ its subnet via that gateway, in that order (the route last, so the kernel never 
 With DirectRouting, a peer the kernel reaches without a gateway gets host-gw's route instead.
 
 host-gw (flannel pkg/backend/hostgw): for each remote node, `<subnet> via <public IP>`.
+
+Both get flanneld's NAT and FORWARD rules too (flanneld installs them whatever the backend),
+through the daemon's own code (dataplane.netfilter), run inside the node's namespace.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import random
 from ipaddress import IPv4Address, IPv4Network
 
 from dataplane.lab import naming, netns
+from dataplane.lab.errors import LabError
 from dataplane.lab.netlink import iproute
 
 RTNH_F_ONLINK = 0x4
@@ -82,3 +86,19 @@ def add_host_gw_peer(ns: str, *, subnet: IPv4Network, public_ip: IPv4Address) ->
     with iproute(ns) as ipr:
         uplink = ipr.link_lookup(ifname=naming.NODE_UPLINK)[0]
         ipr.route("replace", dst=str(subnet), gateway=str(public_ip), oif=uplink)
+
+
+def install_flannel_rules(ns: str, *, network: IPv4Network, subnet: IPv4Network,
+                          ip_masq: bool, nftables: bool) -> None:
+    """What flanneld installs at start: FLANNEL-POSTRTG with --ip-masq, FLANNEL-FWD always
+    (--iptables-forward-rules defaults to true); nftables when the config says EnableNFTables.
+    No resync: nothing but the lab touches a kernel node's rules."""
+    from dataplane.netfilter import NetfilterError, TrafficManager
+
+    try:
+        manager = TrafficManager(network, subnet, ip_masq=ip_masq, nftables=nftables, netns=ns)
+        manager.setup()
+        if not all(manager.backend.in_sync(part) for part in manager.parts):
+            raise NetfilterError("the rules did not read back as installed")
+    except NetfilterError as exc:
+        raise LabError(f"{ns}: {exc}") from None

@@ -84,7 +84,7 @@ class Lab:
                  daemon_args: Sequence[str] = (), daemon_program: Sequence[str] | None = None,
                  daemon_timeout: float = 30.0, state_root: Path | str = STATE_ROOT,
                  store: str = "directory", etcd_members: int = 1,
-                 direct_routing: bool = False) -> None:
+                 direct_routing: bool = False, nftables: bool = False) -> None:
         self.prefix = naming.check_prefix(prefix)
         if store not in STORES:
             raise LabError(f"unknown store {store!r}: choose one of {', '.join(STORES)}")
@@ -114,6 +114,7 @@ class Lab:
         self.fastpath = fastpath
         self.underlay_mtu = underlay_mtu
         self.ip_masq = ip_masq
+        self.nftables = nftables        # EnableNFTables: flanneld's rules through nftables
         self.vni = vni
         if direct_routing and self.flannel_type != "vxlan":
             raise LabError("--direct-routing is a vxlan option (Backend.DirectRouting)")
@@ -126,6 +127,7 @@ class Lab:
         self.dir = self.state_root / self.prefix
         self.store_kind, self.etcd_members = store, etcd_members
         self.underlay_ns = naming.underlay_ns(self.prefix)
+        self.outside_ns = naming.outside_ns(self.prefix)
         self.etcd: LabEtcd | None = None
         self.store: LabStore
         if store == "etcd":
@@ -153,7 +155,7 @@ class Lab:
                 "daemon_program": self.daemon_program,
                 "daemon_timeout": self.daemon_timeout, "state_root": str(self.state_root),
                 "store": self.store_kind, "etcd_members": self.etcd_members,
-                "direct_routing": self.direct_routing}
+                "direct_routing": self.direct_routing, "nftables": self.nftables}
 
     # --- reattaching -----------------------------------------------------------------------
 
@@ -267,6 +269,8 @@ class Lab:
             node.dir.mkdir(parents=True, exist_ok=True)
             underlay.attach(self.underlay_ns, node.name, node.index, node.underlay_ip,
                             self.underlay_mtu)
+        self._add_netns(self.outside_ns)
+        underlay.attach_outside(self.underlay_ns, self.outside_ns, self.underlay_mtu)
 
         if self.etcd is not None:
             self._enter("etcd")
@@ -276,7 +280,8 @@ class Lab:
         if self.uses_store:
             self.store.write_config(config_json(net_conf(self.network, self.flannel_type,
                                                          vni=self.vni, port=self.port,
-                                                         direct_routing=self.direct_routing)))
+                                                         direct_routing=self.direct_routing,
+                                                         nftables=self.nftables)))
         for node in self.nodes:
             if not node.runs_daemon:
                 self._program_kernel_node(node)
@@ -304,6 +309,9 @@ class Lab:
         if self.uses_store:
             self.store.acquire(node.subnet, lease_attrs(node.underlay_ip, self.flannel_type,
                                                         vni=self.vni, vtep_mac=node.vtep_mac))
+        kernel_backends.install_flannel_rules(node.netns, network=self.network,
+                                              subnet=node.subnet, ip_masq=self.ip_masq,
+                                              nftables=self.nftables)
         subnetenv.write(node.subnet_file, network=self.network, subnet=node.subnet, mtu=mtu,
                         ipmasq=self.ip_masq)
 
@@ -506,6 +514,8 @@ class Lab:
         return {"prefix": self.prefix, "backend": self.backend, "phase": self.phase,
                 "network": str(self.network), "state_dir": str(self.dir),
                 "underlay_ns": self.underlay_ns, "store": self._store_status(), "nodes": nodes,
+                "outside": {"ns": self.outside_ns, "ip": str(naming.OUTSIDE_IP),
+                            "exists": netns.exists(self.outside_ns)},
                 "pods": [{"name": p.name, "node": p.node,
                           "ip": str(p.ip) if p.ip else None} for p in self.pods]}
 

@@ -3,6 +3,8 @@
     <prefix>-ul          underlay namespace: bridge `br0`, one port `n<i>` per node
     <prefix>-n<i>        node i: uplink `eth0` = 10.99.0.<i>/24, pod subnet = i-th /24 of the network
     <prefix>-n<i>-p<j>   pod j on node i: `eth0` from the CNI bridge plugin (cni0 on the node)
+    <prefix>-out         the "outside" host: `eth0` = 10.99.0.249/24 on the underlay, no pod
+                         subnet and no route to one, so pods reach it only through the NAT
 
 With `--store etcd`, etcd member k (0-based) listens in the underlay namespace on 10.99.0.<254-k>,
 an address of br0 itself: every node reaches it over its uplink, as it would a machine on the
@@ -28,9 +30,12 @@ UNDERLAY_BRIDGE = "br0"
 NODE_UPLINK = "eth0"          # what a node calls its link to the underlay
 POD_IFNAME = "eth0"
 SUBNET_LEN = 24               # flannel's default SubnetLen
-MAX_NODES = UNDERLAY_NETWORK.num_addresses - 2
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380     # etcd's own defaults: one address per member
 MAX_ETCD_MEMBERS = 5
+# Below etcd's addresses (10.99.0.254 down to .250): the outside host, then the nodes' room.
+OUTSIDE_IP = UNDERLAY_NETWORK.broadcast_address - 1 - MAX_ETCD_MEMBERS
+OUTSIDE_PORT = "out"          # its port on the underlay bridge
+MAX_NODES = int(OUTSIDE_IP) - int(UNDERLAY_NETWORK.network_address) - 1
 
 
 def check_prefix(prefix: str) -> str:
@@ -50,6 +55,10 @@ def node_ns(prefix: str, i: int) -> str:
 
 def pod_ns(prefix: str, i: int, j: int) -> str:
     return f"{prefix}-n{i}-p{j}"
+
+
+def outside_ns(prefix: str) -> str:
+    return f"{prefix}-out"
 
 
 def underlay_port(i: int) -> str:
@@ -92,7 +101,7 @@ def node_subnet(network: IPv4Network, i: int) -> IPv4Network:
 
 def owned_namespace(prefix: str, name: str) -> bool:
     """Whether a namespace name is one a lab with this prefix creates (for crash cleanup)."""
-    return re.fullmatch(rf"{re.escape(prefix)}-(ul|n\d+(-p\d+)?)", name) is not None
+    return re.fullmatch(rf"{re.escape(prefix)}-(ul|out|n\d+(-p\d+)?)", name) is not None
 
 
 def namespace_order(name: str) -> tuple[int, str]:

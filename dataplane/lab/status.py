@@ -15,11 +15,14 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def render(status: dict[str, Any],
-           matrix: dict[tuple[str, str], bool] | None = None) -> str:
+           matrix: dict[tuple[str, str], bool] | None = None,
+           paths: Sequence[dict[str, Any]] | None = None) -> str:
     lines = [f"lab {status['prefix']}: backend {status['backend']}, network "
              f"{status['network']}, phase {status['phase']}",
              f"state {status['state_dir']}, underlay namespace {status['underlay_ns']} "
-             "(bridge br0)", *render_store(status.get("store") or {}), ""]
+             "(bridge br0)" + (f", outside host {status['outside']['ns']} "
+                               f"{status['outside']['ip']}" if status.get("outside") else ""),
+             *render_store(status.get("store") or {}), ""]
     node_rows = []
     for n in status["nodes"]:
         if n["daemon_pid"] is None:
@@ -38,6 +41,8 @@ def render(status: dict[str, Any],
         lines.append("no pods")
     if matrix is not None:
         lines += ["", *render_matrix(status["prefix"], [p["name"] for p in pods], matrix)]
+    if paths:
+        lines += ["", *render_paths(paths)]
     return "\n".join(lines)
 
 
@@ -79,3 +84,18 @@ def render_matrix(prefix: str, names: Sequence[str],
     return ["reachability (ICMP echo, row pings column):",
             *table(["FROM \\ TO", *(short[n] for n in names)], rows),
             f"{good}/{len(matrix)} pairs reachable"]
+
+
+def render_paths(paths: Sequence[dict[str, Any]]) -> list[str]:
+    """The four kinds of pod traffic (dataplane.lab.paths), with what the far end saw."""
+    first = paths[0]
+    rows = []
+    for p in paths:
+        seen = p["seen"] or "(nothing arrived)"
+        if p["note"]:
+            seen += f" ({p['note']})"
+        rows.append([p["kind"], f"{p['dst_ip']} in {p['dst']}", p["via"], seen,
+                     OK if p["seen"] and p["replied"] else FAIL])
+    return [f"pod traffic from {first['src']} ({first['src_ip']}), one UDP datagram each way; "
+            "SEEN FROM is the source address the far end saw:",
+            *table(["KIND", "TO", "VIA", "SEEN FROM", ""], rows)]

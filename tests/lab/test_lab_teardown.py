@@ -35,7 +35,7 @@ def test_down_without_state_file_kills_what_runs_inside(prefix: str) -> None:
     (STATE_ROOT / prefix / "state.json").unlink()       # as if lost in a crash
     removed = teardown(prefix)
     assert sorted(removed) == sorted([f"{prefix}-ul", f"{prefix}-n1", f"{prefix}-n2",
-                                      f"{prefix}-n1-p1", f"{prefix}-n2-p1"])
+                                      f"{prefix}-n1-p1", f"{prefix}-n2-p1", f"{prefix}-out"])
     assert sleeper.wait(timeout=5) == -signal.SIGTERM
     assert leftovers(prefix) == []
 

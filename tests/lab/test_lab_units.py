@@ -41,11 +41,13 @@ def test_bad_prefixes(name: str) -> None:
 
 
 def test_owned_namespaces_never_match_another_prefix() -> None:
-    own = ["ab-ul", "ab-n1", "ab-n12-p3"]
+    own = ["ab-ul", "ab-n1", "ab-n12-p3", "ab-out"]
     assert all(naming.owned_namespace("ab", n) for n in own)
-    for other in ["abc-ul", "ab-n1-x", "ab-", "xab-n1", "ab-n1-p", "ab-ulx"]:
+    for other in ["abc-ul", "ab-n1-x", "ab-", "xab-n1", "ab-n1-p", "ab-ulx", "ab-outx",
+                  "abc-out"]:
         assert not naming.owned_namespace("ab", other), other
-    assert sorted(own, key=naming.namespace_order) == ["ab-n12-p3", "ab-n1", "ab-ul"]
+    assert sorted(own, key=naming.namespace_order) == ["ab-n12-p3", "ab-n1", "ab-out",
+                                                       "ab-ul"]
 
 
 def test_backend_plans() -> None:
@@ -150,3 +152,12 @@ def test_preflight_says_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_pat
     with pytest.raises(LabError, match="apt-get install containernetworking-plugins"):
         Lab("x1", state_root=tmp_path).up()
     assert list(tmp_path.iterdir()) == []      # nothing was created
+
+
+def test_the_outside_host_never_meets_a_node_or_an_etcd_member() -> None:
+    nodes = {naming.underlay_ip(i) for i in range(1, naming.MAX_NODES + 1)}
+    etcd = {naming.etcd_ip(k) for k in range(naming.MAX_ETCD_MEMBERS)}
+    assert naming.OUTSIDE_IP not in nodes | etcd and not nodes & etcd
+    assert naming.OUTSIDE_IP in naming.UNDERLAY_NETWORK
+    with pytest.raises(LabError):
+        naming.underlay_ip(naming.MAX_NODES + 1)
