@@ -120,6 +120,9 @@ class Node:
             self.ready.set()
             for callback in self.opts.on_ready:
                 callback(self)
+            marked = asyncio.create_task(self._retry("tell the store we are ready",
+                                                     self.store.node_ready), name="node-ready")
+            stack.push_async_callback(_cancel, [marked])
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
@@ -138,9 +141,13 @@ class Node:
             return False
         self.config = cfg = config
         backend = cfg.backend_type
+        stored_ip = await self._retry("read our public IP from the store",
+                                      self.store.node_public_ip)
+        if self._stop.is_set():
+            return False
         # pyroute2's synchronous API runs a loop of its own: keep it off ours, in a thread.
-        self.underlay = ul = await asyncio.to_thread(hostnet.find_underlay, opts.public_ip,
-                                                     opts.iface)
+        self.underlay = ul = await asyncio.to_thread(hostnet.find_underlay,
+                                                     stored_ip or opts.public_ip, opts.iface)
         self.tun_mtu = ul.mtu - OVERHEAD[backend]
         self.mac = vtep_mac(ul.address, cfg.vni) if backend == "vxlan" else b""
 
