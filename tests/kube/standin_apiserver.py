@@ -252,6 +252,24 @@ class StandinApiServer:
         self.cond.notify_all()
 
 
+DISCOVERY: dict[str, Any] = {
+    "version": {"major": "1", "minor": "31", "gitVersion": "v1.31.0-standin"},
+    "api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
+    "apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+    "api/v1": {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+        {"name": "nodes", "singularName": "node", "namespaced": False, "kind": "Node",
+         "verbs": ["get", "list", "watch", "patch"], "shortNames": ["no"]},
+        {"name": "nodes/status", "singularName": "", "namespaced": False, "kind": "Node",
+         "verbs": ["get", "patch"]},
+        {"name": "pods", "singularName": "pod", "namespaced": True, "kind": "Pod",
+         "verbs": ["get"], "shortNames": ["po"]}]},
+}
+
+
+def _go_bool(text: str) -> bool:
+    return text in ("1", "t", "T", "true", "TRUE", "True")
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -351,8 +369,10 @@ class _Handler(BaseHTTPRequestHandler):
         if got is None:
             return
         parts, query, _ = got
-        if parts[:3] == ["api", "v1", "nodes"] and len(parts) == 3:
-            if query.get("watch", ["0"])[0] in ("1", "true"):
+        if parts in (["version"], ["api"], ["apis"], ["api", "v1"]):
+            self._send_json(200, DISCOVERY["/".join(parts)])     # what clients look up first
+        elif parts[:3] == ["api", "v1", "nodes"] and len(parts) == 3:
+            if _go_bool(query.get("watch", ["false"])[0]):
                 self._watch(query)
             else:
                 self._list()
@@ -425,7 +445,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _watch(self, query: dict[str, list[str]]) -> None:
         api = self.api
         rv_text = query.get("resourceVersion", [""])[0]
-        bookmarks = query.get("allowWatchBookmarks", ["false"])[0] in ("1", "true")
+        bookmarks = _go_bool(query.get("allowWatchBookmarks", ["false"])[0])
         timeout = float(query.get("timeoutSeconds", ["1800"])[0])
         with api.cond:
             api.watches_served += 1

@@ -224,3 +224,24 @@ def test_leases_command_lists_the_nodes(tmp_path, capsys) -> None:
     assert lines[1].split() == ["10.250.1.0/24", "10.99.0.1", "vxlan", "0a:00:00:00:00:01",
                                 "never"]
     assert lines[2].split() == ["10.250.2.0/24", "10.99.0.2", "udp", "-", "never"]
+
+
+def test_other_stores_do_not_load_the_kubernetes_client(tmp_path) -> None:
+    """httpx and the kube modules cost RSS: a directory or etcd daemon never imports them,
+    and a kube daemon only once it talks to the API."""
+    import subprocess
+    import sys
+    code = (
+        "import sys, argparse\n"
+        "from dataplane.daemon import command, node\n"
+        "from dataplane.store import options\n"
+        "p = argparse.ArgumentParser(); options.add_store_arguments(p)\n"
+        f"options.open_store(p.parse_args(['--store-dir', {str(tmp_path)!r}]))\n"
+        "options.open_store(p.parse_args(['--etcd-endpoints', 'http://127.0.0.1:1']))\n"
+        "assert not [m for m in sys.modules if m == 'httpx' or m.startswith('dataplane.store.kube')], sys.modules\n"
+        "options.open_store(p.parse_args(['--kube-subnet-mgr']))\n"
+        "assert 'httpx' not in sys.modules and 'yaml' not in sys.modules\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "ok", out.stderr
