@@ -10,6 +10,7 @@ uses, with the API server's semantics where the subnet manager can tell:
                                                        retained history: ERROR 410 "too old
                                                        resource version" (or HTTP 410)
     GET   /api/v1/nodes/NAME
+    POST  /api/v1/nodes, DELETE /api/v1/nodes/NAME     (for the tests' real-cluster mode)
     PATCH /api/v1/nodes/NAME[/status]                  strategic-merge (status.conditions
                                                        merged by type) or merge patch; /status
                                                        keeps spec, the main resource keeps status
@@ -393,6 +394,50 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, pod)
         else:
             self._status(404, "NotFound", "the server could not find the requested resource")
+
+    def do_POST(self) -> None:
+        """Create a Node (what a kubelet does when it registers)."""
+        got = self._begin("POST")
+        if got is None:
+            return
+        parts, _, body = got
+        if parts != ["api", "v1", "nodes"]:
+            self._status(404, "NotFound", "the server could not find the requested resource")
+            return
+        try:
+            node = json.loads(body)
+            name = node["metadata"]["name"]
+        except (ValueError, KeyError, TypeError) as exc:
+            self._status(400, "BadRequest", f"not a Node: {exc}")
+            return
+        with self.api.cond:
+            if name in self.api.nodes:
+                self._status(409, "AlreadyExists", f'nodes "{name}" already exists')
+                return
+            node.setdefault("kind", "Node")
+            node.setdefault("apiVersion", "v1")
+            node["metadata"].setdefault("uid", str(uuid.uuid4()))
+            node.setdefault("spec", {})
+            node.setdefault("status", {"conditions": []})
+            self.api._commit("ADDED", node)
+            result = copy.deepcopy(node)
+        self._send_json(201, result)
+
+    def do_DELETE(self) -> None:
+        got = self._begin("DELETE")
+        if got is None:
+            return
+        parts, _, _ = got
+        if not (parts[:3] == ["api", "v1", "nodes"] and len(parts) == 4):
+            self._status(404, "NotFound", "the server could not find the requested resource")
+            return
+        with self.api.cond:
+            node = self.api.nodes.get(parts[3])
+            if node is None:
+                self._status(404, "NotFound", f'nodes "{parts[3]}" not found')
+                return
+            self.api._commit("DELETED", copy.deepcopy(node))
+        self._send_json(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
 
     def do_PATCH(self) -> None:
         got = self._begin("PATCH")
