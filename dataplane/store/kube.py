@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NET_CONF = "/etc/kube-flannel/net-conf.json"
 NODES = "/api/v1/nodes"
+LIST_PAGE = 200                 # Nodes per list page (~2 MB of JSON at most)
 WATCH_TIMEOUT = (300, 600)      # seconds the server keeps one watch open (client-go: 5-10 min)
 IDLE_TIMEOUT = 90.0             # a watch with bookmarks on is never silent this long
 REWATCH_MIN, REWATCH_MAX = 0.5, 10.0
@@ -307,14 +308,29 @@ class KubeStore(SubnetStore):
             raise self._as_store_error(exc) from None
 
     async def _list(self) -> tuple[str, dict[str, Lease]]:
-        doc = await self._call(self._http().get(NODES))
-        rv = str(((doc or {}).get("metadata") or {}).get("resourceVersion") or "")
-        by_node = {}
-        for node in (doc or {}).get("items") or []:
-            lease = self._lease_of(node)
-            if lease is not None:
-                by_node[node_name(node)] = lease
-        return rv, by_node
+        """Every Node's lease, in pages of LIST_PAGE Nodes (client-go's reflector pages too):
+        a big cluster's whole NodeList at once would cost more memory than the daemon has.
+        The pages are one snapshot; its resourceVersion is the first page's."""
+        for _ in range(3):
+            params = {"limit": str(LIST_PAGE)}
+            rv, by_node = "", {}
+            try:
+                while True:
+                    doc = await self._http().get(NODES, params)
+                    meta = (doc or {}).get("metadata") or {}
+                    rv = rv or str(meta.get("resourceVersion") or "")
+                    for node in (doc or {}).get("items") or []:
+                        lease = self._lease_of(node)
+                        if lease is not None:
+                            by_node[node_name(node)] = lease
+                    if not meta.get("continue"):
+                        return rv, by_node
+                    params = {"limit": str(LIST_PAGE), "continue": meta["continue"]}
+            except KubeGone:
+                log.info("node list: the continue token expired; listing again")
+            except KubeError as exc:
+                raise self._as_store_error(exc) from None
+        raise StoreUnavailable(f"{self.location}: the node list kept expiring between pages")
 
     def _lease_of(self, node: dict[str, Any]) -> Lease | None:
         name = node_name(node)

@@ -3,7 +3,7 @@
 It implements, over real HTTP/1.1 (optionally TLS), only what dataplane's kube subnet manager
 uses, with the API server's semantics where the subnet manager can tell:
 
-    GET   /api/v1/nodes                                list, metadata.resourceVersion
+    GET   /api/v1/nodes[?limit=N&continue=T]           list, metadata.resourceVersion, pages
     GET   /api/v1/nodes?watch=1&resourceVersion=RV     chunked stream of watch events, one
           [&allowWatchBookmarks=true&timeoutSeconds=N] JSON object a line: ADDED, MODIFIED,
                                                        DELETED, BOOKMARK; an RV older than the
@@ -71,6 +71,7 @@ class StandinApiServer:
         self.oldest = 0                   # watching from an RV below this: 410 Gone
         self.gone_epoch = 0               # bumped by force_gone(): live watches end with 410
         self.requests: list[Recorded] = []
+        self.snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = {}   # continue tokens
         self.watches_served = 0
         self.fail_next: list[tuple[str, int]] = []   # (path prefix, status) injected errors
         self._conns: set[socket.socket] = set()
@@ -228,6 +229,7 @@ class StandinApiServer:
             self.rv += 1
             self.oldest = self.rv
             self.history.clear()
+            self.snapshots.clear()                    # continue tokens expire too
             self.gone_epoch += 1
             self.cond.notify_all()
 
@@ -376,7 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
             if _go_bool(query.get("watch", ["false"])[0]):
                 self._watch(query)
             else:
-                self._list()
+                self._list(query)
         elif parts[:3] == ["api", "v1", "nodes"] and len(parts) == 4:
             with self.api.cond:
                 node = copy.deepcopy(self.api.nodes.get(parts[3]))
@@ -480,12 +482,31 @@ class _Handler(BaseHTTPRequestHandler):
             result = copy.deepcopy(self.api.nodes[name])
         self._send_json(200, result)
 
-    def _list(self) -> None:
-        with self.api.cond:
-            items = [copy.deepcopy(n) for _, n in sorted(self.api.nodes.items())]
-            doc = {"kind": "NodeList", "apiVersion": "v1",
-                   "metadata": {"resourceVersion": str(self.api.rv)}, "items": items}
-        self._send_json(200, doc)
+    def _list(self, query: dict[str, list[str]]) -> None:
+        """A list, in pages when asked (limit/continue): every page of one list comes from
+        the same snapshot and carries its resourceVersion, as the API server's do."""
+        api = self.api
+        limit = int(query.get("limit", ["0"])[0] or 0)
+        token = query.get("continue", [""])[0]
+        with api.cond:
+            if token:
+                if token not in api.snapshots:
+                    self._status(410, "Expired", "The provided continue parameter is too old "
+                                                 "to display a consistent list result.")
+                    return
+                rv, items = api.snapshots.pop(token)
+            else:
+                rv = api.rv
+                items = [copy.deepcopy(n) for _, n in sorted(api.nodes.items())]
+            meta: dict[str, Any] = {"resourceVersion": str(rv)}
+            if limit and len(items) > limit:
+                items, rest = items[:limit], items[limit:]
+                next_token = uuid.uuid4().hex
+                api.snapshots[next_token] = (rv, rest)
+                meta["continue"] = next_token
+                meta["remainingItemCount"] = len(rest)
+        self._send_json(200, {"kind": "NodeList", "apiVersion": "v1", "metadata": meta,
+                              "items": items})
 
     def _watch(self, query: dict[str, list[str]]) -> None:
         api = self.api

@@ -326,7 +326,7 @@ def test_410_gone_lists_again_and_loses_no_change(run, cluster: Cluster, gone_as
                 batch = await next_batch(watch)
                 assert [(e.kind, str(e.lease.subnet)) for e in batch] == \
                     [(EventKind.REMOVED, "10.250.2.0/24"), (EventKind.ADDED, "10.250.3.0/24")]
-                lists = [r for r in api.requests if r.path == "/api/v1/nodes"]
+                lists = [r for r in api.requests if r.path.startswith("/api/v1/nodes?limit=")]
                 assert len(lists) == 2                           # the cursor's, and the re-list
                 # and the watch goes on from the new list's version
                 api.delete_node("a")
@@ -471,3 +471,34 @@ def test_custom_prefix_is_used_for_reading_and_writing(run, cluster: Cluster) ->
     leases = [l for l in run(go()) if l.subnet.subnet_of(net("10.250.0.0/16"))]
     assert [str(l.subnet) for l in leases] == ["10.250.1.0/24", "10.250.2.0/24"]
     assert cluster.node(n1)["metadata"]["annotations"]["example.com/public-ip"] == "10.99.0.1"
+
+
+def test_list_in_pages_is_one_snapshot(run, cluster: Cluster, monkeypatch) -> None:
+    api = cluster.standin()
+    monkeypatch.setattr(kube_store, "LIST_PAGE", 3)
+    for i in range(1, 8):
+        api.add_node(f"n{i}", f"10.250.{i}.0/24",
+                     annotations=flanneld_annotations(f"10.99.0.{i}", MAC_A))
+
+    async def go():
+        async with store_for(cluster, None) as store:
+            leases, cursor = await store.list_leases()
+            pages = [r.path for r in api.requests if r.path.startswith("/api/v1/nodes?limit")]
+            assert len(pages) == 3 and all("limit=3" in p for p in pages)
+            assert len(leases) == 7
+            # a continue token that expired (a compaction between pages): listed again
+            api.requests.clear()
+            real_get = store._http().get
+            calls = []
+
+            async def get(path, params=None):
+                calls.append(dict(params or {}))
+                if len(calls) == 2:
+                    api.force_gone()                 # the snapshot's token expires
+                return await real_get(path, params)
+            monkeypatch.setattr(store._http(), "get", get)
+            again, _ = await store.list_leases()
+            assert again == leases
+            assert [("continue" in c) for c in calls] == [False, True, False, True, True]
+            return cursor
+    run(go())
