@@ -16,14 +16,16 @@ How each operation maps onto the API:
   and the podCIDR belongs to the Node, not to us).
 - node_ready: NetworkUnavailable=False (FlannelIsUp) on the Node's status, unless
   --set-node-network-unavailable=false.
-- list: GET /api/v1/nodes; every Node with kube-subnet-manager=true, a public-ip and an IPv4
-  podCIDR is a lease; its resourceVersion and the leases by Node name are the cursor.
+- list: GET /api/v1/nodes, in pages; every Node with kube-subnet-manager=true, a public-ip
+  and an IPv4 podCIDR is a lease; its resourceVersion and the leases by Node name are the
+  cursor.
 - watch: from the cursor's resourceVersion, with bookmarks, re-opened from the last version
-  seen when the server ends the stream (its timeout). 410 Gone (an ERROR event or the HTTP
-  status): list again and emit the difference, as client-go's reflector re-lists. Heartbeats
-  and other changes that leave a Node's lease as it was produce no event. A broken connection
-  raises StoreUnavailable: the daemon lists again with backoff and forwards meanwhile with the
-  peers it knows; a watch that breaks again at once waits a growing pause before reconnecting.
+  seen when the server ends the stream (its timeout) or says nothing for IDLE_TIMEOUT.
+  410 Gone (an ERROR event or the HTTP status): list again and emit the difference, as
+  client-go's reflector re-lists. Heartbeats and other changes that leave a Node's lease as
+  it was produce no event. A broken connection raises StoreUnavailable: the daemon lists
+  again with backoff and forwards meanwhile with the peers it knows; a watch that breaks
+  again at once waits a growing pause before reconnecting.
 
 Node name: NODE_NAME, else the pod POD_NAMESPACE/POD_NAME's spec.nodeName, as flanneld finds it.
 """
@@ -49,7 +51,8 @@ from dataplane.store.base import (LEASE_TTL, TTL, Attrs, ConfigNotFound, Cursor,
                                   StoreError, StoreUnavailable, SubnetStore, as_attrs,
                                   diff_leases)
 from dataplane.store.kube_client import (KubeClient, KubeConfigError, KubeError, KubeGone,
-                                         KubeRequestError, KubeUnavailable, load_config)
+                                         KubeIdle, KubeRequestError, KubeUnavailable,
+                                         load_config)
 from dataplane.store.kube_annotations import (DEFAULT_PREFIX, STRATEGIC_MERGE, Annotations,
                                               node_annotations, node_lease, node_name, pod_cidr,
                                               publish_patch, ready_condition_patch)
@@ -60,7 +63,7 @@ DEFAULT_NET_CONF = "/etc/kube-flannel/net-conf.json"
 NODES = "/api/v1/nodes"
 LIST_PAGE = 200                 # Nodes per list page (~2 MB of JSON at most)
 WATCH_TIMEOUT = (300, 600)      # seconds the server keeps one watch open (client-go: 5-10 min)
-IDLE_TIMEOUT = 90.0             # a watch with bookmarks on is never silent this long
+IDLE_TIMEOUT = 150.0            # bookmarks come about every minute: silence means trouble
 REWATCH_MIN, REWATCH_MAX = 0.5, 10.0
 
 
@@ -217,6 +220,11 @@ class KubeStore(SubnetStore):
                             yield batch
             except KubeGone:
                 gone = True
+            except KubeIdle:
+                # a half-open connection, or a server that sends no bookmarks: open a new
+                # watch from where we are; if the server is gone, that fails loudly
+                log.debug("node watch silent for %g s; watching again from %s",
+                          IDLE_TIMEOUT, rv)
             except KubeError as exc:
                 if self._closed:
                     return

@@ -54,6 +54,10 @@ class KubeUnavailable(KubeError):
     """The API server cannot be reached or answered "not now" (5xx, 429); retry later."""
 
 
+class KubeIdle(KubeUnavailable):
+    """A watch stream said nothing, not even a bookmark, for its idle timeout."""
+
+
 class KubeRequestError(KubeError):
     """The API server refused the request (4xx other than 410 and 429)."""
 
@@ -317,6 +321,8 @@ class KubeClient:
                         raise KubeUnavailable(f"{what}: a watch event is not JSON") from None
                     if isinstance(event, dict):
                         yield event
+        except httpx.ReadTimeout:
+            raise KubeIdle(f"{what}: silent for {idle_timeout:g} s") from None
         except httpx.HTTPError as exc:
             raise KubeUnavailable(f"{what}: {_describe(exc)}") from None
 

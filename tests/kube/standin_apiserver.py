@@ -284,7 +284,8 @@ class _Server(ThreadingHTTPServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = self.socket.accept()
         if self.standin.tls is not None:
-            conn = self.standin.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            conn = self.standin.tls.wrap_socket(conn, server_side=True,
+                                                do_handshake_on_connect=False)
             conn.settimeout(10)
             try:
                 conn.do_handshake()

@@ -502,3 +502,22 @@ def test_list_in_pages_is_one_snapshot(run, cluster: Cluster, monkeypatch) -> No
             assert [("continue" in c) for c in calls] == [False, True, False, True, True]
             return cursor
     run(go())
+
+
+def test_a_silent_watch_is_reopened_quietly(run, cluster: Cluster, monkeypatch) -> None:
+    api = cluster.standin()
+    api.bookmark_interval = 3600                  # a server that sends no bookmarks
+    monkeypatch.setattr(kube_store, "IDLE_TIMEOUT", 0.5)
+    api.add_node("a", "10.250.1.0/24", annotations=flanneld_annotations("10.99.0.1", MAC_A))
+
+    async def go():
+        async with store_for(cluster, None) as store:
+            _, cursor = await store.list_leases()
+            async with contextlib.aclosing(store.watch_leases(cursor)) as watch:
+                pending = asyncio.ensure_future(next_batch(watch, 10))
+                await asyncio.sleep(1.8)
+                assert api.watches_served >= 3            # re-opened, no error raised
+                api.delete_node("a")
+                (ev,) = await pending
+                assert ev.kind == EventKind.REMOVED
+    run(go(), timeout=20)
