@@ -238,7 +238,9 @@ def test_other_stores_do_not_load_the_kubernetes_client(tmp_path) -> None:
         "p = argparse.ArgumentParser(); options.add_store_arguments(p)\n"
         f"options.open_store(p.parse_args(['--store-dir', {str(tmp_path)!r}]))\n"
         "options.open_store(p.parse_args(['--etcd-endpoints', 'http://127.0.0.1:1']))\n"
-        "assert not [m for m in sys.modules if m == 'httpx' or m.startswith('dataplane.store.kube')], sys.modules\n"
+        "loaded = [m for m in sys.modules\n"
+        "          if m == 'httpx' or m.startswith('dataplane.store.kube')]\n"
+        "assert not loaded, loaded\n"
         "options.open_store(p.parse_args(['--kube-subnet-mgr']))\n"
         "assert 'httpx' not in sys.modules and 'yaml' not in sys.modules\n"
         "print('ok')\n")
