@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dataplane.lab import netns
+from dataplane.lab import naming, netns
 from dataplane.lab.lab import teardown
 from tests.kube.cluster import PREFIX, REAL_ENV, flanneld_annotations
 from tests.netns import require_root
@@ -150,3 +150,19 @@ def test_a_daemon_waits_for_its_pod_cidr(prefix: str) -> None:
         wait_for(n2.subnet_file.exists, 30, "subnet.env once the podCIDR is there")
         wait_peers(lab.nodes, 1)
         assert lab.ping(lab.pod(1, 1), lab.pod(2, 1))
+
+
+def test_node_public_ip_annotation_moves_the_node(prefix: str) -> None:
+    """An operator's node-public-ip annotation replaces --public-ip, as in flanneld's main.go:
+    the daemon binds there and publishes it, and its peers follow."""
+    with KubeLab(prefix, nodes=2, pods=1, backend="vxlan") as lab:
+        n1, n2 = lab.nodes
+        lab.stop_daemon(n2)
+        netns.run(["ip", "-n", n2.netns, "addr", "add", "10.99.0.101/24", "dev", naming.NODE_UPLINK])
+        lab.api.set_annotations(n2.name, {PREFIX + "node-public-ip": "10.99.0.101"})
+        lab.start_daemon(n2)
+        ann = lab.api.node(n2.name)["metadata"]["annotations"]
+        assert ann[PREFIX + "public-ip"] == "10.99.0.101"
+        wait_for(lambda: f"peer {n2.subnet} at 10.99.0.101" in n1.log_file.read_text(), 20,
+                 f"{n1.name} to follow {n2.name} to its new address")
+        assert lab.ping(lab.pod(1, 1), lab.pod(2, 1)) and lab.ping(lab.pod(2, 1), lab.pod(1, 1))
