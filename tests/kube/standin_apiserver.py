@@ -16,7 +16,8 @@ uses, with the API server's semantics where the subnet manager can tell:
                                                        keeps spec, the main resource keeps status
     GET   /api/v1/namespaces/NS/pods/NAME              spec.nodeName (POD_NAME lookup)
 
-Every request needs `Authorization: Bearer <token>` (401 otherwise). resourceVersion is one
+Every request needs `Authorization: Bearer <token>` (401 otherwise), or a client certificate;
+with `rbac` set, only those (resource, verb) pairs are allowed (403 otherwise). resourceVersion is one
 counter for every change, as etcd's revision is. Controls for tests: add/modify/delete nodes,
 force_gone() (history compacted: live watches get a 410 ERROR event), drop_connections(),
 down()/up() (stop listening, come back on the same port). Requests and patch bodies are
@@ -74,6 +75,7 @@ class StandinApiServer:
         self.snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = {}   # continue tokens
         self.watches_served = 0
         self.fail_next: list[tuple[str, int]] = []   # (path prefix, status) injected errors
+        self.rbac: set[tuple[str, str]] | None = None  # allowed (resource, verb); None: all
         self._conns: set[socket.socket] = set()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -269,6 +271,26 @@ DISCOVERY: dict[str, Any] = {
 }
 
 
+def _authz_attributes(method: str, parts: list[str],
+                      query: dict[str, list[str]]) -> tuple[str, str]:
+    """(resource, verb) as the API server's RBAC sees a request: nodes/status is its own
+    resource; a GET of a collection is list, or watch with ?watch."""
+    if parts[:2] == ["api", "v1"] and len(parts) >= 3:
+        rest = parts[2:]
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            rest = rest[2:]
+        resource = "/".join([rest[0]] + rest[2:3])
+        named = len(rest) >= 2
+    else:
+        return "/".join(parts), "get"
+    if method == "GET":
+        verb = "get" if named else ("watch" if _go_bool(query.get("watch", ["0"])[0])
+                                    else "list")
+    else:
+        verb = {"PATCH": "patch", "POST": "create", "DELETE": "delete"}[method]
+    return resource, verb
+
+
 def _go_bool(text: str) -> bool:
     return text in ("1", "t", "T", "true", "TRUE", "True")
 
@@ -359,7 +381,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._status(401, "Unauthorized", "Unauthorized")
             return None
         url = urlsplit(self.path)
-        return [p for p in url.path.split("/") if p], parse_qs(url.query), body
+        parts, query = [p for p in url.path.split("/") if p], parse_qs(url.query)
+        if self.api.rbac is not None:
+            resource, verb = _authz_attributes(method, parts, query)
+            if (resource, verb) not in self.api.rbac:
+                self._status(403, "Forbidden", f'{resource} is forbidden: User "tester" cannot '
+                                               f'{verb} resource "{resource}"')
+                return None
+        return parts, query, body
 
     def _client_cert(self) -> bool:
         """A client certificate the TLS layer verified against the server's CA."""

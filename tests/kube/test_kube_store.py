@@ -521,3 +521,35 @@ def test_a_silent_watch_is_reopened_quietly(run, cluster: Cluster, monkeypatch) 
                 (ev,) = await pending
                 assert ev.kind == EventKind.REMOVED
     run(go(), timeout=20)
+
+
+# kube-flannel.yml's ClusterRole, rule for rule
+FLANNEL_RBAC = {("pods", "get"), ("nodes", "get"), ("nodes", "list"), ("nodes", "watch"),
+                ("nodes/status", "patch")}
+
+
+def test_flannel_s_cluster_role_is_all_it_needs(run, cluster: Cluster) -> None:
+    api = cluster.standin()
+    api.add_node("n1", "10.250.1.0/24")
+    api.add_pod("kube-flannel", "ds-1", "n1")
+    api.rbac = set(FLANNEL_RBAC)
+
+    async def go():
+        env = {"POD_NAME": "ds-1", "POD_NAMESPACE": "kube-flannel"}
+        async with store_for(cluster, None, env=env) as store:
+            assert await store.node_public_ip() is None
+            await store.acquire_lease(vxlan("10.99.0.1"))
+            await store.node_ready()
+            leases, cursor = await store.list_leases()
+            async with contextlib.aclosing(store.watch_leases(cursor)) as watch:
+                api.add_node("n2", "10.250.2.0/24",
+                             annotations=flanneld_annotations("10.99.0.2", MAC_B))
+                (ev,) = await next_batch(watch)
+                assert ev.kind == EventKind.ADDED
+        # and without nodes/status patch, the lease cannot be published: a clear error
+        api.rbac = FLANNEL_RBAC - {("nodes/status", "patch")}
+        async with store_for(cluster, "n2") as store:
+            with pytest.raises(StoreError, match='403.*cannot patch resource "nodes/status"'):
+                await store.acquire_lease(vxlan("10.99.0.2", MAC_A))
+    run(go())
+    assert not [r for r in api.requests if r.method == "PATCH" and "/status" not in r.path]
