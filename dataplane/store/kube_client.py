@@ -18,8 +18,7 @@ Where the configuration comes from (client-go's BuildConfigFromFlags, as flannel
   insecure-skip-tls-verify) and user (token, tokenFile, client-certificate[-data] +
   client-key[-data]); relative paths are relative to the file. --kube-api-url, if also given,
   replaces the server.
-- --kube-api-url alone: that server, with the in-cluster credentials in a pod (client-go's
-  deferred loading does so), with none elsewhere.
+- --kube-api-url alone: that server, no credentials.
 """
 
 from __future__ import annotations
@@ -150,13 +149,7 @@ def load_config(api_url: str | None = None, kubeconfig: str | None = None,
             cfg.server = _check_url(api_url, "--kube-api-url")
         return cfg
     if api_url:
-        server = _check_url(api_url, "--kube-api-url")
-        try:
-            cfg = _in_cluster(env)          # in a pod, client-go keeps the pod's credentials
-        except KubeConfigError:
-            return KubeConfig(server=server, source="--kube-api-url")
-        cfg.server, cfg.source = server, f"--kube-api-url with the {cfg.source}"
-        return cfg
+        return KubeConfig(server=_check_url(api_url, "--kube-api-url"), source="--kube-api-url")
     return _in_cluster(env)
 
 
