@@ -18,7 +18,9 @@ Where the configuration comes from (client-go's BuildConfigFromFlags, as flannel
   insecure-skip-tls-verify) and user (token, tokenFile, client-certificate[-data] +
   client-key[-data]); relative paths are relative to the file. --kube-api-url, if also given,
   replaces the server.
-- --kube-api-url alone: that server, no credentials.
+- --kube-api-url alone: that server, no credentials, also in a pod (client-go's
+  BuildConfigFromFlags with a master URL and no kubeconfig does not fall back to in-cluster
+  credentials); a cluster that needs them takes --kubeconfig-file too.
 """
 
 from __future__ import annotations
