@@ -129,6 +129,9 @@ class Node:
             self.ready.set()
             for callback in self.opts.on_ready:
                 callback(self)
+            marked = asyncio.create_task(self._retry("tell the store we are ready",
+                                                     self.store.node_ready), name="node-ready")
+            stack.push_async_callback(_cancel, [marked])
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
@@ -149,9 +152,13 @@ class Node:
         backend = cfg.backend_type
         for warning in cfg.warnings:
             log.warning("%s", warning)
+        stored_ip = await self._retry("read our public IP from the store",
+                                      self.store.node_public_ip)
+        if self._stop.is_set():
+            return False
         # pyroute2's synchronous API runs a loop of its own: keep it off ours, in a thread.
-        self.underlay = ul = await asyncio.to_thread(hostnet.find_underlay, opts.public_ip,
-                                                     opts.iface)
+        self.underlay = ul = await asyncio.to_thread(hostnet.find_underlay,
+                                                     stored_ip or opts.public_ip, opts.iface)
         if cfg.mtu is not None and cfg.mtu > ul.mtu:
             log.warning("Backend.MTU %d is above %s's MTU %d: larger tunnel packets will be "
                         "fragmented or refused", cfg.mtu, ul.ifname, ul.mtu)

@@ -45,6 +45,14 @@ Interface (all coroutines run on any asyncio loop, uvloop included):
         then ends) or the store fails (StoreUnavailable: list and watch again). Cursors belong
         to the store that made them.
 
+    await store.node_public_ip() -> str | None
+        An address the store says this node must publish instead of --public-ip (the kube
+        store: the Node's node-public-ip annotation); None in the other stores.
+
+    await store.node_ready() -> None
+        Called once forwarding runs and subnet.env is written (the kube store sets the Node's
+        NetworkUnavailable=False condition); nothing in the other stores.
+
     await store.close()   (also `async with store:`)
         Ends running watches; later calls raise StoreError. A store belongs to one loop.
 
@@ -158,6 +166,12 @@ class SubnetStore(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    async def node_public_ip(self) -> str | None:
+        return None
+
+    async def node_ready(self) -> None:
+        return None
 
     @property
     @abc.abstractmethod
