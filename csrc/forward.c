@@ -7,7 +7,9 @@
  * Ingress (wire -> TUN), per datagram:
  *   the outer source must hold a lease -> vxlan: flags, VNI, inner MACs, EtherType -> validate
  *   IPv4 -> the inner source must be inside the sender's subnet, the inner destination inside
- *   ours -> udp: decrement TTL -> deliver to the TUN.
+ *   ours -> udp: decrement TTL -> TCP/UDP checksum: a partial one (a kernel sender on veth) is
+ *   completed here, or left to the TUN as NEEDS_CSUM when it takes virtio_net_hdrs; a wrong one
+ *   is dropped -> deliver to the TUN.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -161,6 +163,7 @@ static void egress_one(struct dp_fwd *f, struct dp_pkt *p)
 static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
 {
     int err;
+    p->csum = DP_CSUM_UNKNOWN;
     if (dp_routes_lookup(f->by_ip, p->addr) < 0)
         return drop(f, p, DP_INGRESS, DP_DROP_UNKNOWN_PEER);
     if (f->cfg.mode == DP_MODE_VXLAN) {
@@ -184,6 +187,16 @@ static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
         return drop(f, p, DP_INGRESS, DP_DROP_NOT_LOCAL);
     if (f->cfg.ttl_decrement && (err = dp_ipv4_ttl_decrement(p->data, p->len)))
         return drop(f, p, DP_INGRESS, err);
+    /* Last, as the only check that reads the payload. With offloads this is the one pass over
+     * it: the coalescer trusts the state instead of summing again. */
+    int cs = dp_l4_csum(p->data, p->len);
+    if (cs == DP_CSUM_BAD)
+        return drop(f, p, DP_INGRESS, DP_DROP_BAD_L4_CHECKSUM);
+    if (cs == DP_CSUM_PARTIAL && !(f->cfg.io_flags & DP_IO_VNET)) {
+        dp_l4_csum_complete(p->data, p->len);   /* no header to say "partial": finish it */
+        cs = DP_CSUM_VALID;
+    }
+    p->csum = (uint8_t)cs;
     p->action = DP_ACT_TUN;
     p->drop = DP_OK;
     f->ctr.packets[DP_INGRESS]++;

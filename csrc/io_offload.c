@@ -377,7 +377,7 @@ static void deliver(struct dp_fwd *f, struct ingress *in, int n, int tun_fd)
     int m = 0;
     for (int i = 0; i < n; i++)
         if (in->pkts[i].action == DP_ACT_TUN) {
-            in->bufs[m] = (struct dp_buf){in->pkts[i].data, in->pkts[i].len};
+            in->bufs[m] = (struct dp_buf){in->pkts[i].data, in->pkts[i].len, in->pkts[i].csum};
             in->member[m++] = i;
         }
     if (m == 0)

@@ -130,6 +130,16 @@ def icmp_net_unreachable(pkt: bytes, src: str | int) -> bytes:
     return bytes(ffi.buffer(out, n))
 
 
+# ---- L4 checksums on ingress ----------------------------------------------------------------
+
+def l4_csum(pkt: bytes) -> int:
+    return lib.dp_l4_csum(_buf(pkt), len(pkt))
+
+
+def l4_csum_complete(pkt: bytearray) -> None:
+    lib.dp_l4_csum_complete(ffi.from_buffer(pkt, require_writable=True), len(pkt))
+
+
 # ---- longest-prefix match -------------------------------------------------------------------
 
 class RouteTable:
@@ -236,7 +246,7 @@ class Forwarder:
         data = ffi.buffer(p.data, p.len)[:]
         if action == Action.SEND:
             return Verdict(action, _DROPS[p.drop], _ip_str(p.addr), p.port, data)
-        return Verdict(action, _DROPS[p.drop], None, 0, data)
+        return Verdict(action, _DROPS[p.drop], None, 0, data, p.csum)
 
     def egress(self, packets: list[bytes]) -> list[Verdict]:
         if not packets:
@@ -297,8 +307,11 @@ def gso_segment(vnet: bytes | VnetHdr, pkt: bytes, headroom: int = 0,
     return GsoResult(Drop.NONE, segs, res.stride)
 
 
-def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP) -> list[GroFrame]:
+def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP,
+                 csum: list[int] | None = None) -> list[GroFrame]:
     n = len(packets)
+    if csum is not None and len(csum) != n:
+        raise ValueError("csum needs one state per packet")
     if n == 0:
         return []
     keep = [_buf(p) for p in packets]            # alive for the duration of the call
@@ -306,6 +319,8 @@ def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP) -> list[GroFrame]:
     for i, p in enumerate(keep):
         pkts[i].data = p
         pkts[i].len = len(packets[i])
+        if csum is not None:
+            pkts[i].csum = csum[i]
     frames = ffi.new("struct dp_gro_frame[]", n)
     nxt = ffi.new("int32_t[]", n)
     count = lib.dp_gro_coalesce(pkts, n, flags, frames, nxt)
