@@ -11,7 +11,8 @@
  * caller may have judged it already (dp_buf.csum, from dp_l4_csum in the ingress decision):
  * VALID is not summed again; PARTIAL (a kernel sender on veth left the pseudo-header sum) is
  * merged as it is, since the merged frame's field holds that sum anyway, and a PARTIAL packet
- * that goes alone gets a NEEDS_CSUM header of its own. UNKNOWN is verified here.
+ * that goes alone gets a NEEDS_CSUM header of its own. UNKNOWN is verified here. A kernel
+ * peer's TSO super-packet (dp_buf.gso_size) goes alone as the GSO_TCPV4 frame it was.
  *
  * A candidate joins its flow's open frame (same addresses, ports, protocol) when it matches
  * the first member: TOS, TTL, DF; the IP ID counts up by one unless DF is set; for TCP the
@@ -129,7 +130,9 @@ static struct dp_gro_frame *new_frame(struct gro *g, int32_t i)
 {
     struct dp_gro_frame *fr = &g->frames[g->nframes++];
     memset(fr->head, 0, DP_VNET_HLEN);          /* gso_type NONE, no flags: as it came */
-    if (g->pkts[i].csum == DP_CSUM_PARTIAL)
+    if (g->pkts[i].gso_size)
+        dp_tcp_super_vnet(fr->head, g->pkts[i].data, g->pkts[i].len, g->pkts[i].gso_size);
+    else if (g->pkts[i].csum == DP_CSUM_PARTIAL)
         partial_head(fr->head, g->pkts[i].data, g->pkts[i].len);
     fr->head_len = DP_VNET_HLEN;
     fr->skip = 0;
@@ -279,7 +282,7 @@ int dp_gro_coalesce(const struct dp_buf *pkts, int n, int flags, struct dp_gro_f
     struct gro g = {.pkts = pkts, .frames = frames, .next = next};
     for (int32_t i = 0; i < n; i++) {
         struct seg s;
-        if (candidate(pkts[i].data, pkts[i].len, pkts[i].csum, flags, &s)) {
+        if (!pkts[i].gso_size && candidate(pkts[i].data, pkts[i].len, pkts[i].csum, flags, &s)) {
             add_candidate(&g, i, &s);
         } else {
             close_related(&g, pkts[i].data, pkts[i].len);

@@ -364,20 +364,16 @@ static int gro_size(struct msghdr *h)
 static void deliver(struct dp_fwd *f, struct ingress *in, int n, int tun_fd)
 {
     if (!(f->cfg.io_flags & DP_IO_VNET)) {
-        for (int i = 0; i < n; i++) {
-            struct dp_pkt *p = &in->pkts[i];
-            if (p->action != DP_ACT_TUN)
-                continue;
-            f->ctr.syscalls[DP_INGRESS]++;
-            if (!tun_put(f, tun_fd, p->data, p->len))
-                unforward(f, DP_INGRESS, p->len, DP_DROP_TUN_WRITE_ERROR);
-        }
+        for (int i = 0; i < n; i++)
+            if (in->pkts[i].action == DP_ACT_TUN)
+                dp_tun_deliver(f, tun_fd, &in->pkts[i]);
         return;
     }
     int m = 0;
     for (int i = 0; i < n; i++)
         if (in->pkts[i].action == DP_ACT_TUN) {
-            in->bufs[m] = (struct dp_buf){in->pkts[i].data, in->pkts[i].len, in->pkts[i].csum};
+            in->bufs[m] = (struct dp_buf){in->pkts[i].data, in->pkts[i].len, in->pkts[i].csum,
+                                          in->pkts[i].gso_size};
             in->member[m++] = i;
         }
     if (m == 0)

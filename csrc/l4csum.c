@@ -64,3 +64,35 @@ void dp_l4_csum_complete(uint8_t *pkt, size_t len)
         check = 0xffff;                         /* 0 would mean "no checksum" */
     wr16(pkt + at, check);
 }
+
+uint16_t dp_tcp_super_gso(const uint8_t *pkt, size_t len, uint32_t max_inner)
+{
+    size_t ihl = (size_t)(pkt[IPH_VHL] & 0x0f) * 4;
+    if (pkt[IPH_PROTO] != PROTO_TCP || (rd16(pkt + IPH_FRAG) & (IP_MF | IP_OFFMASK)) ||
+        len < ihl + 20)
+        return 0;
+    size_t hlen = ihl + (size_t)(pkt[ihl + TCPH_DOFF] >> 4) * 4;
+    if (hlen < ihl + 20 || hlen >= len || max_inner < hlen + DP_TCP_MIN_MSS)
+        return 0;
+    /* Only what a TSO sender leaves: the pseudo-header sum over the whole length. */
+    if (rd16(pkt + ihl + TCPH_CHECK) != pseudo_sum(pkt, PROTO_TCP, (uint32_t)(len - ihl), 0))
+        return 0;
+    return (uint16_t)(max_inner - hlen);
+}
+
+void dp_tcp_super_vnet(uint8_t *vnet, const uint8_t *pkt, size_t len, uint16_t gso)
+{
+    memset(vnet, 0, DP_VNET_HLEN);
+    if (len < 20)
+        return;                                 /* not what the caller promised: as it came */
+    size_t ihl = (size_t)(pkt[IPH_VHL] & 0x0f) * 4;
+    if (ihl < 20 || ihl + 20 > len)
+        return;
+    const uint8_t *th = pkt + ihl;
+    vnet[VNET_FLAGS] = DP_VNET_F_NEEDS_CSUM;
+    vnet[VNET_GSO_TYPE] = DP_VNET_GSO_TCPV4 | (th[TCPH_FLAGS] & TCP_CWR ? DP_VNET_GSO_ECN : 0);
+    wrle16(vnet + VNET_HDR_LEN, (uint16_t)(ihl + (size_t)(th[TCPH_DOFF] >> 4) * 4));
+    wrle16(vnet + VNET_GSO_SIZE, gso);
+    wrle16(vnet + VNET_CSUM_START, (uint16_t)ihl);
+    wrle16(vnet + VNET_CSUM_OFFSET, TCPH_CHECK);
+}

@@ -140,6 +140,16 @@ def l4_csum_complete(pkt: bytearray) -> None:
     lib.dp_l4_csum_complete(ffi.from_buffer(pkt, require_writable=True), len(pkt))
 
 
+def tcp_super_gso(pkt: bytes, max_inner: int) -> int:
+    return lib.dp_tcp_super_gso(_buf(pkt), len(pkt), max_inner)
+
+
+def tcp_super_vnet(pkt: bytes, gso: int) -> bytes:
+    out = ffi.new("uint8_t[]", VNET_HLEN)
+    lib.dp_tcp_super_vnet(out, _buf(pkt), len(pkt), gso)
+    return bytes(ffi.buffer(out))
+
+
 # ---- longest-prefix match -------------------------------------------------------------------
 
 class RouteTable:
@@ -307,11 +317,11 @@ def gso_segment(vnet: bytes | VnetHdr, pkt: bytes, headroom: int = 0,
     return GsoResult(Drop.NONE, segs, res.stride)
 
 
-def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP,
-                 csum: list[int] | None = None) -> list[GroFrame]:
+def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP, csum: list[int] | None = None,
+                 gso: list[int] | None = None) -> list[GroFrame]:
     n = len(packets)
-    if csum is not None and len(csum) != n:
-        raise ValueError("csum needs one state per packet")
+    if (csum is not None and len(csum) != n) or (gso is not None and len(gso) != n):
+        raise ValueError("csum and gso need one entry per packet")
     if n == 0:
         return []
     keep = [_buf(p) for p in packets]            # alive for the duration of the call
@@ -321,6 +331,8 @@ def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP,
         pkts[i].len = len(packets[i])
         if csum is not None:
             pkts[i].csum = csum[i]
+        if gso is not None:
+            pkts[i].gso_size = gso[i]
     frames = ffi.new("struct dp_gro_frame[]", n)
     nxt = ffi.new("int32_t[]", n)
     count = lib.dp_gro_coalesce(pkts, n, flags, frames, nxt)

@@ -322,6 +322,36 @@ def l4_csum_complete(pkt: bytearray) -> None:
     struct.pack_into("!H", pkt, at, check or (0xFFFF if pkt[9] == _PROTO_UDP else 0))
 
 
+TCP_MIN_MSS = 48    # DP_TCP_MIN_MSS: the kernel's tcp_min_snd_mss default
+
+
+def tcp_super_gso(pkt: bytes, max_inner: int) -> int:
+    """A kernel peer's partial TCP super-packet (TSO over veth) longer than max_inner: the
+    payload size to cut it at; 0 for anything else."""
+    n = len(pkt)
+    ihl = (pkt[0] & 0x0F) * 4
+    if pkt[9] != _PROTO_TCP or ((pkt[6] << 8) | pkt[7]) & (_IP_MF | _IP_OFFMASK) or n < ihl + 20:
+        return 0
+    hlen = ihl + (pkt[ihl + 12] >> 4) * 4
+    if hlen < ihl + 20 or hlen >= n or max_inner < hlen + TCP_MIN_MSS:
+        return 0
+    if (pkt[ihl + 16] << 8) | pkt[ihl + 17] != csum_partial(pkt[12:20], _PROTO_TCP + n - ihl):
+        return 0
+    return max_inner - hlen
+
+
+def tcp_super_vnet(pkt: bytes, gso: int) -> bytes:
+    """The virtio_net_hdr that hands such a packet on as the GSO frame it was."""
+    if len(pkt) < 20:
+        return _ZERO_VNET
+    ihl = (pkt[0] & 0x0F) * 4
+    if ihl < 20 or ihl + 20 > len(pkt):
+        return _ZERO_VNET
+    ecn = GSO_ECN if pkt[ihl + 13] & _TCP_CWR else 0
+    return VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4 | ecn, ihl + (pkt[ihl + 12] >> 4) * 4, gso, ihl,
+                   16).pack()
+
+
 # ---- the forwarder --------------------------------------------------------------------------
 
 class Forwarder:
@@ -435,7 +465,9 @@ class Forwarder:
         if why:
             return self._drop(_INGRESS, why)
         buf = bytearray(payload[: (payload[2] << 8) | payload[3]])
-        if len(buf) > self.config.max_inner:
+        gso = 0
+        if len(buf) > self.config.max_inner and not (
+                gso := tcp_super_gso(buf, self.config.max_inner)):
             return self._drop(_INGRESS, Drop.OVERSIZE)
         peer = self._peer_of(int.from_bytes(buf[12:16], "big"))
         if peer is None or peer[0] != src_ip:
@@ -447,10 +479,10 @@ class Forwarder:
             why = ttl_decrement(buf)
             if why:
                 return self._drop(_INGRESS, why)
-        cs = l4_csum(buf)
+        cs = CSUM_PARTIAL if gso else l4_csum(buf)
         if cs == CSUM_BAD:
             return self._drop(_INGRESS, Drop.BAD_L4_CHECKSUM)
-        if cs == CSUM_PARTIAL and not self.config.io_flags & IO_VNET:
+        if cs == CSUM_PARTIAL and not gso and not self.config.io_flags & IO_VNET:
             l4_csum_complete(buf)
             cs = CSUM_VALID
         self._packets[_INGRESS] += 1
@@ -504,10 +536,27 @@ class Forwarder:
             self._batches[_INGRESS] += 1
             v = self._ingress_one(src, payload)
             if v.action == Action.TUN:
-                calls[_INGRESS] += 1
-                if not _tun_write(tun_fd, v.data):
-                    self._unforward(_INGRESS, len(v.data), Drop.TUN_WRITE_ERROR)
+                self._deliver(tun_fd, v.data)
         return n
+
+    def _deliver(self, tun_fd: int, pkt: bytes) -> None:
+        """csrc/io.c:dp_tun_deliver: a kernel peer's super-packet is cut before the write."""
+        gso = tcp_super_gso(pkt, self.config.max_inner) if len(pkt) > self.config.max_inner else 0
+        if not gso:
+            self._syscalls[_INGRESS] += 1
+            if not _tun_write(tun_fd, pkt):
+                self._unforward(_INGRESS, len(pkt), Drop.TUN_WRITE_ERROR)
+            return
+        res = gso_segment(tcp_super_vnet(pkt, gso), pkt)
+        if res.drop:
+            self._unforward(_INGRESS, len(pkt), res.drop)
+            return
+        ok = True
+        for seg in res.segments:
+            self._syscalls[_INGRESS] += 1
+            ok = _tun_write(tun_fd, seg) and ok
+        if not ok:
+            self._unforward(_INGRESS, len(pkt), Drop.TUN_WRITE_ERROR)
 
 
 def _tun_write(fd: int, data: bytes) -> bool:
@@ -702,9 +751,10 @@ def _partial_head(p: bytes) -> bytes:
 class _Coalescer:
     """One pass of gro_coalesce; the same decisions as csrc/gro.c, step by step."""
 
-    def __init__(self, pkts: list[bytes], flags: int, csum: list[int]) -> None:
+    def __init__(self, pkts: list[bytes], flags: int, csum: list[int], gso: list[int]) -> None:
         self.pkts = pkts
         self.csum = csum
+        self.gso = gso
         self.flags = flags
         self.frames: list[list[int]] = []       # members of each frame
         self.heads: list[bytes | None] = []     # rewritten head of merged frames
@@ -712,7 +762,7 @@ class _Coalescer:
 
     def run(self) -> list[GroFrame]:
         for i, p in enumerate(self.pkts):
-            s = _gro_candidate(p, self.csum[i], self.flags)
+            s = None if self.gso[i] else _gro_candidate(p, self.csum[i], self.flags)
             if s is not None:
                 self.add_candidate(i, s)
             else:
@@ -723,8 +773,10 @@ class _Coalescer:
         out = []
         for members, head in zip(self.frames, self.heads):
             if head is None:
-                p = self.pkts[members[0]]
-                vnet = _partial_head(p) if self.csum[members[0]] == CSUM_PARTIAL else _ZERO_VNET
+                k = members[0]
+                p = self.pkts[k]
+                vnet = (tcp_super_vnet(p, self.gso[k]) if self.gso[k] else
+                        _partial_head(p) if self.csum[k] == CSUM_PARTIAL else _ZERO_VNET)
                 out.append(GroFrame(vnet + p, tuple(members)))
             else:
                 skip = len(head) - VNET_HLEN
@@ -822,13 +874,14 @@ class _Coalescer:
         self.open.append(f)
 
 
-def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP,
-                 csum: list[int] | None = None) -> list[GroFrame]:
+def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP, csum: list[int] | None = None,
+                 gso: list[int] | None = None) -> list[GroFrame]:
     """Frames for a TUN with IFF_VNET_HDR from decapsulated IPv4 packets in arrival order:
     consecutive segments of a flow merged into GSO frames, the rest alone; see csrc/gro.c.
     csum: each packet's CSUM_* state as the ingress decision found it (default: UNKNOWN,
-    verified here)."""
+    verified here); gso: each packet's dp_tcp_super_gso (non-zero: goes alone as GSO_TCPV4)."""
     states = list(csum) if csum is not None else [CSUM_UNKNOWN] * len(packets)
-    if len(states) != len(packets):
-        raise ValueError("csum needs one state per packet")
-    return _Coalescer([bytes(p) for p in packets], flags, states).run()
+    sizes = list(gso) if gso is not None else [0] * len(packets)
+    if len(states) != len(packets) or len(sizes) != len(packets):
+        raise ValueError("csum and gso need one entry per packet")
+    return _Coalescer([bytes(p) for p in packets], flags, states, sizes).run()
