@@ -106,16 +106,18 @@ int dp_l4_csum(const uint8_t *pkt, size_t len);
 /* Complete a DP_CSUM_PARTIAL checksum in place, as skb_checksum_help does. */
 void dp_l4_csum_complete(uint8_t *pkt, size_t len);
 
-/* Over veth a kernel sender's TSO super-packets also cross whole: one VXLAN datagram carries
- * an inner TCP packet of up to 64 KiB, its checksum the pseudo-header sum over all of it.
- * For such a packet longer than max_inner, the payload size to cut it at so every segment
- * fits max_inner (at least DP_TCP_MIN_MSS); 0 for anything else (that stays OVERSIZE). */
+/* Over veth a kernel sender's GSO super-packets also cross whole: one VXLAN datagram carries
+ * an inner TCP (TSO) or UDP (UDP_SEGMENT) packet of up to 64 KiB, its checksum the
+ * pseudo-header sum over all of it. For such a packet longer than max_inner, the payload size
+ * to cut it at; 0 for anything else (that stays OVERSIZE). TCP: so every segment fits
+ * max_inner (at least DP_TCP_MIN_MSS). UDP: udp_gso, the datagram size the sender chose, which
+ * only the kernel's UDP_GRO report on receipt tells (0: unknown, not accepted). */
 #define DP_TCP_MIN_MSS 48      /* the kernel's tcp_min_snd_mss default */
-uint16_t dp_tcp_super_gso(const uint8_t *pkt, size_t len, uint32_t max_inner);
+uint16_t dp_super_gso(const uint8_t *pkt, size_t len, uint32_t max_inner, uint16_t udp_gso);
 /* The virtio_net_hdr (DP_VNET_HLEN bytes at vnet) that hands such a packet on as the GSO
- * frame it was: NEEDS_CSUM, GSO_TCPV4 (+ECN with CWR), gso_size gso. Zero for a packet too
- * short to be one. */
-void dp_tcp_super_vnet(uint8_t *vnet, const uint8_t *pkt, size_t len, uint16_t gso);
+ * frame it was: NEEDS_CSUM, GSO_TCPV4 (+ECN with CWR) or GSO_UDP_L4, gso_size gso. Zero for a
+ * packet too short to be one. */
+void dp_super_vnet(uint8_t *vnet, const uint8_t *pkt, size_t len, uint16_t gso);
 
 /* ---- longest-prefix-match table: prefix/len -> int32 value ------------------------------ */
 
@@ -168,7 +170,9 @@ struct dp_pkt {
     uint8_t action;           /* DP_ACT_* (out) */
     uint8_t drop;             /* enum dp_drop (out) */
     uint8_t csum;             /* ingress: DP_CSUM_* of a delivered packet (out) */
-    uint16_t gso_size;        /* ingress: a kernel TSO super-packet, to cut at this (out) */
+    uint16_t gso_size;        /* ingress: a kernel peer's GSO super-packet, to cut at this
+                                 (out); in: the drain's UDP_GRO size for a datagram that is one
+                                 tunnelled super-packet, not a run (see dp_super_gso) */
 };
 
 struct dp_fwd;
@@ -245,8 +249,8 @@ struct dp_buf {
     const uint8_t *data;
     uint32_t len;
     uint8_t csum;             /* DP_CSUM_*: UNKNOWN makes the coalescer verify it itself */
-    uint16_t gso_size;        /* non-zero: a partial TCP super-packet (dp_tcp_super_gso), written
-                                 alone as GSO_TCPV4 with this gso_size */
+    uint16_t gso_size;        /* non-zero: a kernel peer's super-packet (dp_super_gso), written
+                                 alone as GSO_TCPV4 / GSO_UDP_L4 with this gso_size */
 };
 
 #define DP_GRO_TCP 1               /* coalesce TCP segments (written as GSO_TCPV4) */

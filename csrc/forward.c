@@ -10,7 +10,8 @@
  *   ours -> udp: decrement TTL -> TCP/UDP checksum: a partial one (a kernel sender on veth) is
  *   completed here, or left to the TUN as NEEDS_CSUM when it takes virtio_net_hdrs; a wrong one
  *   is dropped -> deliver to the TUN. Larger than the TUN MTU is OVERSIZE, except a kernel
- *   peer's partial TCP super-packet (TSO over veth), which delivery cuts or hands on as GSO.
+ *   peer's partial GSO super-packet (TSO or UDP_SEGMENT over veth), which delivery cuts or
+ *   hands on as GSO.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -165,6 +166,7 @@ static void egress_one(struct dp_fwd *f, struct dp_pkt *p)
 static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
 {
     int err;
+    uint16_t udp_gso = p->gso_size;                /* the drain's hint, if any */
     p->csum = DP_CSUM_UNKNOWN;
     p->gso_size = 0;
     if (dp_routes_lookup(f->by_ip, p->addr) < 0)
@@ -179,9 +181,11 @@ static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
     if ((err = dp_ipv4_validate(p->data, p->len)))
         return drop(f, p, DP_INGRESS, err);
     p->len = rd16(p->data + IPH_TOTLEN);          /* strip padding after the IP packet */
-    uint16_t gso = 0;                              /* a kernel peer's TSO super-packet */
+    uint16_t gso = 0;                              /* a kernel peer's GSO super-packet */
     if (p->len > f->cfg.max_inner &&
-        !(gso = dp_tcp_super_gso(p->data, p->len, f->cfg.max_inner)))
+        (!(gso = dp_super_gso(p->data, p->len, f->cfg.max_inner, udp_gso)) ||
+         (p->data[IPH_PROTO] == PROTO_UDP &&      /* a vnet TUN without USO cannot take it */
+          (f->cfg.io_flags & (DP_IO_VNET | DP_IO_TUN_USO)) == DP_IO_VNET)))
         return drop(f, p, DP_INGRESS, DP_DROP_OVERSIZE);
 
     int32_t idx = dp_routes_lookup(f->routes, rd32(p->data + IPH_SRC));

@@ -131,7 +131,7 @@ static struct dp_gro_frame *new_frame(struct gro *g, int32_t i)
     struct dp_gro_frame *fr = &g->frames[g->nframes++];
     memset(fr->head, 0, DP_VNET_HLEN);          /* gso_type NONE, no flags: as it came */
     if (g->pkts[i].gso_size)
-        dp_tcp_super_vnet(fr->head, g->pkts[i].data, g->pkts[i].len, g->pkts[i].gso_size);
+        dp_super_vnet(fr->head, g->pkts[i].data, g->pkts[i].len, g->pkts[i].gso_size);
     else if (g->pkts[i].csum == DP_CSUM_PARTIAL)
         partial_head(fr->head, g->pkts[i].data, g->pkts[i].len);
     fr->head_len = DP_VNET_HLEN;

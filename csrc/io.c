@@ -67,13 +67,13 @@ void dp_tun_deliver(struct dp_fwd *f, int tun_fd, struct dp_pkt *p)
 {
     if (!p->gso_size)
         return tun_write(f, tun_fd, DP_INGRESS, p);
-    /* Cut as the kernel would have before a device without TSO: complete checksums, IP IDs
-     * counting up, every segment within the TUN MTU. */
+    /* Cut as the kernel would have before a device without TSO/USO: complete checksums, IP
+     * IDs counting up, every segment within the TUN MTU. */
     if (!f->seg_buf && !(f->seg_buf = malloc(SEG_CAP)))
         return unforward(f, DP_INGRESS, p->len, DP_DROP_OVERSIZE);
     uint8_t vnet[DP_VNET_HLEN];
     struct dp_gso_result res;
-    dp_tcp_super_vnet(vnet, p->data, p->len, p->gso_size);
+    dp_super_vnet(vnet, p->data, p->len, p->gso_size);
     int err = dp_gso_segment(vnet, p->data, p->len, 0, f->seg_buf, SEG_CAP, &res);
     if (err)
         return unforward(f, DP_INGRESS, p->len, err);

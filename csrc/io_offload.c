@@ -398,6 +398,15 @@ static void deliver(struct dp_fwd *f, struct ingress *in, int n, int tun_fd)
     }
 }
 
+/* A kernel peer's UDP_SEGMENT send crosses veth as one tunnelled GSO skb, and UDP_GRO reports
+ * its inner datagram size as if it were a run of ours. A run's first datagram holds one inner
+ * packet; this one's inner IPv4 length covers the whole datagram. */
+static int tunnelled_whole(const struct dp_fwd *f, const uint8_t *data, uint32_t len)
+{
+    uint32_t off = f->cfg.mode == DP_MODE_VXLAN ? DP_VXLAN_OVERHEAD : 0;
+    return len >= off + 20 && data[off] >> 4 == 4 && rd16(data + off + IPH_TOTLEN) == len - off;
+}
+
 int dp_drain_udp_gro(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
 {
     struct ingress *in = ingress_get(f);
@@ -429,8 +438,13 @@ int dp_drain_udp_gro(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
             uint8_t *data = in->arena + (size_t)i * RSLOT;
             uint32_t len = in->msgs[i].msg_len;
             uint32_t size = (uint32_t)gro_size(h);
+            uint16_t hint = 0;
             if (size == 0 || size >= len)
                 size = len;
+            else if (tunnelled_whole(f, data, len)) {
+                hint = (uint16_t)size;           /* the inner datagram size: not a run */
+                size = len;
+            }
             uint32_t addr = ntohl(in->addrs[i].sin_addr.s_addr);
             uint16_t port = ntohs(in->addrs[i].sin_port);
             uint32_t pieces = len ? (len + size - 1) / size : 1;
@@ -442,7 +456,8 @@ int dp_drain_udp_gro(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
             do {
                 uint32_t l = len - off < size ? len - off : size;
                 in->pkts[segs++] = (struct dp_pkt){.data = data + off, .len = l,
-                                                   .addr = addr, .port = port};
+                                                   .addr = addr, .port = port,
+                                                   .gso_size = hint};
                 off += l;
             } while (off < len);
         }

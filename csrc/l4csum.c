@@ -65,34 +65,59 @@ void dp_l4_csum_complete(uint8_t *pkt, size_t len)
     wr16(pkt + at, check);
 }
 
-uint16_t dp_tcp_super_gso(const uint8_t *pkt, size_t len, uint32_t max_inner)
+uint16_t dp_super_gso(const uint8_t *pkt, size_t len, uint32_t max_inner, uint16_t udp_gso)
 {
+    if (len < 20)
+        return 0;
     size_t ihl = (size_t)(pkt[IPH_VHL] & 0x0f) * 4;
-    if (pkt[IPH_PROTO] != PROTO_TCP || (rd16(pkt + IPH_FRAG) & (IP_MF | IP_OFFMASK)) ||
-        len < ihl + 20)
+    uint8_t proto = pkt[IPH_PROTO];
+    if (rd16(pkt + IPH_FRAG) & (IP_MF | IP_OFFMASK))
         return 0;
-    size_t hlen = ihl + (size_t)(pkt[ihl + TCPH_DOFF] >> 4) * 4;
-    if (hlen < ihl + 20 || hlen >= len || max_inner < hlen + DP_TCP_MIN_MSS)
+    size_t hlen, gso;
+    if (proto == PROTO_TCP) {
+        if (len < ihl + 20)
+            return 0;
+        hlen = ihl + (size_t)(pkt[ihl + TCPH_DOFF] >> 4) * 4;
+        if (hlen < ihl + 20 || hlen >= len || max_inner < hlen + DP_TCP_MIN_MSS)
+            return 0;
+        gso = max_inner - hlen;                 /* what the sender's MSS was cut to fit */
+    } else if (proto == PROTO_UDP) {
+        /* The datagram size is the sender's choice, not on the wire: only the drain knows it
+         * (the kernel's UDP_GRO report), and every datagram must fit the TUN. */
+        hlen = ihl + 8;
+        if (!udp_gso || len < hlen || rd16(pkt + ihl + UDPH_LEN) != len - ihl ||
+            len - hlen <= udp_gso || hlen + udp_gso > max_inner)
+            return 0;
+        gso = udp_gso;
+    } else {
         return 0;
-    /* Only what a TSO sender leaves: the pseudo-header sum over the whole length. */
-    if (rd16(pkt + ihl + TCPH_CHECK) != pseudo_sum(pkt, PROTO_TCP, (uint32_t)(len - ihl), 0))
+    }
+    /* Only what a GSO sender leaves: the pseudo-header sum over the whole length. */
+    size_t at = ihl + (proto == PROTO_TCP ? TCPH_CHECK : UDPH_CHECK);
+    if (rd16(pkt + at) != pseudo_sum(pkt, proto, (uint32_t)(len - ihl), 0))
         return 0;
-    return (uint16_t)(max_inner - hlen);
+    return (uint16_t)gso;
 }
 
-void dp_tcp_super_vnet(uint8_t *vnet, const uint8_t *pkt, size_t len, uint16_t gso)
+void dp_super_vnet(uint8_t *vnet, const uint8_t *pkt, size_t len, uint16_t gso)
 {
     memset(vnet, 0, DP_VNET_HLEN);
     if (len < 20)
         return;                                 /* not what the caller promised: as it came */
     size_t ihl = (size_t)(pkt[IPH_VHL] & 0x0f) * 4;
-    if (ihl < 20 || ihl + 20 > len)
+    int tcp = pkt[IPH_PROTO] == PROTO_TCP;
+    if (ihl < 20 || ihl + (tcp ? 20 : 8) > len || (!tcp && pkt[IPH_PROTO] != PROTO_UDP))
         return;
-    const uint8_t *th = pkt + ihl;
+    const uint8_t *l4 = pkt + ihl;
     vnet[VNET_FLAGS] = DP_VNET_F_NEEDS_CSUM;
-    vnet[VNET_GSO_TYPE] = DP_VNET_GSO_TCPV4 | (th[TCPH_FLAGS] & TCP_CWR ? DP_VNET_GSO_ECN : 0);
-    wrle16(vnet + VNET_HDR_LEN, (uint16_t)(ihl + (size_t)(th[TCPH_DOFF] >> 4) * 4));
+    if (tcp) {
+        vnet[VNET_GSO_TYPE] = DP_VNET_GSO_TCPV4 | (l4[TCPH_FLAGS] & TCP_CWR ? DP_VNET_GSO_ECN : 0);
+        wrle16(vnet + VNET_HDR_LEN, (uint16_t)(ihl + (size_t)(l4[TCPH_DOFF] >> 4) * 4));
+    } else {
+        vnet[VNET_GSO_TYPE] = DP_VNET_GSO_UDP_L4;
+        wrle16(vnet + VNET_HDR_LEN, (uint16_t)(ihl + 8));
+    }
     wrle16(vnet + VNET_GSO_SIZE, gso);
     wrle16(vnet + VNET_CSUM_START, (uint16_t)ihl);
-    wrle16(vnet + VNET_CSUM_OFFSET, TCPH_CHECK);
+    wrle16(vnet + VNET_CSUM_OFFSET, tcp ? TCPH_CHECK : UDPH_CHECK);
 }

@@ -140,13 +140,13 @@ def l4_csum_complete(pkt: bytearray) -> None:
     lib.dp_l4_csum_complete(ffi.from_buffer(pkt, require_writable=True), len(pkt))
 
 
-def tcp_super_gso(pkt: bytes, max_inner: int) -> int:
-    return lib.dp_tcp_super_gso(_buf(pkt), len(pkt), max_inner)
+def super_gso(pkt: bytes, max_inner: int, udp_gso: int = 0) -> int:
+    return lib.dp_super_gso(_buf(pkt), len(pkt), max_inner, udp_gso)
 
 
-def tcp_super_vnet(pkt: bytes, gso: int) -> bytes:
+def super_vnet(pkt: bytes, gso: int) -> bytes:
     out = ffi.new("uint8_t[]", VNET_HLEN)
-    lib.dp_tcp_super_vnet(out, _buf(pkt), len(pkt), gso)
+    lib.dp_super_vnet(out, _buf(pkt), len(pkt), gso)
     return bytes(ffi.buffer(out))
 
 

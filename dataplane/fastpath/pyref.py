@@ -28,6 +28,7 @@ from dataplane.fastpath.types import (
     GSO_TCPV4,
     GSO_UDP_L4,
     ICMP_MAX,
+    IO_TUN_USO,
     IO_VNET,
     MAX_UDP_PAYLOAD,
     MODE_VXLAN,
@@ -325,31 +326,51 @@ def l4_csum_complete(pkt: bytearray) -> None:
 TCP_MIN_MSS = 48    # DP_TCP_MIN_MSS: the kernel's tcp_min_snd_mss default
 
 
-def tcp_super_gso(pkt: bytes, max_inner: int) -> int:
-    """A kernel peer's partial TCP super-packet (TSO over veth) longer than max_inner: the
-    payload size to cut it at; 0 for anything else."""
+def super_gso(pkt: bytes, max_inner: int, udp_gso: int = 0) -> int:
+    """A kernel peer's partial GSO super-packet (TSO or UDP_SEGMENT over veth) longer than
+    max_inner: the payload size to cut it at; 0 for anything else. UDP needs udp_gso, the
+    datagram size only the kernel's UDP_GRO report tells (csrc/l4csum.c)."""
     n = len(pkt)
+    if n < 20:
+        return 0
     ihl = (pkt[0] & 0x0F) * 4
-    if pkt[9] != _PROTO_TCP or ((pkt[6] << 8) | pkt[7]) & (_IP_MF | _IP_OFFMASK) or n < ihl + 20:
+    proto = pkt[9]
+    if ((pkt[6] << 8) | pkt[7]) & (_IP_MF | _IP_OFFMASK):
         return 0
-    hlen = ihl + (pkt[ihl + 12] >> 4) * 4
-    if hlen < ihl + 20 or hlen >= n or max_inner < hlen + TCP_MIN_MSS:
+    if proto == _PROTO_TCP:
+        if n < ihl + 20:
+            return 0
+        hlen = ihl + (pkt[ihl + 12] >> 4) * 4
+        if hlen < ihl + 20 or hlen >= n or max_inner < hlen + TCP_MIN_MSS:
+            return 0
+        gso = max_inner - hlen
+    elif proto == _PROTO_UDP:
+        hlen = ihl + 8
+        if (not udp_gso or n < hlen or (pkt[ihl + 4] << 8) | pkt[ihl + 5] != n - ihl
+                or n - hlen <= udp_gso or hlen + udp_gso > max_inner):
+            return 0
+        gso = udp_gso
+    else:
         return 0
-    if (pkt[ihl + 16] << 8) | pkt[ihl + 17] != csum_partial(pkt[12:20], _PROTO_TCP + n - ihl):
+    at = ihl + (16 if proto == _PROTO_TCP else 6)
+    if (pkt[at] << 8) | pkt[at + 1] != csum_partial(pkt[12:20], proto + n - ihl):
         return 0
-    return max_inner - hlen
+    return gso
 
 
-def tcp_super_vnet(pkt: bytes, gso: int) -> bytes:
+def super_vnet(pkt: bytes, gso: int) -> bytes:
     """The virtio_net_hdr that hands such a packet on as the GSO frame it was."""
     if len(pkt) < 20:
         return _ZERO_VNET
     ihl = (pkt[0] & 0x0F) * 4
-    if ihl < 20 or ihl + 20 > len(pkt):
+    tcp = pkt[9] == _PROTO_TCP
+    if ihl < 20 or ihl + (20 if tcp else 8) > len(pkt) or (not tcp and pkt[9] != _PROTO_UDP):
         return _ZERO_VNET
-    ecn = GSO_ECN if pkt[ihl + 13] & _TCP_CWR else 0
-    return VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4 | ecn, ihl + (pkt[ihl + 12] >> 4) * 4, gso, ihl,
-                   16).pack()
+    if tcp:
+        ecn = GSO_ECN if pkt[ihl + 13] & _TCP_CWR else 0
+        return VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4 | ecn, ihl + (pkt[ihl + 12] >> 4) * 4, gso,
+                       ihl, 16).pack()
+    return VnetHdr(VNET_F_NEEDS_CSUM, GSO_UDP_L4, ihl + 8, gso, ihl, 6).pack()
 
 
 # ---- the forwarder --------------------------------------------------------------------------
@@ -466,8 +487,10 @@ class Forwarder:
             return self._drop(_INGRESS, why)
         buf = bytearray(payload[: (payload[2] << 8) | payload[3]])
         gso = 0
-        if len(buf) > self.config.max_inner and not (
-                gso := tcp_super_gso(buf, self.config.max_inner)):
+        if len(buf) > self.config.max_inner and (
+                not (gso := super_gso(buf, self.config.max_inner))
+                or buf[9] == _PROTO_UDP
+                and self.config.io_flags & (IO_VNET | IO_TUN_USO) == IO_VNET):
             return self._drop(_INGRESS, Drop.OVERSIZE)
         peer = self._peer_of(int.from_bytes(buf[12:16], "big"))
         if peer is None or peer[0] != src_ip:
@@ -541,13 +564,13 @@ class Forwarder:
 
     def _deliver(self, tun_fd: int, pkt: bytes) -> None:
         """csrc/io.c:dp_tun_deliver: a kernel peer's super-packet is cut before the write."""
-        gso = tcp_super_gso(pkt, self.config.max_inner) if len(pkt) > self.config.max_inner else 0
+        gso = super_gso(pkt, self.config.max_inner) if len(pkt) > self.config.max_inner else 0
         if not gso:
             self._syscalls[_INGRESS] += 1
             if not _tun_write(tun_fd, pkt):
                 self._unforward(_INGRESS, len(pkt), Drop.TUN_WRITE_ERROR)
             return
-        res = gso_segment(tcp_super_vnet(pkt, gso), pkt)
+        res = gso_segment(super_vnet(pkt, gso), pkt)
         if res.drop:
             self._unforward(_INGRESS, len(pkt), res.drop)
             return
@@ -775,7 +798,7 @@ class _Coalescer:
             if head is None:
                 k = members[0]
                 p = self.pkts[k]
-                vnet = (tcp_super_vnet(p, self.gso[k]) if self.gso[k] else
+                vnet = (super_vnet(p, self.gso[k]) if self.gso[k] else
                         _partial_head(p) if self.csum[k] == CSUM_PARTIAL else _ZERO_VNET)
                 out.append(GroFrame(vnet + p, tuple(members)))
             else:
@@ -879,7 +902,7 @@ def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP, csum: list[int] | N
     """Frames for a TUN with IFF_VNET_HDR from decapsulated IPv4 packets in arrival order:
     consecutive segments of a flow merged into GSO frames, the rest alone; see csrc/gro.c.
     csum: each packet's CSUM_* state as the ingress decision found it (default: UNKNOWN,
-    verified here); gso: each packet's dp_tcp_super_gso (non-zero: goes alone as GSO_TCPV4)."""
+    verified here); gso: each packet's dp_super_gso (non-zero: goes alone as GSO_TCPV4)."""
     states = list(csum) if csum is not None else [CSUM_UNKNOWN] * len(packets)
     sizes = list(gso) if gso is not None else [0] * len(packets)
     if len(states) != len(packets) or len(sizes) != len(packets):

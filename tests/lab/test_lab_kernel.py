@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -78,11 +80,32 @@ def node_metrics(lab: Lab, node) -> dict[str, float]:
     return parse_metrics(lab.exec(node, ["python3", "-c", code]).stdout)
 
 
+RECEIVE = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+           "s.bind((sys.argv[1], 9900)); s.settimeout(3); print('READY', flush=True); n=[]\n"
+           "try:\n    while True: n.append(len(s.recv(65536)))\n"
+           "except socket.timeout: print(n)")
+SEGMENTED = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+             "s.setsockopt(socket.SOL_UDP, 103, 1000); s.sendto(bytes(10010), (sys.argv[1], 9900))")
+
+
+def udp_segment_send(lab: Lab, src, dst) -> list[int]:
+    """Sizes of the datagrams dst receives of one 10010-byte UDP_SEGMENT send (1000 each)."""
+    rx = subprocess.Popen(["ip", "netns", "exec", dst.netns, sys.executable, "-c", RECEIVE,
+                           str(dst.ip)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert rx.stdout.readline().strip() == "READY"
+        lab.exec(src, [sys.executable, "-c", SEGMENTED, str(dst.ip)])
+        return json.loads(rx.communicate(timeout=15)[0].strip())
+    finally:
+        rx.kill()
+        rx.wait()
+
+
 @pytest.mark.parametrize("offload", ["on", "off"])
 def test_tcp_with_a_kernel_flannel_node_as_flanneld_leaves_it(prefix: str, offload: str) -> None:
     """flanneld never touches flannel.1's offloads: over veth the kernel node sends inner
-    checksums partial and its TSO super-packets whole. Our node must take both, as a kernel
-    receiver does, in either offload mode, and TCP must flow both ways."""
+    checksums partial and its TSO and UDP_SEGMENT super-packets whole. Our node must take
+    them all, as a kernel receiver does, in either offload mode, and TCP must flow both ways."""
     with Lab(prefix, nodes=2, pods=1, backend="vxlan", kernel_nodes=1,
              daemon_args=["--offload", offload]) as lab:
         ours, kernel = lab.nodes
@@ -94,8 +117,11 @@ def test_tcp_with_a_kernel_flannel_node_as_flanneld_leaves_it(prefix: str, offlo
         for src, dst in [(lab.pod(2, 1), lab.pod(1, 1)), (lab.pod(1, 1), lab.pod(2, 1))]:
             result = lab.tcp_check(src, dst, nbytes=16 << 20, timeout=60)
             assert result.ok and result.received == 16 << 20, result
+        # A UDP_SEGMENT send on the kernel node crosses veth as one tunnelled skb too.
+        assert udp_segment_send(lab, lab.pod(2, 1), lab.pod(1, 1)) == [1000] * 10 + [10]
         m = node_metrics(lab, ours)
-        for reason in ("bad-l4-checksum", "oversize", "tun-write-error"):
+        for reason in ("bad-l4-checksum", "oversize", "tun-write-error", "bad-vxlan-flags",
+                       "truncated"):
             assert m.get(f'dataplane_drops_total{{direction="ingress",reason="{reason}"}}',
                          0) == 0, reason
         if offload == "on":        # the kernel's GSO frames went up whole

@@ -375,8 +375,8 @@ def partial(tun: Tun, report: dict) -> None:
     data = random.Random(6).randbytes(30_000)
     sup = tcp(data, seq=iss + 1, ack=ack, window=65535, flags=ACK | PSH, csum="partial",
               ident=9, **flow)
-    gso = C.tcp_super_gso(sup, 1450)
-    tun.write(C.tcp_super_vnet(sup, gso) + sup)
+    gso = C.super_gso(sup, 1450)
+    tun.write(C.super_vnet(sup, gso) + sup)
     got = bytearray()
     _recv_all(conn, got, len(data))
     if bytes(got) != data:

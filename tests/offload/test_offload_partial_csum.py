@@ -27,6 +27,8 @@ from dataplane.fastpath.types import (
     GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
+    GSO_UDP_L4,
+    IO_TUN_USO,
     IO_UDP_GRO,
     IO_VNET,
     MODE_VXLAN,
@@ -206,12 +208,25 @@ def test_kernel_super_packets_are_accepted_only_when_partial_tcp(impl):
     assert [(v.drop, v.csum) for v in vs] == [(Drop.NONE, CSUM_PARTIAL),
                                               (Drop.OVERSIZE, 0), (Drop.OVERSIZE, 0)]
     assert vs[0].data == sup
-    assert impl.tcp_super_gso(sup, MTU) == MTU - 52
-    assert impl.tcp_super_gso(sup, 52 + 47) == 0               # below the kernel's least MSS
-    hdr = VnetHdr.parse(impl.tcp_super_vnet(sup, MTU - 52))
+    assert impl.super_gso(sup, MTU) == MTU - 52
+    assert impl.super_gso(sup, 52 + 47) == 0               # below the kernel's least MSS
+    hdr = VnetHdr.parse(impl.super_vnet(sup, MTU - 52))
     assert hdr == VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4, 52, MTU - 52, 20, 16)
     cwr = super_packet(flags=ACK | CWR)
-    assert VnetHdr.parse(impl.tcp_super_vnet(cwr, 100)).gso_type == GSO_TCPV4 | GSO_ECN
+    assert VnetHdr.parse(impl.super_vnet(cwr, 100)).gso_type == GSO_TCPV4 | GSO_ECN
+
+
+def test_udp_super_packets_need_the_kernels_datagram_size(impl):
+    """A UDP_SEGMENT send: only the receiving kernel's UDP_GRO report says where datagrams
+    end, so without it the packet stays OVERSIZE; each datagram must fit the TUN."""
+    big = flow_udp(BODY[:10_000])
+    assert impl.super_gso(big, MTU) == 0
+    assert impl.super_gso(big, MTU, 1000) == 1000
+    assert impl.super_gso(big, MTU, MTU - 27) == 0               # a datagram past the MTU
+    assert impl.super_gso(flow_udp(BODY[:10_000], csum="full"), MTU, 1000) == 0
+    assert impl.super_gso(flow_udp(BODY[:900]), 100, 1000) == 0  # one datagram, not several
+    assert VnetHdr.parse(impl.super_vnet(big, 1000)) == VnetHdr(
+        VNET_F_NEEDS_CSUM, GSO_UDP_L4, 28, 1000, 20, 6)
 
 
 # ---- coalescing ---------------------------------------------------------------------------
@@ -250,7 +265,7 @@ def test_a_super_packet_goes_alone_as_gso_and_closes_its_flow(impl):
     frames = impl.gro_coalesce(segs[:2] + [sup] + segs[2:], GRO_TCP, csum=states,
                                gso=[0, 0, MTU - 52, 0])
     assert [f.members for f in frames] == [(0, 1), (2,), (3,)]
-    assert frames[1].data == impl.tcp_super_vnet(sup, MTU - 52) + sup
+    assert frames[1].data == impl.super_vnet(sup, MTU - 52) + sup
 
 
 # ---- C and Python agree on random input ---------------------------------------------------
@@ -278,8 +293,9 @@ def l4_packets(draw):
 
 
 @budget(150)
-@given(pkt=l4_packets(), max_inner=st.sampled_from([MTU, 1500, 65535, 100, 0]))
-def test_primitives_agree(pkt, max_inner):
+@given(pkt=l4_packets(), max_inner=st.sampled_from([MTU, 1500, 65535, 100, 0]),
+       udp_gso=st.sampled_from([0, 0, 1000, 1, 1422]) | st.integers(0, 0xFFFF))
+def test_primitives_agree(pkt, max_inner, udp_gso):
     assert C.l4_csum(pkt) == P.l4_csum(pkt)
     a, b = bytearray(pkt), bytearray(pkt)
     C.l4_csum_complete(a)
@@ -287,14 +303,14 @@ def test_primitives_agree(pkt, max_inner):
     assert a == b
     if P.l4_csum(pkt) == CSUM_PARTIAL:
         assert l4_ok(bytes(a)) or pkt[9] == 17 and field(bytes(a)) == 0
-    gso = C.tcp_super_gso(pkt, max_inner)
-    assert gso == P.tcp_super_gso(pkt, max_inner)
-    assert C.tcp_super_vnet(pkt, gso) == P.tcp_super_vnet(pkt, gso)
+    gso = C.super_gso(pkt, max_inner, udp_gso)
+    assert gso == P.super_gso(pkt, max_inner, udp_gso)
+    assert C.super_vnet(pkt, gso) == P.super_vnet(pkt, gso)
 
 
 @budget(100)
 @given(pkts=st.lists(l4_packets(), max_size=10),
-       io_flags=st.sampled_from([0, IO_VNET, IO_VNET | IO_UDP_GRO]),
+       io_flags=st.sampled_from([0, IO_VNET, IO_VNET | IO_UDP_GRO, IO_VNET | IO_TUN_USO]),
        max_inner=st.sampled_from([MTU, 65535, 1500]))
 def test_ingress_and_coalescing_agree(pkts, io_flags, max_inner):
     fwds = [forwarder(C, io_flags, max_inner), forwarder(P, io_flags, max_inner)]
@@ -304,7 +320,7 @@ def test_ingress_and_coalescing_agree(pkts, io_flags, max_inner):
     assert fwds[0].counters() == fwds[1].counters()
     out = [v for v in vc if v.action == Action.TUN]
     states = [v.csum for v in out]
-    sizes = [P.tcp_super_gso(v.data, max_inner) if len(v.data) > max_inner else 0 for v in out]
+    sizes = [P.super_gso(v.data, max_inner) if len(v.data) > max_inner else 0 for v in out]
     data = [v.data for v in out]
     frames = C.gro_coalesce(data, GRO_TCP | GRO_UDP, csum=states, gso=sizes)
     assert frames == P.gro_coalesce(data, GRO_TCP | GRO_UDP, csum=states, gso=sizes)
@@ -382,3 +398,32 @@ def test_drain_with_offload_hands_partial_checksums_on(rig, io_flags):
         VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4, 52, MTU - 52, 20, 16)]
     assert [f[VNET_HLEN:] for f in frames] == [syn, dgram, sup]
     assert c.super_packets[IN] == 1          # the kernel peer's GSO frame, passed on whole
+
+
+UDP_SEGMENT, UDP_GRO = 103, 104
+
+
+@pytest.mark.parametrize("io_flags", [IO_VNET | IO_UDP_GRO | IO_TUN_USO, IO_UDP_GRO,
+                                      IO_VNET | IO_UDP_GRO])
+def test_a_kernel_peers_udp_segment_send_is_not_taken_for_a_gro_run(rig, io_flags):
+    """A kernel peer's UDP_SEGMENT send crosses veth as one tunnelled skb, and UDP_GRO reports
+    the inner datagram size. Loopback plays it: the same bytes sent with UDP_SEGMENT arrive
+    whole at a UDP_GRO socket with that size. Handed on as GSO_UDP_L4 to a TUN with USO, cut
+    for a TUN without virtio headers, refused (OVERSIZE) by a vnet TUN without USO."""
+    dev, kernel, node, peer = rig
+    node.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+    sup = flow_udp(BODY[:10_000], ident=40)
+    peer.setsockopt(socket.SOL_UDP, UDP_SEGMENT, 1000)
+    peer.sendto(vxlan(sup), node.getsockname())
+    fwd = forwarder(C, io_flags)
+    assert fwd.drain_udp(node, dev.fileno(), 64) == 1
+    out, c = delivered(kernel), fwd.counters()
+    if io_flags & IO_TUN_USO:
+        assert out == [VnetHdr(VNET_F_NEEDS_CSUM, GSO_UDP_L4, 28, 1000, 20, 6).pack() + sup]
+        assert c.packets[IN] == 1 and c.super_packets[IN] == 1
+    elif io_flags & IO_VNET:
+        assert out == [] and c.dropped(IN, Drop.OVERSIZE) == 1
+    else:
+        assert [d[28:] for d in out] == [BODY[i:i + 1000] for i in range(0, 10_000, 1000)]
+        assert all(ip_ok(d) and l4_ok(d) and len(d) == 1028 for d in out)
+        assert c.packets[IN] == 1 and c.drops == {}
