@@ -12,7 +12,7 @@
  * VALID is not summed again; PARTIAL (a kernel sender on veth left the pseudo-header sum) is
  * merged as it is, since the merged frame's field holds that sum anyway, and a PARTIAL packet
  * that goes alone gets a NEEDS_CSUM header of its own. UNKNOWN is verified here. A kernel
- * peer's TSO super-packet (dp_buf.gso_size) goes alone as the GSO_TCPV4 frame it was.
+ * peer's GSO super-packet (dp_buf.gso_size) goes alone as the GSO frame it was.
  *
  * A candidate joins its flow's open frame (same addresses, ports, protocol) when it matches
  * the first member: TOS, TTL, DF; the IP ID counts up by one unless DF is set; for TCP the
@@ -117,7 +117,8 @@ static void partial_head(uint8_t *h, const uint8_t *p, size_t len)
     if (len < 20 || p[IPH_VHL] >> 4 != 4)
         return;
     size_t ihl = (size_t)(p[IPH_VHL] & 0x0f) * 4;
-    size_t off = p[IPH_PROTO] == PROTO_TCP ? TCPH_CHECK : p[IPH_PROTO] == PROTO_UDP ? UDPH_CHECK : 0;
+    uint8_t proto = p[IPH_PROTO];
+    size_t off = proto == PROTO_TCP ? TCPH_CHECK : proto == PROTO_UDP ? UDPH_CHECK : 0;
     if (!off || ihl < 20 || ihl + off + 2 > len)
         return;
     h[VNET_FLAGS] = DP_VNET_F_NEEDS_CSUM;
@@ -282,7 +283,8 @@ int dp_gro_coalesce(const struct dp_buf *pkts, int n, int flags, struct dp_gro_f
     struct gro g = {.pkts = pkts, .frames = frames, .next = next};
     for (int32_t i = 0; i < n; i++) {
         struct seg s;
-        if (!pkts[i].gso_size && candidate(pkts[i].data, pkts[i].len, pkts[i].csum, flags, &s)) {
+        const struct dp_buf *b = &pkts[i];
+        if (!b->gso_size && candidate(b->data, b->len, b->csum, flags, &s)) {
             add_candidate(&g, i, &s);
         } else {
             close_related(&g, pkts[i].data, pkts[i].len);

@@ -389,8 +389,9 @@ static void deliver(struct dp_fwd *f, struct ingress *in, int n, int tun_fd)
             r = write(tun_fd, in->wbuf, len);
         while (r < 0 && errno == EINTR);
         if (r == (ssize_t)len) {
+            /* merged, or a kernel peer's super-packet passed on whole (head[1]: gso_type) */
             if (fr->count > 1 || fr->head[1] != DP_VNET_GSO_NONE)
-                f->ctr.super_packets[DP_INGRESS]++;     /* merged, or a kernel peer's GSO (gso_type) */
+                f->ctr.super_packets[DP_INGRESS]++;
             continue;
         }
         for (int32_t j = fr->first; j >= 0; j = in->next[j])
