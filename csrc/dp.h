@@ -63,6 +63,7 @@ struct dp_fwd {
     struct dp_counters ctr;
     struct dp_io *io[2];          /* allocated on first use, indexed by direction */
     struct dp_offload_io *oio;    /* likewise, when offloads are on */
+    uint8_t *seg_buf;             /* ingress: kernel super-packets cut for a plain TUN */
 };
 
 #endif

@@ -31,7 +31,8 @@ enum dp_drop {
     DP_DROP_BAD_VNET_HDR = 18,
     DP_DROP_BAD_L4_HEADER = 19,
     DP_DROP_IPV6_UNSUPPORTED = 20,
-    DP_DROP_COUNT = 21
+    DP_DROP_BAD_L4_CHECKSUM = 21,
+    DP_DROP_COUNT = 22
 };
 
 #define DP_MAX_DROPS 32        /* capacity of the drop arrays; DP_DROP_COUNT must not exceed it */
@@ -85,6 +86,39 @@ void dp_outer_udp4(uint8_t *hdr, size_t payload_len, uint32_t saddr, uint32_t da
  * Returns its length, or 0 when no error may be sent (ICMP error, non-first fragment, ...). */
 size_t dp_icmp_net_unreachable(uint8_t *out, const uint8_t *pkt, size_t len, uint32_t src);
 
+/* ---- L4 checksums on ingress (l4csum.c) ----------------------------------------------------
+ *
+ * A kernel sender on a veth underlay (kind, containers, our lab) leaves inner TCP/UDP checksums
+ * CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum (addresses, protocol, L4
+ * length), not complemented, and nobody completes it. Such a packet cannot be verified; it is
+ * handed on as partial (NEEDS_CSUM) or completed, as a kernel receiver would pass it on. Any
+ * other checksum that does not verify is corruption. */
+
+#define DP_CSUM_UNKNOWN 0      /* not checked: not TCP/UDP, a fragment, UDP checksum 0, cut short */
+#define DP_CSUM_VALID 1        /* verified (or completed by us) */
+#define DP_CSUM_PARTIAL 2      /* the field holds the pseudo-header sum: to be completed */
+#define DP_CSUM_BAD 3          /* wrong in any other way */
+
+/* The DP_CSUM_* state of the L4 checksum of a valid IPv4 packet of len bytes (its total
+ * length). A fragment is never verified: its checksum covers bytes it does not hold (and
+ * the kernel completes partial checksums before it fragments). */
+int dp_l4_csum(const uint8_t *pkt, size_t len);
+/* Complete a DP_CSUM_PARTIAL checksum in place, as skb_checksum_help does. */
+void dp_l4_csum_complete(uint8_t *pkt, size_t len);
+
+/* Over veth a kernel sender's GSO super-packets also cross whole: one VXLAN datagram carries
+ * an inner TCP (TSO) or UDP (UDP_SEGMENT) packet of up to 64 KiB, its checksum the
+ * pseudo-header sum over all of it. For such a packet longer than max_inner, the payload size
+ * to cut it at; 0 for anything else (that stays OVERSIZE). TCP: so every segment fits
+ * max_inner (at least DP_TCP_MIN_MSS). UDP: udp_gso, the datagram size the sender chose, which
+ * only the kernel's UDP_GRO report on receipt tells (0: unknown, not accepted). */
+#define DP_TCP_MIN_MSS 48      /* the kernel's tcp_min_snd_mss default */
+uint16_t dp_super_gso(const uint8_t *pkt, size_t len, uint32_t max_inner, uint16_t udp_gso);
+/* The virtio_net_hdr (DP_VNET_HLEN bytes at vnet) that hands such a packet on as the GSO
+ * frame it was: NEEDS_CSUM, GSO_TCPV4 (+ECN with CWR) or GSO_UDP_L4, gso_size gso. Zero for a
+ * packet too short to be one. */
+void dp_super_vnet(uint8_t *vnet, const uint8_t *pkt, size_t len, uint16_t gso);
+
 /* ---- longest-prefix-match table: prefix/len -> int32 value ------------------------------ */
 
 struct dp_routes;
@@ -135,6 +169,10 @@ struct dp_pkt {
     uint16_t port;            /* egress: peer port (out); ingress: outer source port (in) */
     uint8_t action;           /* DP_ACT_* (out) */
     uint8_t drop;             /* enum dp_drop (out) */
+    uint8_t csum;             /* ingress: DP_CSUM_* of a delivered packet (out) */
+    uint16_t gso_size;        /* ingress: a kernel peer's GSO super-packet, to cut at this
+                                 (out); in: the drain's UDP_GRO size for a datagram that is one
+                                 tunnelled super-packet, not a run (see dp_super_gso) */
 };
 
 struct dp_fwd;
@@ -210,6 +248,9 @@ int dp_gso_segment(const uint8_t *vnet, const uint8_t *pkt, size_t len, size_t h
 struct dp_buf {
     const uint8_t *data;
     uint32_t len;
+    uint8_t csum;             /* DP_CSUM_*: UNKNOWN makes the coalescer verify it itself */
+    uint16_t gso_size;        /* non-zero: a kernel peer's super-packet (dp_super_gso), written
+                                 alone as GSO_TCPV4 / GSO_UDP_L4 with this gso_size */
 };
 
 #define DP_GRO_TCP 1               /* coalesce TCP segments (written as GSO_TCPV4) */

@@ -7,7 +7,11 @@
  * Ingress (wire -> TUN), per datagram:
  *   the outer source must hold a lease -> vxlan: flags, VNI, inner MACs, EtherType -> validate
  *   IPv4 -> the inner source must be inside the sender's subnet, the inner destination inside
- *   ours -> udp: decrement TTL -> deliver to the TUN.
+ *   ours -> udp: decrement TTL -> TCP/UDP checksum: a partial one (a kernel sender on veth) is
+ *   completed here, or left to the TUN as NEEDS_CSUM when it takes virtio_net_hdrs; a wrong one
+ *   is dropped -> deliver to the TUN. Larger than the TUN MTU is OVERSIZE, except a kernel
+ *   peer's partial GSO super-packet (TSO or UDP_SEGMENT over veth), which delivery cuts or
+ *   hands on as GSO.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -39,6 +43,7 @@ void dp_fwd_free(struct dp_fwd *f)
     dp_io_free(f->io[0]);
     dp_io_free(f->io[1]);
     dp_offload_io_free(f->oio);
+    free(f->seg_buf);
     free(f);
 }
 
@@ -161,6 +166,9 @@ static void egress_one(struct dp_fwd *f, struct dp_pkt *p)
 static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
 {
     int err;
+    uint16_t udp_gso = p->gso_size;                /* the drain's hint, if any */
+    p->csum = DP_CSUM_UNKNOWN;
+    p->gso_size = 0;
     if (dp_routes_lookup(f->by_ip, p->addr) < 0)
         return drop(f, p, DP_INGRESS, DP_DROP_UNKNOWN_PEER);
     if (f->cfg.mode == DP_MODE_VXLAN) {
@@ -173,7 +181,11 @@ static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
     if ((err = dp_ipv4_validate(p->data, p->len)))
         return drop(f, p, DP_INGRESS, err);
     p->len = rd16(p->data + IPH_TOTLEN);          /* strip padding after the IP packet */
-    if (p->len > f->cfg.max_inner)
+    uint16_t gso = 0;                              /* a kernel peer's GSO super-packet */
+    if (p->len > f->cfg.max_inner &&
+        (!(gso = dp_super_gso(p->data, p->len, f->cfg.max_inner, udp_gso)) ||
+         (p->data[IPH_PROTO] == PROTO_UDP &&      /* a vnet TUN without USO cannot take it */
+          (f->cfg.io_flags & (DP_IO_VNET | DP_IO_TUN_USO)) == DP_IO_VNET)))
         return drop(f, p, DP_INGRESS, DP_DROP_OVERSIZE);
 
     int32_t idx = dp_routes_lookup(f->routes, rd32(p->data + IPH_SRC));
@@ -184,6 +196,17 @@ static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
         return drop(f, p, DP_INGRESS, DP_DROP_NOT_LOCAL);
     if (f->cfg.ttl_decrement && (err = dp_ipv4_ttl_decrement(p->data, p->len)))
         return drop(f, p, DP_INGRESS, err);
+    /* Last, as the only check that reads the payload. With offloads this is the one pass over
+     * it: the coalescer trusts the state instead of summing again. */
+    int cs = gso ? DP_CSUM_PARTIAL : dp_l4_csum(p->data, p->len);
+    if (cs == DP_CSUM_BAD)
+        return drop(f, p, DP_INGRESS, DP_DROP_BAD_L4_CHECKSUM);
+    if (cs == DP_CSUM_PARTIAL && !gso && !(f->cfg.io_flags & DP_IO_VNET)) {
+        dp_l4_csum_complete(p->data, p->len);   /* no header to say "partial": finish it */
+        cs = DP_CSUM_VALID;
+    }
+    p->csum = (uint8_t)cs;
+    p->gso_size = gso;                          /* delivery cuts it or writes it as GSO */
     p->action = DP_ACT_TUN;
     p->drop = DP_OK;
     f->ctr.packets[DP_INGRESS]++;

@@ -7,7 +7,12 @@
  *   TCP: flags ACK or ACK|PSH, no AE/reserved bits, payload > 0, checksum good;
  *   UDP: length field = IP payload, a checksum (not 0) that is good, payload > 0.
  * A checksum is verified before the packet may join a merge: the merged frame goes up with
- * NEEDS_CSUM, which the kernel trusts, so a bad segment must never be hidden inside one.
+ * NEEDS_CSUM, which the kernel trusts, so a bad segment must never be hidden inside one. The
+ * caller may have judged it already (dp_buf.csum, from dp_l4_csum in the ingress decision):
+ * VALID is not summed again; PARTIAL (a kernel sender on veth left the pseudo-header sum) is
+ * merged as it is, since the merged frame's field holds that sum anyway, and a PARTIAL packet
+ * that goes alone gets a NEEDS_CSUM header of its own. UNKNOWN is verified here. A kernel
+ * peer's GSO super-packet (dp_buf.gso_size) goes alone as the GSO frame it was.
  *
  * A candidate joins its flow's open frame (same addresses, ports, protocol) when it matches
  * the first member: TOS, TTL, DF; the IP ID counts up by one unless DF is set; for TCP the
@@ -69,7 +74,7 @@ static int l4_sum_ok(const uint8_t *p, size_t len)
     return dp_csum_fold(dp_csum64(p + 20, len - 20, sum)) == 0;
 }
 
-static int candidate(const uint8_t *p, size_t len, int flags, struct seg *s)
+static int candidate(const uint8_t *p, size_t len, int csum, int flags, struct seg *s)
 {
     if (!ipv4_plain(p, len))
         return 0;
@@ -94,7 +99,7 @@ static int candidate(const uint8_t *p, size_t len, int flags, struct seg *s)
     } else {
         return 0;
     }
-    if (!l4_sum_ok(p, len))
+    if (csum == DP_CSUM_BAD || (csum == DP_CSUM_UNKNOWN && !l4_sum_ok(p, len)))
         return 0;
     s->pay = (uint16_t)(len - s->hlen);
     s->saddr = rd32(p + IPH_SRC);
@@ -105,10 +110,31 @@ static int candidate(const uint8_t *p, size_t len, int flags, struct seg *s)
     return 1;
 }
 
+/* A partial packet alone: NEEDS_CSUM at its L4 checksum field (if it really has one), so
+ * the kernel completes or trusts it as it would have on receipt from a veth. */
+static void partial_head(uint8_t *h, const uint8_t *p, size_t len)
+{
+    if (len < 20 || p[IPH_VHL] >> 4 != 4)
+        return;
+    size_t ihl = (size_t)(p[IPH_VHL] & 0x0f) * 4;
+    uint8_t proto = p[IPH_PROTO];
+    size_t off = proto == PROTO_TCP ? TCPH_CHECK : proto == PROTO_UDP ? UDPH_CHECK : 0;
+    if (!off || ihl < 20 || ihl + off + 2 > len)
+        return;
+    h[VNET_FLAGS] = DP_VNET_F_NEEDS_CSUM;
+    wrle16(h + VNET_HDR_LEN, (uint16_t)(ihl + off + 2));     /* what tun.c would make of 0 */
+    wrle16(h + VNET_CSUM_START, (uint16_t)ihl);
+    wrle16(h + VNET_CSUM_OFFSET, (uint16_t)off);
+}
+
 static struct dp_gro_frame *new_frame(struct gro *g, int32_t i)
 {
     struct dp_gro_frame *fr = &g->frames[g->nframes++];
     memset(fr->head, 0, DP_VNET_HLEN);          /* gso_type NONE, no flags: as it came */
+    if (g->pkts[i].gso_size)
+        dp_super_vnet(fr->head, g->pkts[i].data, g->pkts[i].len, g->pkts[i].gso_size);
+    else if (g->pkts[i].csum == DP_CSUM_PARTIAL)
+        partial_head(fr->head, g->pkts[i].data, g->pkts[i].len);
     fr->head_len = DP_VNET_HLEN;
     fr->skip = 0;
     fr->len = DP_VNET_HLEN + g->pkts[i].len;
@@ -257,7 +283,8 @@ int dp_gro_coalesce(const struct dp_buf *pkts, int n, int flags, struct dp_gro_f
     struct gro g = {.pkts = pkts, .frames = frames, .next = next};
     for (int32_t i = 0; i < n; i++) {
         struct seg s;
-        if (candidate(pkts[i].data, pkts[i].len, flags, &s)) {
+        const struct dp_buf *b = &pkts[i];
+        if (!b->gso_size && candidate(b->data, b->len, b->csum, flags, &s)) {
             add_candidate(&g, i, &s);
         } else {
             close_related(&g, pkts[i].data, pkts[i].len);

@@ -61,6 +61,32 @@ static void tun_write(struct dp_fwd *f, int tun_fd, int dir, struct dp_pkt *p)
         unforward(f, dir, p->len, DP_DROP_TUN_WRITE_ERROR);
 }
 
+#define SEG_CAP (320u * 1024)              /* types.GSO_CAPACITY: any cut at >= DP_TCP_MIN_MSS */
+
+void dp_tun_deliver(struct dp_fwd *f, int tun_fd, struct dp_pkt *p)
+{
+    if (!p->gso_size)
+        return tun_write(f, tun_fd, DP_INGRESS, p);
+    /* Cut as the kernel would have before a device without TSO/USO: complete checksums, IP
+     * IDs counting up, every segment within the TUN MTU. */
+    if (!f->seg_buf && !(f->seg_buf = malloc(SEG_CAP)))
+        return unforward(f, DP_INGRESS, p->len, DP_DROP_OVERSIZE);
+    uint8_t vnet[DP_VNET_HLEN];
+    struct dp_gso_result res;
+    dp_super_vnet(vnet, p->data, p->len, p->gso_size);
+    int err = dp_gso_segment(vnet, p->data, p->len, 0, f->seg_buf, SEG_CAP, &res);
+    if (err)
+        return unforward(f, DP_INGRESS, p->len, err);
+    int ok = 1;
+    for (uint32_t i = 0; i < res.segs; i++) {
+        f->ctr.syscalls[DP_INGRESS]++;
+        ok &= tun_put(f, tun_fd, f->seg_buf + (size_t)i * res.stride,
+                      i + 1 < res.segs ? res.seg_len : res.last_len);
+    }
+    if (!ok)
+        unforward(f, DP_INGRESS, p->len, DP_DROP_TUN_WRITE_ERROR);
+}
+
 static void send_batch(struct dp_fwd *f, struct dp_io *io, int n, int sock_fd, int tun_fd)
 {
     int m = 0;
@@ -166,7 +192,7 @@ int dp_drain_udp(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
         dp_ingress_batch(f, io->pkts, n);
         for (int i = 0; i < n; i++)
             if (io->pkts[i].action == DP_ACT_TUN)
-                tun_write(f, tun_fd, DP_INGRESS, &io->pkts[i]);
+                dp_tun_deliver(f, tun_fd, &io->pkts[i]);
         total += n;
         if (n < want)
             break;

@@ -59,6 +59,10 @@ static inline int recv_batch(struct dp_fwd *f, int sock_fd, struct mmsghdr *msgs
     }
 }
 
+/* Write one packet the ingress batch delivers to a TUN without virtio_net_hdrs; a kernel
+ * peer's GSO super-packet (p->gso_size) is cut into segments first. */
+void dp_tun_deliver(struct dp_fwd *f, int tun_fd, struct dp_pkt *p);
+
 int dp_drain_tun_vnet(struct dp_fwd *f, int tun_fd, int sock_fd, int budget);
 int dp_drain_udp_gro(struct dp_fwd *f, int sock_fd, int tun_fd, int budget);
 

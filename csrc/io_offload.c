@@ -364,20 +364,16 @@ static int gro_size(struct msghdr *h)
 static void deliver(struct dp_fwd *f, struct ingress *in, int n, int tun_fd)
 {
     if (!(f->cfg.io_flags & DP_IO_VNET)) {
-        for (int i = 0; i < n; i++) {
-            struct dp_pkt *p = &in->pkts[i];
-            if (p->action != DP_ACT_TUN)
-                continue;
-            f->ctr.syscalls[DP_INGRESS]++;
-            if (!tun_put(f, tun_fd, p->data, p->len))
-                unforward(f, DP_INGRESS, p->len, DP_DROP_TUN_WRITE_ERROR);
-        }
+        for (int i = 0; i < n; i++)
+            if (in->pkts[i].action == DP_ACT_TUN)
+                dp_tun_deliver(f, tun_fd, &in->pkts[i]);
         return;
     }
     int m = 0;
     for (int i = 0; i < n; i++)
         if (in->pkts[i].action == DP_ACT_TUN) {
-            in->bufs[m] = (struct dp_buf){in->pkts[i].data, in->pkts[i].len};
+            in->bufs[m] = (struct dp_buf){in->pkts[i].data, in->pkts[i].len, in->pkts[i].csum,
+                                          in->pkts[i].gso_size};
             in->member[m++] = i;
         }
     if (m == 0)
@@ -393,13 +389,23 @@ static void deliver(struct dp_fwd *f, struct ingress *in, int n, int tun_fd)
             r = write(tun_fd, in->wbuf, len);
         while (r < 0 && errno == EINTR);
         if (r == (ssize_t)len) {
-            if (fr->count > 1)
+            /* merged, or a kernel peer's super-packet passed on whole (head[1]: gso_type) */
+            if (fr->count > 1 || fr->head[1] != DP_VNET_GSO_NONE)
                 f->ctr.super_packets[DP_INGRESS]++;
             continue;
         }
         for (int32_t j = fr->first; j >= 0; j = in->next[j])
             unforward(f, DP_INGRESS, in->bufs[j].len, DP_DROP_TUN_WRITE_ERROR);
     }
+}
+
+/* A kernel peer's UDP_SEGMENT send crosses veth as one tunnelled GSO skb, and UDP_GRO reports
+ * its inner datagram size as if it were a run of ours. A run's first datagram holds one inner
+ * packet; this one's inner IPv4 length covers the whole datagram. */
+static int tunnelled_whole(const struct dp_fwd *f, const uint8_t *data, uint32_t len)
+{
+    uint32_t off = f->cfg.mode == DP_MODE_VXLAN ? DP_VXLAN_OVERHEAD : 0;
+    return len >= off + 20 && data[off] >> 4 == 4 && rd16(data + off + IPH_TOTLEN) == len - off;
 }
 
 int dp_drain_udp_gro(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
@@ -433,8 +439,13 @@ int dp_drain_udp_gro(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
             uint8_t *data = in->arena + (size_t)i * RSLOT;
             uint32_t len = in->msgs[i].msg_len;
             uint32_t size = (uint32_t)gro_size(h);
+            uint16_t hint = 0;
             if (size == 0 || size >= len)
                 size = len;
+            else if (tunnelled_whole(f, data, len)) {
+                hint = (uint16_t)size;           /* the inner datagram size: not a run */
+                size = len;
+            }
             uint32_t addr = ntohl(in->addrs[i].sin_addr.s_addr);
             uint16_t port = ntohs(in->addrs[i].sin_port);
             uint32_t pieces = len ? (len + size - 1) / size : 1;
@@ -446,7 +457,8 @@ int dp_drain_udp_gro(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
             do {
                 uint32_t l = len - off < size ? len - off : size;
                 in->pkts[segs++] = (struct dp_pkt){.data = data + off, .len = l,
-                                                   .addr = addr, .port = port};
+                                                   .addr = addr, .port = port,
+                                                   .gso_size = hint};
                 off += l;
             } while (off < len);
         }

@@ -17,7 +17,8 @@ from cffi import FFI
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CSRC = "csrc"
 SOURCES = ["csum.c", "packet.c", "routes.c", "forward.c", "io.c", "io_offload.c",
-           "csum64.c", "gso.c", "gro.c"]   # offloads: GSO and GRO
+           "csum64.c", "gso.c", "gro.c",   # offloads: GSO and GRO
+           "l4csum.c"]                     # ingress: partial and bad TCP/UDP checksums
 
 CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
 ASAN_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",

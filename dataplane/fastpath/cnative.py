@@ -130,6 +130,26 @@ def icmp_net_unreachable(pkt: bytes, src: str | int) -> bytes:
     return bytes(ffi.buffer(out, n))
 
 
+# ---- L4 checksums on ingress ----------------------------------------------------------------
+
+def l4_csum(pkt: bytes) -> int:
+    return lib.dp_l4_csum(_buf(pkt), len(pkt))
+
+
+def l4_csum_complete(pkt: bytearray) -> None:
+    lib.dp_l4_csum_complete(ffi.from_buffer(pkt, require_writable=True), len(pkt))
+
+
+def super_gso(pkt: bytes, max_inner: int, udp_gso: int = 0) -> int:
+    return lib.dp_super_gso(_buf(pkt), len(pkt), max_inner, udp_gso)
+
+
+def super_vnet(pkt: bytes, gso: int) -> bytes:
+    out = ffi.new("uint8_t[]", VNET_HLEN)
+    lib.dp_super_vnet(out, _buf(pkt), len(pkt), gso)
+    return bytes(ffi.buffer(out))
+
+
 # ---- longest-prefix match -------------------------------------------------------------------
 
 class RouteTable:
@@ -236,7 +256,7 @@ class Forwarder:
         data = ffi.buffer(p.data, p.len)[:]
         if action == Action.SEND:
             return Verdict(action, _DROPS[p.drop], _ip_str(p.addr), p.port, data)
-        return Verdict(action, _DROPS[p.drop], None, 0, data)
+        return Verdict(action, _DROPS[p.drop], None, 0, data, p.csum)
 
     def egress(self, packets: list[bytes]) -> list[Verdict]:
         if not packets:
@@ -297,8 +317,11 @@ def gso_segment(vnet: bytes | VnetHdr, pkt: bytes, headroom: int = 0,
     return GsoResult(Drop.NONE, segs, res.stride)
 
 
-def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP) -> list[GroFrame]:
+def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP, csum: list[int] | None = None,
+                 gso: list[int] | None = None) -> list[GroFrame]:
     n = len(packets)
+    if (csum is not None and len(csum) != n) or (gso is not None and len(gso) != n):
+        raise ValueError("csum and gso need one entry per packet")
     if n == 0:
         return []
     keep = [_buf(p) for p in packets]            # alive for the duration of the call
@@ -306,6 +329,10 @@ def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP) -> list[GroFrame]:
     for i, p in enumerate(keep):
         pkts[i].data = p
         pkts[i].len = len(packets[i])
+        if csum is not None:
+            pkts[i].csum = csum[i]
+        if gso is not None:
+            pkts[i].gso_size = gso[i]
     frames = ffi.new("struct dp_gro_frame[]", n)
     nxt = ffi.new("int32_t[]", n)
     count = lib.dp_gro_coalesce(pkts, n, flags, frames, nxt)

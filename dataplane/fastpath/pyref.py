@@ -14,6 +14,10 @@ import struct
 
 from dataplane.drops import Direction, Drop
 from dataplane.fastpath.types import (
+    CSUM_BAD,
+    CSUM_PARTIAL,
+    CSUM_UNKNOWN,
+    CSUM_VALID,
     GRO_FLOWS,
     GRO_TCP,
     GRO_UDP,
@@ -24,6 +28,8 @@ from dataplane.fastpath.types import (
     GSO_TCPV4,
     GSO_UDP_L4,
     ICMP_MAX,
+    IO_TUN_USO,
+    IO_VNET,
     MAX_UDP_PAYLOAD,
     MODE_VXLAN,
     SPORT_RANGE,
@@ -275,6 +281,98 @@ class RouteTable:
         return -1
 
 
+# ---- L4 checksums on ingress (csrc/l4csum.c) -----------------------------------------------
+
+def _l4_layout(pkt: bytes) -> tuple[int, int] | None:
+    """(offset of the checksum field, bytes it covers) of a valid IPv4 packet, or None."""
+    n = len(pkt)
+    ihl = (pkt[0] & 0x0F) * 4
+    if ((pkt[6] << 8) | pkt[7]) & (_IP_MF | _IP_OFFMASK):
+        return None                                   # a fragment cannot be verified alone
+    if pkt[9] == _PROTO_TCP:
+        return (ihl + 16, n - ihl) if n >= ihl + 20 else None
+    if pkt[9] == _PROTO_UDP:
+        if n < ihl + 8 or pkt[ihl + 6: ihl + 8] == b"\0\0":
+            return None
+        ulen = (pkt[ihl + 4] << 8) | pkt[ihl + 5]
+        return (ihl + 6, ulen) if 8 <= ulen <= n - ihl else None
+    return None
+
+
+def l4_csum(pkt: bytes) -> int:
+    """CSUM_* state of the TCP/UDP checksum of a valid IPv4 packet (len = its total length)."""
+    layout = _l4_layout(pkt)
+    if layout is None:
+        return CSUM_UNKNOWN
+    at, l4len = layout
+    ihl = (pkt[0] & 0x0F) * 4
+    psum = csum_partial(pkt[12:20], pkt[9] + l4len)
+    if (pkt[at] << 8) | pkt[at + 1] == psum:
+        return CSUM_PARTIAL                           # what a CHECKSUM_PARTIAL sender leaves
+    return CSUM_VALID if checksum(pkt[ihl: ihl + l4len], psum) == 0 else CSUM_BAD
+
+
+def l4_csum_complete(pkt: bytearray) -> None:
+    """Complete a CSUM_PARTIAL checksum in place (the field holds the pseudo-header sum)."""
+    layout = _l4_layout(pkt)
+    if layout is None:
+        return
+    at, l4len = layout
+    ihl = (pkt[0] & 0x0F) * 4
+    check = checksum(pkt[ihl: ihl + l4len])
+    struct.pack_into("!H", pkt, at, check or (0xFFFF if pkt[9] == _PROTO_UDP else 0))
+
+
+TCP_MIN_MSS = 48    # DP_TCP_MIN_MSS: the kernel's tcp_min_snd_mss default
+
+
+def super_gso(pkt: bytes, max_inner: int, udp_gso: int = 0) -> int:
+    """A kernel peer's partial GSO super-packet (TSO or UDP_SEGMENT over veth) longer than
+    max_inner: the payload size to cut it at; 0 for anything else. UDP needs udp_gso, the
+    datagram size only the kernel's UDP_GRO report tells (csrc/l4csum.c)."""
+    n = len(pkt)
+    if n < 20:
+        return 0
+    ihl = (pkt[0] & 0x0F) * 4
+    proto = pkt[9]
+    if ((pkt[6] << 8) | pkt[7]) & (_IP_MF | _IP_OFFMASK):
+        return 0
+    if proto == _PROTO_TCP:
+        if n < ihl + 20:
+            return 0
+        hlen = ihl + (pkt[ihl + 12] >> 4) * 4
+        if hlen < ihl + 20 or hlen >= n or max_inner < hlen + TCP_MIN_MSS:
+            return 0
+        gso = max_inner - hlen
+    elif proto == _PROTO_UDP:
+        hlen = ihl + 8
+        if (not udp_gso or n < hlen or (pkt[ihl + 4] << 8) | pkt[ihl + 5] != n - ihl
+                or n - hlen <= udp_gso or hlen + udp_gso > max_inner):
+            return 0
+        gso = udp_gso
+    else:
+        return 0
+    at = ihl + (16 if proto == _PROTO_TCP else 6)
+    if (pkt[at] << 8) | pkt[at + 1] != csum_partial(pkt[12:20], proto + n - ihl):
+        return 0
+    return gso
+
+
+def super_vnet(pkt: bytes, gso: int) -> bytes:
+    """The virtio_net_hdr that hands such a packet on as the GSO frame it was."""
+    if len(pkt) < 20:
+        return _ZERO_VNET
+    ihl = (pkt[0] & 0x0F) * 4
+    tcp = pkt[9] == _PROTO_TCP
+    if ihl < 20 or ihl + (20 if tcp else 8) > len(pkt) or (not tcp and pkt[9] != _PROTO_UDP):
+        return _ZERO_VNET
+    if tcp:
+        ecn = GSO_ECN if pkt[ihl + 13] & _TCP_CWR else 0
+        return VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4 | ecn, ihl + (pkt[ihl + 12] >> 4) * 4, gso,
+                       ihl, 16).pack()
+    return VnetHdr(VNET_F_NEEDS_CSUM, GSO_UDP_L4, ihl + 8, gso, ihl, 6).pack()
+
+
 # ---- the forwarder --------------------------------------------------------------------------
 
 class Forwarder:
@@ -388,7 +486,11 @@ class Forwarder:
         if why:
             return self._drop(_INGRESS, why)
         buf = bytearray(payload[: (payload[2] << 8) | payload[3]])
-        if len(buf) > self.config.max_inner:
+        gso = 0
+        if len(buf) > self.config.max_inner and (
+                not (gso := super_gso(buf, self.config.max_inner))
+                or buf[9] == _PROTO_UDP
+                and self.config.io_flags & (IO_VNET | IO_TUN_USO) == IO_VNET):
             return self._drop(_INGRESS, Drop.OVERSIZE)
         peer = self._peer_of(int.from_bytes(buf[12:16], "big"))
         if peer is None or peer[0] != src_ip:
@@ -400,9 +502,15 @@ class Forwarder:
             why = ttl_decrement(buf)
             if why:
                 return self._drop(_INGRESS, why)
+        cs = CSUM_PARTIAL if gso else l4_csum(buf)
+        if cs == CSUM_BAD:
+            return self._drop(_INGRESS, Drop.BAD_L4_CHECKSUM)
+        if cs == CSUM_PARTIAL and not gso and not self.config.io_flags & IO_VNET:
+            l4_csum_complete(buf)
+            cs = CSUM_VALID
         self._packets[_INGRESS] += 1
         self._bytes[_INGRESS] += len(buf)
-        return Verdict(Action.TUN, Drop.NONE, None, 0, bytes(buf))
+        return Verdict(Action.TUN, Drop.NONE, None, 0, bytes(buf), cs)
 
     def egress(self, packets: list[bytes]) -> list[Verdict]:
         if packets:
@@ -451,10 +559,27 @@ class Forwarder:
             self._batches[_INGRESS] += 1
             v = self._ingress_one(src, payload)
             if v.action == Action.TUN:
-                calls[_INGRESS] += 1
-                if not _tun_write(tun_fd, v.data):
-                    self._unforward(_INGRESS, len(v.data), Drop.TUN_WRITE_ERROR)
+                self._deliver(tun_fd, v.data)
         return n
+
+    def _deliver(self, tun_fd: int, pkt: bytes) -> None:
+        """csrc/io.c:dp_tun_deliver: a kernel peer's super-packet is cut before the write."""
+        gso = super_gso(pkt, self.config.max_inner) if len(pkt) > self.config.max_inner else 0
+        if not gso:
+            self._syscalls[_INGRESS] += 1
+            if not _tun_write(tun_fd, pkt):
+                self._unforward(_INGRESS, len(pkt), Drop.TUN_WRITE_ERROR)
+            return
+        res = gso_segment(super_vnet(pkt, gso), pkt)
+        if res.drop:
+            self._unforward(_INGRESS, len(pkt), res.drop)
+            return
+        ok = True
+        for seg in res.segments:
+            self._syscalls[_INGRESS] += 1
+            ok = _tun_write(tun_fd, seg) and ok
+        if not ok:
+            self._unforward(_INGRESS, len(pkt), Drop.TUN_WRITE_ERROR)
 
 
 def _tun_write(fd: int, data: bytes) -> bool:
@@ -603,7 +728,7 @@ class _Flow:
                  "ip_len")
 
 
-def _gro_candidate(p: bytes, flags: int) -> _Seg | None:
+def _gro_candidate(p: bytes, csum: int, flags: int) -> _Seg | None:
     n = len(p)
     if (n < 20 or p[0] != 0x45 or (p[2] << 8) | p[3] != n or ((p[6] << 8) | p[7]) & ~_IP_DF
             or checksum(p[:20]) != 0):
@@ -626,7 +751,8 @@ def _gro_candidate(p: bytes, flags: int) -> _Seg | None:
         s.hlen, s.tflags, s.seq = 28, 0, 0
     else:
         return None
-    if checksum(p[20:], csum_partial(p[12:20], s.proto + n - 20)) != 0:
+    if csum == CSUM_BAD or (csum == CSUM_UNKNOWN and
+                            checksum(p[20:], csum_partial(p[12:20], s.proto + n - 20)) != 0):
         return None
     s.pay = n - s.hlen
     s.key = (s.proto, p[12:20], p[20:24])
@@ -634,11 +760,24 @@ def _gro_candidate(p: bytes, flags: int) -> _Seg | None:
     return s
 
 
+def _partial_head(p: bytes) -> bytes:
+    """NEEDS_CSUM at the L4 checksum field of a partial packet that goes alone."""
+    if len(p) < 20 or p[0] >> 4 != 4:
+        return _ZERO_VNET
+    ihl = (p[0] & 0x0F) * 4
+    off = {_PROTO_TCP: 16, _PROTO_UDP: 6}.get(p[9], 0)
+    if not off or ihl < 20 or ihl + off + 2 > len(p):
+        return _ZERO_VNET
+    return VnetHdr(VNET_F_NEEDS_CSUM, GSO_NONE, ihl + off + 2, 0, ihl, off).pack()
+
+
 class _Coalescer:
     """One pass of gro_coalesce; the same decisions as csrc/gro.c, step by step."""
 
-    def __init__(self, pkts: list[bytes], flags: int) -> None:
+    def __init__(self, pkts: list[bytes], flags: int, csum: list[int], gso: list[int]) -> None:
         self.pkts = pkts
+        self.csum = csum
+        self.gso = gso
         self.flags = flags
         self.frames: list[list[int]] = []       # members of each frame
         self.heads: list[bytes | None] = []     # rewritten head of merged frames
@@ -646,7 +785,7 @@ class _Coalescer:
 
     def run(self) -> list[GroFrame]:
         for i, p in enumerate(self.pkts):
-            s = _gro_candidate(p, self.flags)
+            s = None if self.gso[i] else _gro_candidate(p, self.csum[i], self.flags)
             if s is not None:
                 self.add_candidate(i, s)
             else:
@@ -657,7 +796,11 @@ class _Coalescer:
         out = []
         for members, head in zip(self.frames, self.heads):
             if head is None:
-                out.append(GroFrame(_ZERO_VNET + self.pkts[members[0]], tuple(members)))
+                k = members[0]
+                p = self.pkts[k]
+                vnet = (super_vnet(p, self.gso[k]) if self.gso[k] else
+                        _partial_head(p) if self.csum[k] == CSUM_PARTIAL else _ZERO_VNET)
+                out.append(GroFrame(vnet + p, tuple(members)))
             else:
                 skip = len(head) - VNET_HLEN
                 data = head + b"".join(self.pkts[k][skip:] for k in members)
@@ -754,7 +897,14 @@ class _Coalescer:
         self.open.append(f)
 
 
-def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP) -> list[GroFrame]:
+def gro_coalesce(packets: list[bytes], flags: int = GRO_TCP, csum: list[int] | None = None,
+                 gso: list[int] | None = None) -> list[GroFrame]:
     """Frames for a TUN with IFF_VNET_HDR from decapsulated IPv4 packets in arrival order:
-    consecutive segments of a flow merged into GSO frames, the rest alone; see csrc/gro.c."""
-    return _Coalescer([bytes(p) for p in packets], flags).run()
+    consecutive segments of a flow merged into GSO frames, the rest alone; see csrc/gro.c.
+    csum: each packet's CSUM_* state as the ingress decision found it (default: UNKNOWN,
+    verified here); gso: each packet's dp_super_gso (non-zero: goes alone as GSO_TCPV4)."""
+    states = list(csum) if csum is not None else [CSUM_UNKNOWN] * len(packets)
+    sizes = list(gso) if gso is not None else [0] * len(packets)
+    if len(states) != len(packets) or len(sizes) != len(packets):
+        raise ValueError("csum and gso need one entry per packet")
+    return _Coalescer([bytes(p) for p in packets], flags, states, sizes).run()

@@ -22,6 +22,12 @@ HEADROOM = 64                           # free bytes before each packet in a C b
 ICMP_MAX = 96                           # largest ICMP error we build: 20 + 8 + 60 + 8
 SPORT_RANGE = (49152, 65535)            # VXLAN source ports (RFC 7348 section 5)
 
+# The state of a delivered packet's TCP/UDP checksum (DP_CSUM_* in csrc/dp_api.h, l4csum.c).
+CSUM_UNKNOWN = 0   # not checked: not TCP/UDP, a fragment, UDP checksum 0, header cut short
+CSUM_VALID = 1     # verified, or completed by us
+CSUM_PARTIAL = 2   # the field holds the pseudo-header sum (a CHECKSUM_PARTIAL kernel sender)
+CSUM_BAD = 3       # wrong in any other way: dropped as Drop.BAD_L4_CHECKSUM
+
 # ForwarderConfig.io_flags (DP_IO_* in csrc/dp_api.h): negotiated by the daemon, used by C.
 IO_VNET = 1       # the TUN has IFF_VNET_HDR and TUNSETOFFLOAD: super-packets both ways
 IO_UDP_GSO = 2    # the socket sends runs of equal segments with UDP_SEGMENT
@@ -41,6 +47,7 @@ class Verdict(NamedTuple):
     addr: str | None   # egress: the peer's public IP
     port: int
     data: bytes        # what is sent or written (empty for a silent drop)
+    csum: int = 0      # ingress: CSUM_* of a delivered packet (PARTIAL: goes up as NEEDS_CSUM)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +61,8 @@ class ForwarderConfig:
     mac: bytes = b"\0" * 6         # our VtepMAC (vxlan)
     ttl_decrement: bool | None = None   # default: on for udp (as flannel), off for vxlan (as Linux)
     max_inner: int = 65535         # largest inner packet forwarded (the TUN MTU)
-    io_flags: int = 0              # IO_*: what the descriptors given to drain_* can do (C only)
+    io_flags: int = 0              # IO_*: what the descriptors given to drain_* can do (C only;
+                                   # IO_VNET also leaves partial checksums partial on ingress)
 
     @property
     def tun_addr(self) -> str:

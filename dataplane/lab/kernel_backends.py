@@ -33,14 +33,11 @@ def random_mac() -> str:
 
 
 def create_vxlan_device(ns: str, *, vni: int, port: int, local: IPv4Address,
-                        underlay_mtu: int, subnet: IPv4Network,
-                        software_checksums: bool = False) -> str:
+                        underlay_mtu: int, subnet: IPv4Network) -> str:
     """Create and configure `flannel.<vni>` like flanneld; returns its MAC (the VtepMAC).
 
-    software_checksums: finish inner checksums before encapsulating. Over veth a kernel node
-    leaves them to "the NIC" (CHECKSUM_PARTIAL rides along to the receiving kernel, which never
-    checks), a shortcut only kernel receivers tolerate: a userspace receiver reads the bytes.
-    A physical NIC would compute them, so mixed labs turn the offload off to be realistic."""
+    Its offloads stay as the kernel sets them, as flanneld leaves them: over veth it sends inner
+    checksums partial (CHECKSUM_PARTIAL), which our daemons must accept as a kernel would."""
     mac = random_mac()
     name = naming.vxlan_device(vni)
     with iproute(ns) as ipr:
@@ -53,8 +50,6 @@ def create_vxlan_device(ns: str, *, vni: int, port: int, local: IPv4Address,
         ipr.addr("add", index=dev, address=str(subnet.network_address), prefixlen=32)
         ipr.link("set", index=dev, state="up")
     netns.sysctl(ns, {f"net.ipv6.conf.{name}.accept_ra": 0})
-    if software_checksums:
-        netns.run(netns.ns_argv(ns, ["ethtool", "-K", name, "tx", "off"]))
     return mac
 
 

@@ -304,8 +304,7 @@ class Lab:
         if node.backend == "kernel-vxlan":
             node.vtep_mac = kernel_backends.create_vxlan_device(
                 node.netns, vni=self.vni, port=self.port, local=node.underlay_ip,
-                underlay_mtu=self.underlay_mtu, subnet=node.subnet,
-                software_checksums=any(n.runs_daemon for n in self.nodes))
+                underlay_mtu=self.underlay_mtu, subnet=node.subnet)
         if self.uses_store:
             self.store.acquire(node.subnet, lease_attrs(node.underlay_ip, self.flannel_type,
                                                         vni=self.vni, vtep_mac=node.vtep_mac))

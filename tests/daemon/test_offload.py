@@ -4,6 +4,7 @@ the content must arrive intact whichever path the bytes took."""
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 
 import pytest
@@ -118,3 +119,69 @@ def test_offload_off_and_python_fast_path_move_the_same_bytes(host):
             assert counter(host.ns, 9101, "dataplane_super_packets_total", "egress") == 0
         finally:
             stop(procs)
+
+
+# ---- inner checksums as a kernel flannel.1 on veth leaves them ----------------------------
+
+LISTEN = ("import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, "
+          "socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 7100)); s.listen(8); "
+          "print('LISTENING', flush=True); time.sleep(60)")
+SEND = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "s.bind(('10.99.0.2', 0)); "
+        "[s.sendto(bytes.fromhex(h), ('10.99.0.1', 8472)) for h in sys.argv[1:]]")
+
+
+def _folded(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def kernel_syn(sport: int, *, mangle: bool = False) -> bytes:
+    """A SYN from a pod behind the peer to our node's 10.244.1.0:7100 as a kernel sender on veth
+    leaves it: the TCP checksum field holds the folded pseudo-header sum (or, mangled, one
+    bit off it: corruption)."""
+    src, dst = bytes([10, 244, 2, 5]), bytes([10, 244, 1, 0])
+    tcp = bytearray(struct.pack("!HHIIBBHHH", sport, 7100, 1, 0, 0x50, 0x02, 64240, 0, 0))
+    psum = _folded(src + dst + struct.pack("!BBH", 0, 6, len(tcp)))
+    struct.pack_into("!H", tcp, 16, psum ^ (1 if mangle else 0))
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0,
+                               src, dst))
+    struct.pack_into("!H", ip, 10, ~_folded(bytes(ip)) & 0xFFFF)
+    return bytes(ip + tcp)
+
+
+def vxlan_to_a(host, inner: bytes) -> bytes:
+    leases = host.leases()
+    ours = bytes.fromhex(leases["10.244.1.0-24"]["BackendData"]["VtepMAC"].replace(":", ""))
+    theirs = bytes.fromhex(leases["10.244.2.0-24"]["BackendData"]["VtepMAC"].replace(":", ""))
+    return struct.pack("!II", 0x08000000, 1 << 8) + ours + theirs + b"\x08\x00" + inner
+
+
+def syn_recv(ns: str) -> str:
+    return netns.run("ip", "netns", "exec", ns, "ss", "-Htn", "state", "syn-recv").stdout
+
+
+@pytest.mark.parametrize("offload", ["on", "off"])
+def test_partial_checksums_from_a_kernel_peer_reach_the_stack(host, offload):
+    """Crafted as flannel.1 sends them over veth: the partial SYN reaches the listening
+    socket (today's kernel stack would drop it as a checksum error), the mangled one is
+    dropped by us and counted as bad-l4-checksum."""
+    procs = start_pair(host, "vxlan", "--offload", offload)
+    listener = subprocess.Popen(["ip", "netns", "exec", host.ns, "python3", "-c", LISTEN],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "LISTENING"
+        datagrams = [vxlan_to_a(host, kernel_syn(40001)),
+                     vxlan_to_a(host, kernel_syn(40002, mangle=True))]
+        netns.run("ip", "netns", "exec", host.peer_ns, "python3", "-c", SEND,
+                  *[d.hex() for d in datagrams])
+        netns.wait_for(lambda: "10.244.2.5:40001" in syn_recv(host.ns), what="SYN_RECV")
+        key = 'dataplane_drops_total{direction="ingress",reason="bad-l4-checksum"}'
+        netns.wait_for(lambda: metrics(host.ns, 9101).get(key) == 1, what="the drop counted")
+        assert "10.244.2.5:40002" not in syn_recv(host.ns)
+    finally:
+        listener.kill()
+        listener.wait()
+        stop(procs)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
+from dataplane.daemon.metrics import parse_metrics
 from dataplane.lab import Lab
+from dataplane.lab.daemon import METRICS_PORT
 from dataplane.lease import subnet_key
 
 pytestmark = pytest.mark.netns
@@ -68,3 +72,57 @@ def test_host_gw_routes_and_jumbo_underlay(prefix: str) -> None:
         assert "via 10.99.0.1 dev eth0" in routes
         assert "FLANNEL_MTU=9000" in lab.node(2).subnet_file.read_text()
         assert lab.ping(lab.pod(1, 1), lab.pod(2, 1))
+
+
+def node_metrics(lab: Lab, node) -> dict[str, float]:
+    code = (f"import urllib.request;print(urllib.request.urlopen("
+            f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())")
+    return parse_metrics(lab.exec(node, ["python3", "-c", code]).stdout)
+
+
+RECEIVE = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+           "s.bind((sys.argv[1], 9900)); s.settimeout(3); print('READY', flush=True); n=[]\n"
+           "try:\n    while True: n.append(len(s.recv(65536)))\n"
+           "except socket.timeout: print(n)")
+SEGMENTED = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+             "s.setsockopt(socket.SOL_UDP, 103, 1000); s.sendto(bytes(10010), (sys.argv[1], 9900))")
+
+
+def udp_segment_send(lab: Lab, src, dst) -> list[int]:
+    """Sizes of the datagrams dst receives of one 10010-byte UDP_SEGMENT send (1000 each)."""
+    rx = subprocess.Popen(["ip", "netns", "exec", dst.netns, sys.executable, "-c", RECEIVE,
+                           str(dst.ip)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert rx.stdout.readline().strip() == "READY"
+        lab.exec(src, [sys.executable, "-c", SEGMENTED, str(dst.ip)])
+        return json.loads(rx.communicate(timeout=15)[0].strip())
+    finally:
+        rx.kill()
+        rx.wait()
+
+
+@pytest.mark.parametrize("offload", ["on", "off"])
+def test_tcp_with_a_kernel_flannel_node_as_flanneld_leaves_it(prefix: str, offload: str) -> None:
+    """flanneld never touches flannel.1's offloads: over veth the kernel node sends inner
+    checksums partial and its TSO and UDP_SEGMENT super-packets whole. Our node must take
+    them all, as a kernel receiver does, in either offload mode, and TCP must flow both ways."""
+    with Lab(prefix, nodes=2, pods=1, backend="vxlan", kernel_nodes=1,
+             daemon_args=["--offload", offload]) as lab:
+        ours, kernel = lab.nodes
+        assert kernel.backend == "kernel-vxlan"
+        features = lab.exec(kernel, ["ethtool", "-k", "flannel.1"]).stdout
+        assert "tx-checksumming: on" in features
+        assert "tcp-segmentation-offload: on" in features
+        assert lab.ping(lab.pod(1, 1), lab.pod(2, 1))
+        for src, dst in [(lab.pod(2, 1), lab.pod(1, 1)), (lab.pod(1, 1), lab.pod(2, 1))]:
+            result = lab.tcp_check(src, dst, nbytes=16 << 20, timeout=60)
+            assert result.ok and result.received == 16 << 20, result
+        # A UDP_SEGMENT send on the kernel node crosses veth as one tunnelled skb too.
+        assert udp_segment_send(lab, lab.pod(2, 1), lab.pod(1, 1)) == [1000] * 10 + [10]
+        m = node_metrics(lab, ours)
+        for reason in ("bad-l4-checksum", "oversize", "tun-write-error", "bad-vxlan-flags",
+                       "truncated"):
+            assert m.get(f'dataplane_drops_total{{direction="ingress",reason="{reason}"}}',
+                         0) == 0, reason
+        if offload == "on":        # the kernel's GSO frames went up whole
+            assert m['dataplane_super_packets_total{direction="ingress"}'] > 0

@@ -13,6 +13,10 @@ what our offload functions make. test_offload_kernel.py runs it as
   fwd     our TCP and UDP frames routed on to a second TUN without offloads (ko1), so the
           kernel cuts them in software from the pseudo-header sum we left: the packets read
           from ko1 must be the segments we merged (TTL one less)
+  partial what a kernel flannel.1 on veth sends, passed on as we pass it: a partial-checksum
+          UDP datagram with our NEEDS_CSUM header reaches a kernel socket (without it, the
+          kernel counts a checksum error), and a partial TSO super-packet with our GSO_TCPV4
+          header reaches a kernel TCP socket whole
 
 Prints one JSON object with what it saw; exits non-zero with a message on the first failure.
 """
@@ -35,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from dataplane.fastpath import cnative as C                          # noqa: E402
 from dataplane.fastpath.types import (                               # noqa: E402
-    GRO_TCP, GRO_UDP, GSO_TCPV4, GSO_UDP_L4, VNET_HLEN, VnetHdr)
+    CSUM_PARTIAL, GRO_TCP, GRO_UDP, GSO_TCPV4, GSO_UDP_L4, VNET_HLEN, VnetHdr)
 from dataplane.tun import TUNSETOFFLOAD, open_tun                    # noqa: E402
 from offload_packets import ACK, PSH, SYN, ip_ok, l4_ok, tcp, udp    # noqa: E402
 
@@ -330,11 +334,64 @@ def tx_udp(tun: Tun, report: dict) -> None:
     s.close()
 
 
+def snmp(proto: str, field: str) -> int:
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith(proto + ":")]
+    return int(rows[1][rows[0].index(field)])
+
+
+def partial(tun: Tun, report: dict) -> None:
+    """A kernel peer's partial checksums, handed on as the ingress path hands them on."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((LOCAL_S, 6100))
+    s.settimeout(1.0)
+    dgram = udp(b"from a kernel peer", src=PEER, dst=LOCAL, sport=40005, dport=6100,
+                csum="partial")
+    before = snmp("Udp", "InCsumErrors")
+    tun.send(dgram)                              # no header: what we wrote before
+    [frame] = C.gro_coalesce([dgram], GRO_UDP, csum=[CSUM_PARTIAL])
+    tun.write(frame.data)
+    if s.recv(65536) != dgram[28:]:
+        raise Failed("partial: the datagram differs")
+    try:
+        s.recv(65536)
+        raise Failed("partial: the datagram without NEEDS_CSUM was delivered too")
+    except socket.timeout:
+        pass
+    errors = snmp("Udp", "InCsumErrors") - before
+    s.close()
+
+    srv = socket.socket()
+    srv.bind((LOCAL_S, 5100))
+    srv.listen()
+    srv.settimeout(TIMEOUT)
+    iss, flow = 7_000_000, dict(src=PEER, dst=LOCAL, sport=40006, dport=5100)
+    tun.send(tcp(b"", seq=iss, ack=0, flags=SYN, window=65535, options=SYN_OPTS, **flow))
+    _, pkt = tun.read(lambda h, p: (t := tcp_of(p)) is not None and t["dport"] == 40006)
+    ack = tcp_of(pkt)["seq"] + 1
+    tun.send(tcp(b"", seq=iss + 1, ack=ack, window=65535, **flow))
+    conn, _ = srv.accept()
+    conn.settimeout(TIMEOUT)
+    data = random.Random(6).randbytes(30_000)
+    sup = tcp(data, seq=iss + 1, ack=ack, window=65535, flags=ACK | PSH, csum="partial",
+              ident=9, **flow)
+    gso = C.super_gso(sup, 1450)
+    tun.write(C.super_vnet(sup, gso) + sup)
+    got = bytearray()
+    _recv_all(conn, got, len(data))
+    if bytes(got) != data:
+        raise Failed(f"partial: the TCP socket got {len(got)} of {len(data)} bytes")
+    report["partial"] = {"udp_csum_errors_without_header": errors, "tcp_super_bytes": len(got),
+                         "gso_size": gso}
+    conn.close()
+    srv.close()
+
+
 def main() -> int:
     report: dict = {}
     try:
         tun = Tun()
-        for step in (rx_tcp, rx_udp, tx_tcp, tx_udp, fwd):
+        for step in (rx_tcp, rx_udp, tx_tcp, tx_udp, fwd, partial):
             step(tun, report)
     except Failed as exc:
         print(json.dumps({"error": str(exc), **report}))

@@ -62,3 +62,11 @@ def test_kernel_recuts_forwarded_frames_into_the_merged_segments(report):
     """Local delivery trusts NEEDS_CSUM; forwarding to a device without offloads makes the
     kernel segment in software from our pseudo-header sum, which must therefore be right."""
     assert report["fwd"] == {"tcp_segments": 30, "udp_datagrams": 12, "frames": 2}
+
+
+def test_partial_checksums_from_kernel_peers_are_handed_on_as_the_kernel_takes_them(report):
+    """NEEDS_CSUM on a lone partial packet and GSO_TCPV4 on a kernel peer's super-packet: the
+    kernel's own stack accepts both; the same datagram without the header is a checksum error
+    (what happened before this was handled)."""
+    assert report["partial"] == {"udp_csum_errors_without_header": 1, "tcp_super_bytes": 30_000,
+                                 "gso_size": 1450 - 40}
