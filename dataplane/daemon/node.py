@@ -3,8 +3,10 @@
     start: network config from the store -> underlay -> UDP socket -> lease -> TUN + route
            -> forwarder with a snapshot of the other leases -> readers -> subnet.env (ready)
     run:   the lease watch keeps the peer table in step; the lease is renewed before it ends
-    stop:  readers off, TUN closed (the kernel removes it and its route), lease released,
-           subnet.env removed
+    stop:  readers off, TUN closed (the kernel removes it and its route); the lease (left to
+           expire on its TTL) and subnet.env stay, as flanneld leaves them, so the next start
+           takes the same subnet back and pods keep their addresses meanwhile. Giving the
+           subnet back is explicit: `dataplane leases release` (daemon/decommission.py).
 
 The store may fail at any time (etcd down, a leader change): every store call is retried with
 backoff while forwarding goes on with the last known peers, and a watch that breaks is
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import ipaddress
 import logging
@@ -28,6 +31,7 @@ from typing import Awaitable, Callable, TypeVar
 from dataplane import fastpath, hostnet, subnetenv
 from dataplane.daemon.datapath import (SOL_UDP, UDP_GRO, Datapath, Worker, close_sockets,
                                        open_worker_sockets, socket_buffers, udp_offloads)
+from dataplane.daemon.errors import BindError
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
                                       MODE_VXLAN, Counters, ForwarderConfig, format_mac,
                                       parse_mac)
@@ -44,6 +48,7 @@ SO_NO_CHECK = 11                            # asm-generic/socket.h: no UDP check
 OVERHEAD = {"udp": 28, "vxlan": 50}        # outer IPv4 + UDP (+ VXLAN + inner Ethernet)
 TXQUEUELEN = 5000                           # the default 500 drops the bursts a batch makes
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
+OWN_WRITE_SLACK = 2.0   # s: etcd counts TTLs in whole seconds, so views of one expiry differ
 
 T = TypeVar("T")
 
@@ -57,6 +62,7 @@ class NodeOptions:
     store: SubnetStore
     public_ip: str | None = None
     iface: str | None = None
+    selection: hostnet.Selection | None = None   # --iface/--iface-regex/--iface-can-reach
     subnet: ipaddress.IPv4Network | None = None
     subnet_file: str = subnetenv.DEFAULT_PATH
     fastpath: str = fastpath.DEFAULT
@@ -99,6 +105,9 @@ class Node:
         self.metrics = None
         self.io_flags = 0
         self._stop = asyncio.Event()
+        self._writing = 0                    # our own lease writes in flight
+        self._pending_own: Lease | None = None
+        self._warned_own: set = set()
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -127,7 +136,10 @@ class Node:
             for task in done:
                 if task is not stop and not task.cancelled() and task.exception():
                     raise task.exception()
-            log.info("stopping")
+            if self.lease is not None:
+                log.info("stopping; lease %s kept until %s and %s left in place (give the "
+                         "subnet back with `dataplane leases release`)", self.lease.subnet,
+                         self.lease.expiration, self.opts.subnet_file)
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> bool:
         opts = self.opts
@@ -139,15 +151,22 @@ class Node:
         self.config = cfg = config
         backend = cfg.backend_type
         # pyroute2's synchronous API runs a loop of its own: keep it off ours, in a thread.
-        self.underlay = ul = await asyncio.to_thread(hostnet.find_underlay, opts.public_ip,
-                                                     opts.iface)
+        selection = opts.selection or hostnet.Selection(opts.public_ip,
+                                                        (opts.iface,) if opts.iface else ())
+        self.underlay = ul = await asyncio.to_thread(hostnet.find_underlay,
+                                                     selection=selection)
         self.tun_mtu = ul.mtu - OVERHEAD[backend]
         self.mac = vtep_mac(ul.address, cfg.vni) if backend == "vxlan" else b""
 
         impl = fastpath.load(opts.fastpath)
         workers = opts.workers if opts.fastpath == "c" else 1   # the reference holds the GIL
         # Sockets before the lease: a busy port costs no lease.
-        pairs = open_worker_sockets(ul.address, cfg.port, workers)
+        try:
+            pairs = open_worker_sockets(ul.bind_address, cfg.port, workers)
+        except OSError as exc:
+            raise BindError("the tunnel port (UDP)", ul.bind_address, cfg.port, exc, {
+                errno.EADDRINUSE: "another dataplane or flanneld on this node?",
+                errno.EADDRNOTAVAIL: "check --public-ip and --iface"}) from None
         stack.callback(close_sockets, pairs)
 
         previous = subnetenv.previous_subnet(opts.subnet_file)
@@ -156,7 +175,6 @@ class Node:
         if lease is None:
             return False
         self.lease = lease
-        stack.push_async_callback(self._release)
         log.info("lease %s for %s (%s backend, store %s)", lease.subnet, ul.address, backend,
                  self.store.location)
 
@@ -196,7 +214,6 @@ class Node:
 
         subnetenv.write(opts.subnet_file, network=cfg.network, subnet=lease.subnet,
                         mtu=self.tun_mtu, ipmasq=opts.ip_masq)
-        stack.callback(_unlink, opts.subnet_file)
         log.info("forwarding: %s mtu %d, %d peers, fastpath %s%s", self.tun_name, self.tun_mtu,
                  len(self.peers), opts.fastpath,
                  f", VtepMAC {format_mac(self.mac)}" if self.mac else "")
@@ -240,15 +257,6 @@ class Node:
                               {"VNI": self.config.vni, "VtepMAC": format_mac(self.mac)})
         return LeaseAttrs(self.underlay.address)
 
-    async def _release(self) -> None:
-        if self.lease is None:
-            return
-        try:
-            await asyncio.wait_for(self.store.release_lease(self.lease.subnet), 5)
-            log.info("released lease %s", self.lease.subnet)
-        except Exception as exc:        # it expires on its own
-            log.warning("could not release lease %s: %s", self.lease.subnet, exc)
-
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]],
                      also: tuple[type[Exception], ...] = ()) -> T | None:
         """call() until it succeeds, backing off while the store is unavailable; None if the
@@ -282,6 +290,8 @@ class Node:
         if lease.subnet == self.lease.subnet:
             if event.kind == "removed" and not self._stop.is_set():
                 self._lost = True
+            elif event.kind == "added":
+                self._check_own(lease)
             return
         if event.kind == "removed":
             if self.peers.pop(lease.subnet, None) is not None:
@@ -303,6 +313,42 @@ class Node:
         if known is None or (known.public_ip, known.vtep_mac) != (lease.public_ip, lease.vtep_mac):
             log.info("peer %s at %s%s", lease.subnet, lease.public_ip,
                      f" VtepMAC {lease.vtep_mac}" if lease.vtep_mac else "")
+
+    def _check_own(self, seen: Lease) -> None:
+        """Our lease written by someone else with our public IP: two nodes configured with the
+        same --public-ip share one subnet without noticing (each renews what it takes for its
+        own). Checked once our own write in flight, if any, has returned."""
+        if self._writing:
+            self._pending_own = seen
+            return
+        ours = self.lease
+        if (seen.public_ip != ours.public_ip or seen.expiration is None
+                or ours.expiration is None
+                or abs((seen.expiration - ours.expiration).total_seconds()) <= OWN_WRITE_SLACK
+                or seen.expiration in self._warned_own):
+            return
+        self._warned_own.add(seen.expiration)
+        ttl = timedelta(seconds=self.opts.lease_ttl)
+        log.warning("lease %s of public IP %s was renewed by another node: it now expires at %s "
+                    "(renewed about %s), while this node renewed it at %s (until %s). Is another "
+                    "node running with --public-ip %s? Both are using subnet %s",
+                    seen.subnet, seen.public_ip, _when(seen.expiration),
+                    _when(seen.expiration - ttl), _when(ours.expiration - ttl),
+                    _when(ours.expiration), seen.public_ip, seen.subnet)
+
+    async def _writing_lease(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Our own write to our lease: the watch events it causes are not another node's."""
+        self._writing += 1
+        try:
+            lease = await call()
+            if lease is not None:
+                self.lease = lease          # before any deferred check compares with it
+            return lease
+        finally:
+            self._writing -= 1
+            pending, self._pending_own = self._pending_own, None
+            if pending is not None and not self._writing and self.lease is not None:
+                self._check_own(pending)
 
     def _each_forwarder(self, method: str, *args) -> None:
         """Apply a peer change to every worker's forwarder, on that worker's own thread."""
@@ -347,9 +393,10 @@ class Node:
         try:
             # also while the config is missing: an etcd that came back empty is refilled by
             # its operator, and meanwhile the last known peers keep forwarding
-            lease = await self._retry("re-acquire our lease", lambda: self.store.acquire_lease(
-                self._lease_attrs(), requested=subnet, ttl=self.opts.lease_ttl),
-                also=(ConfigNotFound,))
+            lease = await self._writing_lease(lambda: self._retry(
+                "re-acquire our lease", lambda: self.store.acquire_lease(
+                    self._lease_attrs(), requested=subnet, ttl=self.opts.lease_ttl),
+                also=(ConfigNotFound,)))
         except SubnetTaken as exc:
             raise LeaseLost(f"lease {subnet} was taken by another node: {exc}") from None
         if lease is not None:
@@ -361,8 +408,9 @@ class Node:
         while True:
             await asyncio.sleep(max(renewal_delay(self.lease, margin), 0.2))
             try:
-                lease = await self._retry("renew our lease", lambda: self.store.renew_lease(
-                    self.lease, ttl=self.opts.lease_ttl))
+                lease = await self._writing_lease(lambda: self._retry(
+                    "renew our lease", lambda: self.store.renew_lease(
+                        self.lease, ttl=self.opts.lease_ttl)))
             except SubnetTaken as exc:
                 raise LeaseLost(f"lease {self.lease.subnet} was taken by another node: "
                                 f"{exc}") from None
@@ -372,12 +420,11 @@ class Node:
             log.debug("renewed lease %s until %s", lease.subnet, lease.expiration)
 
 
+def _when(moment) -> str:
+    return moment.astimezone().isoformat(timespec="seconds")
+
+
 async def _cancel(tasks: list[asyncio.Task]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
