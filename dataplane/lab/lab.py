@@ -329,6 +329,14 @@ class Lab:
         n.pid = n.pid_start = None
         self._save()
 
+    def decommission(self, node: Node | str | int) -> str:
+        """Stop one node's daemon and give its subnet back (`dataplane leases release
+        --subnet-file`): the other nodes see it leave, and a later start_daemon is a new node
+        to them. Returns what was done."""
+        n = node if isinstance(node, Node) else self.node(node)
+        self.stop_daemon(n)
+        return daemon.decommission(n, self.store.daemon_args())
+
     def start_daemon(self, node: Node | str | int, *, fastpath: str | None = None,
                      wait: bool = True) -> int:
         """(Re)start one node's daemon, e.g. with another fast path, and (unless wait=False)
