@@ -80,16 +80,34 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 VERBOSE_HELP = "debug logging (-vv: also pyroute2's netlink messages)"
 
-# Libraries whose debug output is noise unless asked for twice (-vv).
-CHATTY_LOGGERS = ("pyroute2",)
+# Libraries whose debug and info output is noise unless asked for twice (-vv): pyroute2's
+# netlink messages (it resets its logger's level when imported, so a filter on our handler
+# keeps them out, not a level), asyncio's selector lines.
+CHATTY_LOGGERS = ("pyroute2", "asyncio")
+
+
+class QuietLibraries(logging.Filter):
+    """Drops records below WARNING from CHATTY_LOGGERS and their children."""
+
+    def __init__(self, names: tuple[str, ...] = CHATTY_LOGGERS) -> None:
+        super().__init__()
+        self.names = names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not any(record.name == n or record.name.startswith(n + ".") for n in self.names)
 
 
 def setup_logging(verbosity: int) -> None:
+    """-v: our debug lines; -vv: also the libraries' (pyroute2's netlink chatter)."""
     level = logging.DEBUG if verbosity >= 1 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
+    if verbosity < 2:
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, QuietLibraries) for f in handler.filters):
+                handler.addFilter(QuietLibraries())
 
 
 # strconv.ParseBool, which flanneld's boolean flags go through
@@ -158,6 +176,7 @@ def apply_env(parser: argparse.ArgumentParser, args: argparse.Namespace,
                     if other.dest in from_env:
                         sub.error(f"{name} and {from_env[other.dest]}: not both")
         from_env[action.dest] = name
+    args._from_env = sorted(from_env.values())
 
 
 def _set_from_env(sub: argparse.ArgumentParser, args: argparse.Namespace,
@@ -182,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     apply_env(parser, args, argv)
     setup_logging(args.verbose + getattr(args, "sub_verbose", 0))
+    if getattr(args, "_from_env", None):      # names only: values may be secrets
+        logging.getLogger("dataplane.cli").info("flags from the environment: %s",
+                                                ", ".join(args._from_env))
     try:
         return int(args._main(args) or 0)
     except CommandError as exc:

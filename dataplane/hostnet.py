@@ -118,7 +118,7 @@ def choose_interface(host: _Host, sel: Selection) -> tuple[int, str | None]:
             if index in host.names:
                 return index, route.get_attr("RTA_PREFSRC")
     if sel.explicit:
-        available = ", ".join(f"{n} {host.addresses(i) or '(no IPv4)'}"
+        available = ", ".join(f"{n} {'/'.join(host.addresses(i)) or '(no IPv4)'}"
                               for i, n in host.names.items())
         raise HostNetError(f"no interface matches {sel.describe()} ({'; '.join(tried)}); "
                            f"interfaces: {available}")

@@ -155,6 +155,8 @@ class Node:
                                                         (opts.iface,) if opts.iface else ())
         self.underlay = ul = await asyncio.to_thread(hostnet.find_underlay,
                                                      selection=selection)
+        log.debug("underlay %s (mtu %d): public IP %s, sending from %s", ul.ifname, ul.mtu,
+                  ul.address, ul.bind_address)
         self.tun_mtu = ul.mtu - OVERHEAD[backend]
         self.mac = vtep_mac(ul.address, cfg.vni) if backend == "vxlan" else b""
 

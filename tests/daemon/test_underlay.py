@@ -72,7 +72,7 @@ def test_nothing_matching_names_every_flag_and_the_interfaces(ns):
     for word in ("--iface eth9", "--iface 10.1.1.1", "--iface-regex ^wl",
                  "--iface-can-reach 10.80.0.1", "no interface named eth9",
                  "no interface has address 10.1.1.1", "no route to 10.80.0.1",
-                 "ul0 ['10.50.0.1']"):
+                 "ul0 10.50.0.1", "ul1 10.60.0.1/10.60.0.2"):
         assert word in message, message
     assert "\n" not in message
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from dataplane import __version__
-from dataplane.cli import apply_env, build_parser, env_name, setup_logging
+from dataplane.cli import QuietLibraries, apply_env, build_parser, env_name
 from dataplane.daemon.command import renew_margin
 from tests import netns
 
@@ -155,15 +155,17 @@ def test_verbose_after_the_command_counts_too():
     assert args.verbose + args.sub_verbose == 2
 
 
-def test_pyroute2_stays_quiet_unless_asked_twice():
-    try:
-        setup_logging(1)
-        assert logging.getLogger("pyroute2").level == logging.WARNING
-        assert not logging.getLogger("pyroute2").isEnabledFor(logging.DEBUG)
-        setup_logging(2)
-        assert logging.getLogger("pyroute2").level == logging.DEBUG
-    finally:
-        logging.getLogger("pyroute2").setLevel(logging.NOTSET)
+def test_library_chatter_is_filtered_below_warning():
+    quiet = QuietLibraries()
+
+    def passes(name: str, level: int) -> bool:
+        return quiet.filter(logging.LogRecord(name, level, __file__, 1, "m", None, None))
+    assert not passes("pyroute2", logging.DEBUG)
+    assert not passes("pyroute2.netlink.core", logging.INFO)
+    assert not passes("asyncio", logging.DEBUG)
+    assert passes("pyroute2.netlink.core", logging.WARNING)
+    assert passes("dataplane.daemon.node", logging.DEBUG)
+    assert passes("pyroute2x", logging.DEBUG)              # not a child: another library
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["run", "--version"]])
@@ -173,12 +175,17 @@ def test_version(argv):
     assert out.returncode == 0 and out.stdout.strip() == f"dataplane {__version__}"
 
 
-def test_debug_is_ours_not_pyroute2s():
-    """-v in a real process: our debug lines on, pyroute2's below WARNING off."""
-    code = ("import logging; from dataplane.cli import setup_logging; setup_logging(1); "
+@pytest.mark.parametrize("verbosity,chatter", [(1, False), (2, True)])
+def test_debug_is_ours_and_pyroute2s_needs_two_v(verbosity, chatter):
+    """In a real process, with pyroute2 imported after logging is set up (it resets its
+    logger's level then)."""
+    code = ("import logging; from dataplane.cli import setup_logging; "
+            f"setup_logging({verbosity}); import pyroute2; "
             "logging.getLogger('pyroute2.netlink').debug('chatter'); "
             "logging.getLogger('pyroute2').info('chatter'); "
+            "logging.getLogger('pyroute2').warning('alarm'); "
             "logging.getLogger('dataplane.daemon.node').debug('ours')")
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=netns.env(), timeout=30).stderr
-    assert "ours" in err and "chatter" not in err, err
+    assert "ours" in err and "alarm" in err, err
+    assert ("chatter" in err) is chatter, err
