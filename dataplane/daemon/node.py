@@ -16,6 +16,7 @@ resumed from a fresh listing, whose difference with what we knew is applied as e
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import hashlib
@@ -48,7 +49,10 @@ SO_NO_CHECK = 11                            # asm-generic/socket.h: no UDP check
 OVERHEAD = {"udp": 28, "vxlan": 50}        # outer IPv4 + UDP (+ VXLAN + inner Ethernet)
 TXQUEUELEN = 5000                           # the default 500 drops the bursts a batch makes
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
-OWN_WRITE_SLACK = 2.0   # s: etcd counts TTLs in whole seconds, so views of one expiry differ
+# Our own lease writes come back through the watch with the expiry we wrote, to the
+# microsecond (the directory store's mtime, etcd's grant as this store made it); another
+# writer's shows another expiry. A millisecond absorbs rounding, never a second writer.
+OWN_WRITE_SLACK = timedelta(milliseconds=1)
 
 T = TypeVar("T")
 
@@ -106,6 +110,7 @@ class Node:
         self.io_flags = 0
         self._stop = asyncio.Event()
         self._writing = 0                    # our own lease writes in flight
+        self._written: collections.deque = collections.deque(maxlen=16)  # their expiries
         self._pending_own: Lease | None = None
         self._warned_own: set = set()
 
@@ -177,6 +182,7 @@ class Node:
         if lease is None:
             return False
         self.lease = lease
+        self._written.append(lease.expiration)
         log.info("lease %s for %s (%s backend, store %s)", lease.subnet, ul.address, backend,
                  self.store.location)
 
@@ -326,7 +332,8 @@ class Node:
         ours = self.lease
         if (seen.public_ip != ours.public_ip or seen.expiration is None
                 or ours.expiration is None
-                or abs((seen.expiration - ours.expiration).total_seconds()) <= OWN_WRITE_SLACK
+                or any(abs(seen.expiration - mine) <= OWN_WRITE_SLACK
+                       for mine in self._written if mine is not None)
                 or seen.expiration in self._warned_own):
             return
         self._warned_own.add(seen.expiration)
@@ -345,6 +352,7 @@ class Node:
             lease = await call()
             if lease is not None:
                 self.lease = lease          # before any deferred check compares with it
+                self._written.append(lease.expiration)
             return lease
         finally:
             self._writing -= 1

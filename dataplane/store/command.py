@@ -36,9 +36,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     release = sub.add_parser(
         "release", help="give a subnet back: delete its lease (and decommission the node)",
         description="Give a subnet back. A stopped `dataplane run` keeps its lease until its "
-                    "TTL runs out and leaves subnet.env in place, so that a restart takes the "
-                    "same subnet; this is how a subnet is released on purpose. Stop the node's "
-                    "daemon first: a running one takes its lease back.",
+                    "TTL runs out\nand leaves subnet.env in place, so that a restart takes the "
+                    "same subnet: this is\nhow a subnet is released on purpose. Stop the "
+                    "node's daemon first (a running one\ntakes its lease back).",
         epilog="Examples:\n"
                "  dataplane leases release 10.244.3.0/24 --etcd-endpoints http://10.0.0.5:2379\n"
                "  dataplane leases release --subnet-file /run/flannel/subnet.env   "

@@ -43,9 +43,12 @@ def start_pair(host, backend: str, *args: str, env: dict[str, str] | None = None
     procs = []
     for side, ns, ip, subnet, port in (("a", host.ns, "10.99.0.1", "10.244.1.0/24", 9101),
                                        ("b", host.peer_ns, "10.99.0.2", "10.244.2.0/24", 9102)):
+        # A stop leaves subnet.env (as flanneld): readiness is its being written anew.
+        (host.tmp / f"{side}.env").unlink(missing_ok=True)
         argv = ["ip", "netns", "exec", ns, *netns.dataplane_cmd(
             "-v", "run", "--store-dir", str(host.store), "--public-ip", ip, "--subnet", subnet,
-            "--subnet-file", str(host.tmp / f"{side}.env"), "--healthz-port", str(port), *args)]
+            "--subnet-file", str(host.tmp / f"{side}.env"), "--healthz-ip", "127.0.0.1",
+            "--healthz-port", str(port), *args)]
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True, env={**netns.env(), **(env or {})}))
     for side, proc in zip("ab", procs):

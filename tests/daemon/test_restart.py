@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -71,11 +72,12 @@ class Nodes:
     def env_file(self, side: str) -> Path:
         return self.host.tmp / f"{side}.env"
 
-    def start(self, side: str = "a", *extra: str) -> subprocess.Popen:
+    def start(self, side: str = "a", *extra: str, ip: str | None = None) -> subprocess.Popen:
         """Start one node and wait until it has written subnet.env anew (a stop leaves the old
         one, so a new inode, not the file's presence, says this start is ready)."""
-        ns, ip = (self.host.ns, "10.99.0.1") if side == "a" else (self.host.peer_ns,
-                                                                   "10.99.0.2")
+        ns, default_ip = ((self.host.ns, "10.99.0.1") if side == "a" else
+                          (self.host.peer_ns, "10.99.0.2"))
+        ip = ip or default_ip
         path = self.env_file(side)
         before = path.stat().st_ino if path.exists() else None
         proc = subprocess.Popen(
@@ -180,3 +182,23 @@ def test_release_errors_are_one_line(nodes, host):
                            check=False)
     assert junk.returncode == 1 and "no FLANNEL_SUBNET" in junk.stderr, junk.stderr
     assert (host.tmp / "junk.env").exists()         # nothing removed on a refusal
+
+
+def test_two_nodes_with_one_public_ip_are_told(nodes, host):
+    """Nodes a and b are (mis)configured with one public IP, 10.99.0.9 (on both of them): b
+    takes a's lease as its own, as flanneld would. a sees its lease renewed by someone else
+    and says so, naming the subnet, the IP and both renewals."""
+    for ns in (host.ns, host.peer_ns):
+        netns.run("ip", "-n", ns, "addr", "add", "10.99.0.9/32", "dev",
+                  next(n for n in host.links(ns) if n != "lo"))
+    a = nodes.start("a", ip="10.99.0.9")
+    subnet = nodes.subnet("a")
+    nodes.start("b", ip="10.99.0.9")
+    assert nodes.subnet("b") == subnet                # the same lease, reused
+    assert nodes.leases() == {subnet: "10.99.0.9"}
+    time.sleep(2)                                     # a's watch sees b's write
+    log = nodes.stop(a)
+    warning = next((line for line in log.splitlines() if "renewed by another node" in line),
+                   None)
+    assert warning is not None, log
+    assert subnet in warning and "10.99.0.9" in warning and "until" in warning

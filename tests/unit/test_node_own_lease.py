@@ -27,6 +27,7 @@ def lease(ip: str = "10.99.0.1", expires: datetime = T0) -> Lease:
 def node():
     n = Node(NodeOptions(store=None, lease_ttl=24 * 3600))
     n.lease = lease()
+    n._written.append(T0)                 # as _start records its acquire
     return n
 
 
@@ -35,7 +36,22 @@ def warnings(caplog) -> list[str]:
 
 
 def test_our_own_write_coming_back_is_not_a_warning(node, caplog):
-    node._apply(LeaseEvent("added", lease(expires=T0 + timedelta(seconds=1))))  # etcd rounding
+    node._apply(LeaseEvent("added", lease(expires=T0 + timedelta(microseconds=300))))
+    assert warnings(caplog) == []
+
+
+def test_another_writer_a_second_apart_is_still_seen(node, caplog):
+    """Two nodes started within a second of each other: their expiries differ by less than
+    etcd's whole-second TTLs, but not by less than a millisecond."""
+    node._apply(LeaseEvent("added", lease(expires=T0 + timedelta(milliseconds=900))))
+    assert len(warnings(caplog)) == 1
+
+
+def test_an_older_write_of_ours_arriving_late_is_ours(node, caplog):
+    async def renew() -> Lease:
+        return lease(expires=T0 + timedelta(hours=1))
+    asyncio.run(node._writing_lease(renew))
+    node._apply(LeaseEvent("added", lease(expires=T0)))    # the first write's event, late
     assert warnings(caplog) == []
 
 
