@@ -16,7 +16,6 @@ resumed from a fresh listing, whose difference with what we knew is applied as e
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import errno
 import hashlib
@@ -33,6 +32,7 @@ from dataplane import fastpath, hostnet, subnetenv
 from dataplane.daemon.datapath import (SOL_UDP, UDP_GRO, Datapath, Worker, close_sockets,
                                        open_worker_sockets, socket_buffers, udp_offloads)
 from dataplane.daemon.errors import BindError
+from dataplane.daemon.ownlease import OwnWrites
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
                                       MODE_VXLAN, Counters, ForwarderConfig, format_mac,
                                       parse_mac)
@@ -49,10 +49,6 @@ SO_NO_CHECK = 11                            # asm-generic/socket.h: no UDP check
 OVERHEAD = {"udp": 28, "vxlan": 50}        # outer IPv4 + UDP (+ VXLAN + inner Ethernet)
 TXQUEUELEN = 5000                           # the default 500 drops the bursts a batch makes
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
-# Our own lease writes come back through the watch with the expiry we wrote, to the
-# microsecond (the directory store's mtime, etcd's grant as this store made it); another
-# writer's shows another expiry. A millisecond absorbs rounding, never a second writer.
-OWN_WRITE_SLACK = timedelta(milliseconds=1)
 
 T = TypeVar("T")
 
@@ -109,10 +105,7 @@ class Node:
         self.metrics = None
         self.io_flags = 0
         self._stop = asyncio.Event()
-        self._writing = 0                    # our own lease writes in flight
-        self._written: collections.deque = collections.deque(maxlen=16)  # their expiries
-        self._pending_own: Lease | None = None
-        self._warned_own: set = set()
+        self.own = OwnWrites(options.lease_ttl, lambda: self.lease)   # vs. a second writer
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -182,7 +175,7 @@ class Node:
         if lease is None:
             return False
         self.lease = lease
-        self._written.append(lease.expiration)
+        self.own.wrote(lease)
         log.info("lease %s for %s (%s backend, store %s)", lease.subnet, ul.address, backend,
                  self.store.location)
 
@@ -299,7 +292,7 @@ class Node:
             if event.kind == "removed" and not self._stop.is_set():
                 self._lost = True
             elif event.kind == "added":
-                self._check_own(lease)
+                self.own.seen(lease)
             return
         if event.kind == "removed":
             if self.peers.pop(lease.subnet, None) is not None:
@@ -321,44 +314,6 @@ class Node:
         if known is None or (known.public_ip, known.vtep_mac) != (lease.public_ip, lease.vtep_mac):
             log.info("peer %s at %s%s", lease.subnet, lease.public_ip,
                      f" VtepMAC {lease.vtep_mac}" if lease.vtep_mac else "")
-
-    def _check_own(self, seen: Lease) -> None:
-        """Our lease written by someone else with our public IP: two nodes configured with the
-        same --public-ip share one subnet without noticing (each renews what it takes for its
-        own). Checked once our own write in flight, if any, has returned."""
-        if self._writing:
-            self._pending_own = seen
-            return
-        ours = self.lease
-        if (seen.public_ip != ours.public_ip or seen.expiration is None
-                or ours.expiration is None
-                or any(abs(seen.expiration - mine) <= OWN_WRITE_SLACK
-                       for mine in self._written if mine is not None)
-                or seen.expiration in self._warned_own):
-            return
-        self._warned_own.add(seen.expiration)
-        ttl = timedelta(seconds=self.opts.lease_ttl)
-        log.warning("lease %s of public IP %s was renewed by another node: it now expires at %s "
-                    "(renewed about %s), while this node renewed it at %s (until %s). Is another "
-                    "node running with --public-ip %s? Both are using subnet %s",
-                    seen.subnet, seen.public_ip, _when(seen.expiration),
-                    _when(seen.expiration - ttl), _when(ours.expiration - ttl),
-                    _when(ours.expiration), seen.public_ip, seen.subnet)
-
-    async def _writing_lease(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Our own write to our lease: the watch events it causes are not another node's."""
-        self._writing += 1
-        try:
-            lease = await call()
-            if lease is not None:
-                self.lease = lease          # before any deferred check compares with it
-                self._written.append(lease.expiration)
-            return lease
-        finally:
-            self._writing -= 1
-            pending, self._pending_own = self._pending_own, None
-            if pending is not None and not self._writing and self.lease is not None:
-                self._check_own(pending)
 
     def _each_forwarder(self, method: str, *args) -> None:
         """Apply a peer change to every worker's forwarder, on that worker's own thread."""
@@ -403,24 +358,27 @@ class Node:
         try:
             # also while the config is missing: an etcd that came back empty is refilled by
             # its operator, and meanwhile the last known peers keep forwarding
-            lease = await self._writing_lease(lambda: self._retry(
+            lease = await self.own.write(lambda: self._retry(
                 "re-acquire our lease", lambda: self.store.acquire_lease(
                     self._lease_attrs(), requested=subnet, ttl=self.opts.lease_ttl),
-                also=(ConfigNotFound,)))
+                also=(ConfigNotFound,)), self._hold)
         except SubnetTaken as exc:
             raise LeaseLost(f"lease {subnet} was taken by another node: {exc}") from None
         if lease is not None:
             self.lease = lease
             self.leases[lease.subnet] = lease
 
+    def _hold(self, lease: Lease) -> None:
+        self.lease = lease
+
     async def _keep_lease(self) -> None:
         margin = timedelta(seconds=self.opts.renew_margin)
         while True:
             await asyncio.sleep(max(renewal_delay(self.lease, margin), 0.2))
             try:
-                lease = await self._writing_lease(lambda: self._retry(
+                lease = await self.own.write(lambda: self._retry(
                     "renew our lease", lambda: self.store.renew_lease(
-                        self.lease, ttl=self.opts.lease_ttl)))
+                        self.lease, ttl=self.opts.lease_ttl)), self._hold)
             except SubnetTaken as exc:
                 raise LeaseLost(f"lease {self.lease.subnet} was taken by another node: "
                                 f"{exc}") from None
@@ -428,10 +386,6 @@ class Node:
                 return
             self.lease = lease
             log.debug("renewed lease %s until %s", lease.subnet, lease.expiration)
-
-
-def _when(moment) -> str:
-    return moment.astimezone().isoformat(timespec="seconds")
 
 
 async def _cancel(tasks: list[asyncio.Task]) -> None:

@@ -319,7 +319,8 @@ class Lab:
         return proc
 
     def stop_daemon(self, node: Node | str | int) -> None:
-        """SIGTERM one node's daemon (SIGKILL after 5 s); its lease stays in the store."""
+        """SIGTERM one node's daemon (SIGKILL after 5 s); its lease stays in the store and
+        its subnet.env in place, as flanneld leaves them (decommission() gives them back)."""
         n = node if isinstance(node, Node) else self.node(node)
         proc = self._procs.pop(n.name, None)
         if proc is not None:

@@ -27,7 +27,7 @@ def lease(ip: str = "10.99.0.1", expires: datetime = T0) -> Lease:
 def node():
     n = Node(NodeOptions(store=None, lease_ttl=24 * 3600))
     n.lease = lease()
-    n._written.append(T0)                 # as _start records its acquire
+    n.own.wrote(n.lease)                  # as _start records its acquire
     return n
 
 
@@ -50,7 +50,7 @@ def test_another_writer_a_second_apart_is_still_seen(node, caplog):
 def test_an_older_write_of_ours_arriving_late_is_ours(node, caplog):
     async def renew() -> Lease:
         return lease(expires=T0 + timedelta(hours=1))
-    asyncio.run(node._writing_lease(renew))
+    asyncio.run(node.own.write(renew, node._hold))
     node._apply(LeaseEvent("added", lease(expires=T0)))    # the first write's event, late
     assert warnings(caplog) == []
 
@@ -77,7 +77,7 @@ def test_events_during_our_own_write_wait_for_its_result(node, caplog):
         async def write() -> Lease:
             node._apply(LeaseEvent("added", seen))   # the watch reports it before we return
             return result
-        await node._writing_lease(write)
+        await node.own.write(write, node._hold)
 
     renewed = lease(expires=T0 + timedelta(hours=1))
     asyncio.run(go(renewed, renewed))                 # it was our renewal: quiet
