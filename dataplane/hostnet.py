@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -23,44 +24,145 @@ class HostNetError(RuntimeError):
 class Underlay:
     ifname: str
     index: int
-    address: str      # the node's public IP
+    address: str      # the node's public IP: published in the lease, other nodes send to it
     mtu: int
+    local: str = ""   # the interface's own address we send from; "" = address
+
+    @property
+    def bind_address(self) -> str:
+        """Where the tunnel sockets bind: the interface's address. It differs from the public
+        IP only behind NAT (flannel's ExtAddr vs IfaceAddr)."""
+        return self.local or self.address
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How to choose the underlay, flanneld's flags: --iface (names or addresses, in order),
+    then --iface-regex (matched against addresses, then names), then --iface-can-reach; with
+    none of them the interface holding --public-ip, else the default route's."""
+    public_ip: str | None = None
+    ifaces: tuple[str, ...] = ()
+    regexes: tuple[str, ...] = ()
+    can_reach: str | None = None
+
+    @property
+    def explicit(self) -> bool:
+        return bool(self.ifaces or self.regexes or self.can_reach)
+
+    def describe(self) -> str:
+        parts = [f"--iface {i}" for i in self.ifaces]
+        parts += [f"--iface-regex {r}" for r in self.regexes]
+        parts += [f"--iface-can-reach {self.can_reach}"] if self.can_reach else []
+        return ", ".join(parts)
 
 
 def _links(ipr: IPRoute) -> dict[int, dict]:
     return {link["index"]: link for link in ipr.get_links()}
 
 
-def find_underlay(public_ip: str | None = None, iface: str | None = None) -> Underlay:
-    """The interface that carries overlay traffic and the address we publish, as flanneld
-    chooses them: --iface names it, --public-ip picks the interface holding that address,
-    and with neither the interface of the default route is used."""
-    with IPRoute() as ipr:
+class _Host:
+    """The host's interfaces and IPv4 addresses, read once (what the choice is made from)."""
+
+    def __init__(self, ipr: IPRoute) -> None:
+        self.ipr = ipr
         links = _links(ipr)
-        addrs = [(a["index"], a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=AF_INET)]
-        if iface is not None:
-            index = next((i for i, l in links.items() if l.get_attr("IFLA_IFNAME") == iface), None)
-            if index is None:
-                raise HostNetError(f"--iface {iface}: no such interface")
-        elif public_ip is not None:
-            index = next((i for i, a in addrs if a == public_ip), None)
-            if index is None:
-                raise HostNetError(f"--public-ip {public_ip} is not an address of this host "
-                                   "(name the underlay with --iface if it is NATed)")
-        else:
-            routes = ipr.get_default_routes(family=AF_INET)
-            if not routes:
-                raise HostNetError("no default route: name the underlay with --iface or "
-                                   "--public-ip")
-            index = routes[0].get_attr("RTA_OIF")
-        link = links[index]
-        if public_ip is None:
-            public_ip = next((a for i, a in addrs if i == index), None)
-            if public_ip is None:
-                raise HostNetError(f"{link.get_attr('IFLA_IFNAME')} has no IPv4 address; "
-                                   "give --public-ip")
-        return Underlay(link.get_attr("IFLA_IFNAME"), index, public_ip,
-                        link.get_attr("IFLA_MTU"))
+        self.names = {i: l.get_attr("IFLA_IFNAME") for i, l in sorted(links.items())}
+        self.mtus = {i: l.get_attr("IFLA_MTU") for i, l in links.items()}
+        self.addrs = [(a["index"], a.get_attr("IFA_ADDRESS"))
+                      for a in ipr.get_addr(family=AF_INET)]
+
+    def addresses(self, index: int) -> list[str]:
+        return [a for i, a in self.addrs if i == index]
+
+    def by_address(self, address: str) -> int | None:
+        return next((i for i, a in self.addrs if a == address), None)
+
+    def by_name(self, name: str) -> int | None:
+        return next((i for i, n in self.names.items() if n == name), None)
+
+
+def choose_interface(host: _Host, sel: Selection) -> tuple[int, str | None]:
+    """(interface index, address to use or None for its first) as flanneld's LookupExtIface
+    tries them; HostNetError naming what was asked when nothing matches."""
+    tried = []
+    for iface in sel.ifaces:
+        try:
+            ipaddress.IPv4Address(iface)
+            index = host.by_address(iface)
+            if index is not None:
+                return index, iface
+            tried.append(f"no interface has address {iface}")
+        except ValueError:
+            index = host.by_name(iface)
+            if index is not None:
+                return index, None
+            tried.append(f"no interface named {iface}")
+    for pattern in sel.regexes:
+        regex = re.compile(pattern)          # checked when the flag was parsed
+        for index in host.names:             # addresses first, then names, as flanneld
+            for address in host.addresses(index):
+                if regex.search(address):
+                    return index, address
+        for index, name in host.names.items():
+            if regex.search(name):
+                return index, None
+        tried.append(f"nothing matches {pattern!r}")
+    if sel.can_reach:
+        try:
+            routes = host.ipr.route("get", dst=sel.can_reach)
+        except NetlinkError as exc:
+            routes = []
+            tried.append(f"no route to {sel.can_reach} ({exc.args[-1] if exc.args else exc})")
+        for route in routes:
+            index = route.get_attr("RTA_OIF")
+            if index in host.names:
+                return index, route.get_attr("RTA_PREFSRC")
+    if sel.explicit:
+        available = ", ".join(f"{n} {'/'.join(host.addresses(i)) or '(no IPv4)'}"
+                              for i, n in host.names.items())
+        raise HostNetError(f"no interface matches {sel.describe()} ({'; '.join(tried)}); "
+                           f"interfaces: {available}")
+    if sel.public_ip is not None:
+        index = host.by_address(sel.public_ip)
+        if index is None:
+            raise HostNetError(f"--public-ip {sel.public_ip} is not an address of this host "
+                               "(name the underlay with --iface if it is NATed)")
+        return index, sel.public_ip
+    routes = host.ipr.get_default_routes(family=AF_INET)
+    if not routes:
+        raise HostNetError("no default route: name the underlay with --iface or --public-ip")
+    return routes[0].get_attr("RTA_OIF"), None
+
+
+def find_underlay(public_ip: str | None = None, iface: str | None = None, *,
+                  selection: Selection | None = None) -> Underlay:
+    """The interface that carries overlay traffic and the address we publish, as flanneld
+    chooses them (see Selection). With --public-ip the lease names it even when it is not on
+    the interface (NAT, as flannel allows): we then send from the interface's address and
+    warn, since other nodes must reach the public IP through that NAT."""
+    if selection is None:
+        selection = Selection(public_ip, (iface,) if iface else ())
+    with IPRoute() as ipr:
+        host = _Host(ipr)
+        index, address = choose_interface(host, selection)
+        name = host.names[index]
+        if address is None:
+            found = host.addresses(index)
+            if not found:
+                raise HostNetError(f"{name} has no IPv4 address; give --public-ip or another "
+                                   "--iface")
+            address = found[0]
+        public = selection.public_ip or address
+        if public != address and public not in host.addresses(index):
+            where = host.by_address(public)
+            log.warning("--public-ip %s is not an address of %s (%s): publishing %s in the "
+                        "lease and sending from %s; other nodes must reach %s (NAT)%s", public,
+                        name, address, public, address, public,
+                        f"; it is on {host.names[where]}" if where is not None else "")
+        elif public != address:
+            address = public                      # the public IP is on the chosen interface
+        return Underlay(name, index, public, host.mtus[index],
+                        local="" if address == public else address)
 
 
 def link_exists(name: str) -> bool:
@@ -163,6 +265,25 @@ def delete_direct_route(subnet: str, gateway: str, ifindex: int) -> None:
         except NetlinkError as exc:
             if exc.code not in (3, 19):        # ESRCH: no such route; ENODEV: link gone
                 raise HostNetError(f"route {net} via {gateway}: {exc}") from None
+
+
+def remove_direct_routes() -> list[str]:
+    """Delete every DirectRouting route of ours (proto 0xdb) from the main table, whatever its
+    interface: decommissioning a node. Returns the subnets removed."""
+    removed = []
+    with IPRoute() as ipr:
+        for route in ipr.get_routes(family=AF_INET, table=254, proto=RTPROT_DATAPLANE):
+            if route["proto"] != RTPROT_DATAPLANE or route.get_attr("RTA_DST") is None:
+                continue
+            subnet = f"{route.get_attr('RTA_DST')}/{route['dst_len']}"
+            try:
+                ipr.route("del", dst=route.get_attr("RTA_DST"), dst_len=route["dst_len"],
+                          table=254, proto=RTPROT_DATAPLANE)
+                removed.append(subnet)
+            except NetlinkError as exc:
+                if exc.code != 3:                        # ESRCH: gone meanwhile
+                    raise HostNetError(f"route {subnet}: {exc}") from None
+    return removed
 
 
 def direct_routes(ifindex: int, network: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ failed test leaves nothing behind.
 
 from __future__ import annotations
 
+import sys
 import os
 import secrets
 import signal
@@ -47,7 +48,7 @@ def netns_del(name: str) -> None:
 
 
 def dataplane_cmd(*args: str) -> list[str]:
-    return ["python3", "-m", "dataplane", *args]
+    return [sys.executable, "-m", "dataplane", *args]
 
 
 def env() -> dict[str, str]:

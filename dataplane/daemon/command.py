@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import ipaddress
 import logging
 import os
+import re
 import signal
 
-from dataplane import fastpath, subnetenv
+from dataplane import __version__, fastpath, subnetenv
 from dataplane.cli import CommandError
 from dataplane.netfilter.options import add_netfilter_arguments, netfilter_options
 from dataplane.store.options import add_store_arguments, open_store
@@ -18,34 +18,64 @@ from dataplane.tun import TUN_PATH
 
 HELP = "run the node daemon: lease a subnet, bring up the TUN device and forward pod traffic"
 
+# Every flag can also come from FLANNELD_<FLAG> (--subnet-file: FLANNELD_SUBNET_FILE), as
+# flanneld's; the command line wins (dataplane/cli.py apply_env).
+ENV_PREFIX = "FLANNELD"
+RENEW_MARGIN_MINUTES = 60          # flanneld's default --subnet-lease-renew-margin
+
 log = logging.getLogger("dataplane.daemon")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.epilog = ("The backend (udp or vxlan), its port and VNI come from the network config in "
-                "the store (flannel's net-conf.json at STORE/config). Example:\n"
+                "the store (flannel's net-conf.json at STORE/config).\n"
+                "Every flag can also be set in the environment as flanneld's are: "
+                "FLANNELD_ and the flag's name\nin upper case with '-' as '_' "
+                "(--iface eth0: FLANNELD_IFACE=eth0; --ip-masq: FLANNELD_IP_MASQ=true);\n"
+                "a flag on the command line wins.\n"
+                "A stop (SIGTERM) keeps the lease and subnet.env, so a restart keeps the "
+                "subnet; give it back\nwith `dataplane leases release`. Example:\n"
                 "  dataplane run --store-dir /tmp/store --public-ip 10.99.0.1 "
                 "--subnet 10.244.1.0/24")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     add_store_arguments(p)
     node = p.add_argument_group("node")
-    node.add_argument("--public-ip", metavar="IP",
-                      help="address other nodes reach us at (default: of --iface, or of the "
-                           "default route's interface)")
-    node.add_argument("--iface", metavar="NAME", help="underlay interface")
+    p.add_argument("--version", action="version", version=f"dataplane {__version__}",
+                   help="print the version and exit")
+    node.add_argument("--public-ip", metavar="IP", type=_address,
+                      help="address other nodes reach us at, published in the lease (default: "
+                           "the underlay interface's). May be an address the host does not "
+                           "have (NAT): we then send from the interface's address, with a "
+                           "warning")
+    node.add_argument("--iface", metavar="NAME|IP", action="append", default=[],
+                      help="underlay interface, by name or by one of its addresses; repeat to "
+                           "try several in order, the first that exists wins (default: the "
+                           "interface holding --public-ip, else the default route's)")
+    node.add_argument("--iface-regex", metavar="REGEX", action="append", default=[],
+                      type=_regex,
+                      help="underlay interface whose address, else whose name, matches REGEX; "
+                           "repeatable, tried in order after every --iface")
+    node.add_argument("--iface-can-reach", metavar="IP", type=_address,
+                      help="underlay interface: the one the route to IP leaves by (as `ip "
+                           "route get IP`), tried after --iface and --iface-regex")
     node.add_argument("--subnet", metavar="CIDR", type=_network,
-                      help="ask for this subnet lease (default: the one we held, the one in "
-                           "--subnet-file, or any free one)")
+                      help="ask for this subnet lease (default: the one our public IP holds, "
+                           "the one --subnet-file names if it is free, or any free one)")
     node.add_argument("--subnet-file", default=subnetenv.DEFAULT_PATH, metavar="PATH",
                       help="where to write subnet.env for the CNI plugin (default %(default)s)")
     node.add_argument("--tun-name", metavar="NAME",
                       help="TUN device name (default flannel0 for udp, flannel.<VNI> for vxlan)")
     node.add_argument("--lease-ttl", type=_positive, default=24 * 3600, metavar="SECONDS",
-                      help="lease lifetime (default 24 h, renewed an hour before it ends)")
+                      help="lease lifetime (default 24 h, flanneld's)")
+    node.add_argument("--subnet-lease-renew-margin", type=int, metavar="MINUTES",
+                      help=f"renew the lease this long before it expires (default "
+                           f"{RENEW_MARGIN_MINUTES}, as flanneld; with a --lease-ttl of an hour "
+                           "or less, half the TTL); 1 to 1439 and below --lease-ttl")
     add_netfilter_arguments(p)
     ops = p.add_argument_group("health and metrics")
-    ops.add_argument("--healthz-ip", default="127.0.0.1", metavar="IP",
-                     help="address of /healthz, /readyz and /metrics (default %(default)s)")
+    ops.add_argument("--healthz-ip", default="0.0.0.0", metavar="IP", type=_address,
+                     help="address of /healthz, /readyz and /metrics (default %(default)s, "
+                          "every address, as flanneld; 127.0.0.1 keeps them on loopback)")
     ops.add_argument("--healthz-port", type=int, default=0, metavar="PORT",
                      help="port of /healthz, /readyz and /metrics (default 0: disabled)")
     dp = p.add_argument_group("fast path")
@@ -66,6 +96,35 @@ def _network(value: str) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(value, strict=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an IPv4 subnet: {exc}") from None
+
+
+def _address(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: not an IPv4 address") from None
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: not a regular expression ({exc})") from None
+    return value
+
+
+def renew_margin(args: argparse.Namespace) -> float:
+    """Seconds before expiry to renew: --subnet-lease-renew-margin (minutes, flanneld's range
+    1..1439) below the TTL; unset, flanneld's 60 minutes, or half a TTL of an hour or less."""
+    minutes = args.subnet_lease_renew_margin
+    if minutes is None:
+        return min(RENEW_MARGIN_MINUTES * 60.0, args.lease_ttl / 2)
+    if not 1 <= minutes <= 24 * 60 - 1:
+        raise CommandError(f"--subnet-lease-renew-margin {minutes}: minutes, from 1 to 1439")
+    if minutes * 60 >= args.lease_ttl:
+        raise CommandError(f"--subnet-lease-renew-margin {minutes} (minutes) must be below "
+                           f"--lease-ttl {args.lease_ttl:g} (seconds)")
+    return minutes * 60.0
 
 
 def _positive(value: str) -> float:
@@ -93,6 +152,7 @@ def preflight(args: argparse.Namespace) -> None:
         raise CommandError(f"--workers {args.workers}: between 1 and 64")
     if not 0 <= args.healthz_port <= 65535:
         raise CommandError(f"--healthz-port {args.healthz_port}: not a port")
+    renew_margin(args)
 
 
 CAP_NET_ADMIN = 12      # linux/capability.h
@@ -113,14 +173,18 @@ def _has_net_admin() -> bool:
 def main(args: argparse.Namespace) -> int:
     preflight(args)
     from dataplane.daemon.node import Node, NodeOptions
+    from dataplane.hostnet import Selection
 
+    selection = Selection(args.public_ip, tuple(args.iface), tuple(args.iface_regex),
+                          args.iface_can_reach)
     node = Node(NodeOptions(
-        store=open_store(args), public_ip=args.public_ip, iface=args.iface, subnet=args.subnet,
+        store=open_store(args), public_ip=args.public_ip, selection=selection,
+        subnet=args.subnet,
         subnet_file=args.subnet_file, fastpath=args.fastpath, offload=args.offload == "on",
         workers=args.workers or len(os.sched_getaffinity(0)),
         ip_masq=args.ip_masq, netfilter=netfilter_options(args),
         tun_name=args.tun_name, lease_ttl=args.lease_ttl,
-        renew_margin=min(3600.0, args.lease_ttl / 2),
+        renew_margin=renew_margin(args),
         healthz=(args.healthz_ip, args.healthz_port) if args.healthz_port else None))
     return run_node(node)
 
@@ -156,6 +220,7 @@ def run_node(node) -> int:
 
 def user_error(exc: BaseException) -> str | None:
     """The one-line message for an error the user can act on; None for a bug."""
+    from dataplane.daemon.errors import BindError
     from dataplane.daemon.node import LeaseLost
     from dataplane.hostnet import HostNetError
     from dataplane.lease import InvalidSubnet
@@ -164,12 +229,9 @@ def user_error(exc: BaseException) -> str | None:
     from dataplane.store.base import StoreError
     from dataplane.tun import TunError
 
+    # Each socket names its own purpose, address and port (BindError): an OSError from
+    # elsewhere is not guessed at.
     if isinstance(exc, (ConfigError, InvalidSubnet, StoreError, HostNetError, TunError,
-                        LeaseLost, NetfilterError)):
+                        LeaseLost, NetfilterError, BindError)):
         return str(exc)
-    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
-        return ("the tunnel port is in use (another dataplane or flanneld on this node?): "
-                f"{exc.strerror}")
-    if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
-        return f"cannot bind the tunnel socket to the public IP: {exc.strerror}"
     return None

@@ -1,18 +1,20 @@
 """Health and metrics over HTTP: /healthz, /readyz and /metrics (Prometheus text format 0.0.4).
 
-A few lines of asyncio rather than a web framework: three fixed GET endpoints on loopback by
-default, served from the daemon's own loop.
+A few lines of asyncio rather than a web framework: three fixed GET endpoints on
+--healthz-ip (0.0.0.0 by default, as flanneld), served from the daemon's own loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import resource
 from typing import TYPE_CHECKING
 
-from dataplane.drops import Direction
+from dataplane.daemon.errors import BindError
+from dataplane.drops import Direction, Drop
 
 if TYPE_CHECKING:
     from dataplane.daemon.node import Node
@@ -31,6 +33,21 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def format_value(value: float) -> str:
+    """A sample value at full precision: ints as they are, floats as repr() (the shortest text
+    that reads back to the same float, as Go's strconv 'g' -1 which Prometheus uses), infinities
+    and NaN as the text format spells them."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
 class _Writer:
     def __init__(self) -> None:
         self.lines: list[str] = []
@@ -40,12 +57,9 @@ class _Writer:
         self.lines.append(f"# HELP {name} {help_}")
         self.lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
-            if labels:
-                text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-                self.lines.append(f"{name}{{{text}}} {value:g}" if isinstance(value, float)
-                                  else f"{name}{{{text}}} {value}")
-            else:
-                self.lines.append(f"{name} {value}")
+            text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+            self.lines.append(f"{name}{{{text}}} {format_value(value)}" if labels
+                              else f"{name} {format_value(value)}")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -61,9 +75,11 @@ def render_metrics(node: Node) -> str:
                  [({"direction": d.label}, c.packets[d]) for d in dirs])
         w.metric("dataplane_bytes_total", "counter", "Inner packet bytes forwarded.",
                  [({"direction": d.label}, c.bytes[d]) for d in dirs])
+        # Every direction x reason from the start, at 0 until it happens: rate() and alerts
+        # need a series before its first increment.
         w.metric("dataplane_drops_total", "counter", "Packets dropped, by direction and reason.",
-                 [({"direction": d.label, "reason": r.label}, n)
-                  for (d, r), n in sorted(c.drops.items())])
+                 [({"direction": d.label, "reason": r.label}, c.drops.get((d, r), 0))
+                  for d in dirs for r in Drop if r is not Drop.NONE])
         w.metric("dataplane_batches_total", "counter",
                  "Fast-path calls that moved at least one packet.",
                  [({"direction": d.label}, c.batches[d]) for d in dirs])
@@ -129,7 +145,11 @@ class MetricsServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as exc:
+            raise BindError("/healthz and /metrics (TCP, --healthz-ip/--healthz-port)",
+                            self.host, self.port, exc) from None
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("health and metrics on http://%s:%d/{healthz,readyz,metrics}", self.host,
                  self.port)

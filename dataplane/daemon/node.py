@@ -3,8 +3,10 @@
     start: network config from the store -> underlay -> UDP socket -> lease -> TUN + route
            -> forwarder with a snapshot of the other leases -> readers -> subnet.env (ready)
     run:   the lease watch keeps the peer table in step; the lease is renewed before it ends
-    stop:  readers off, TUN closed (the kernel removes it and its route), lease released,
-           subnet.env removed
+    stop:  readers off, TUN closed (the kernel removes it and its route); the lease (left to
+           expire on its TTL) and subnet.env stay, as flanneld leaves them, so the next start
+           takes the same subnet back and pods keep their addresses meanwhile. Giving the
+           subnet back is explicit: `dataplane leases release` (daemon/decommission.py).
 
 The store may fail at any time (etcd down, a leader change): every store call is retried with
 backoff while forwarding goes on with the last known peers, and a watch that breaks is
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import hashlib
 import ipaddress
 import logging
@@ -29,6 +33,8 @@ from dataplane import fastpath, hostnet, subnetenv
 from dataplane.daemon.datapath import (SOL_UDP, UDP_GRO, Datapath, Worker, close_sockets,
                                        open_worker_sockets, socket_buffers, udp_offloads)
 from dataplane.daemon.directroutes import DirectRoutes, KernelRoutes
+from dataplane.daemon.errors import BindError
+from dataplane.daemon.ownlease import OwnWrites
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
                                       MODE_VXLAN, Counters, ForwarderConfig, format_mac,
                                       parse_mac)
@@ -59,6 +65,7 @@ class NodeOptions:
     store: SubnetStore
     public_ip: str | None = None
     iface: str | None = None
+    selection: hostnet.Selection | None = None   # --iface/--iface-regex/--iface-can-reach
     subnet: ipaddress.IPv4Network | None = None
     subnet_file: str = subnetenv.DEFAULT_PATH
     fastpath: str = fastpath.DEFAULT
@@ -107,6 +114,7 @@ class Node:
         self.io_flags = 0
         self.traffic: TrafficManager | None = None      # NAT and FORWARD rules
         self._stop = asyncio.Event()
+        self.own = OwnWrites(options.lease_ttl, lambda: self.lease)   # vs. a second writer
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -139,7 +147,10 @@ class Node:
             for task in done:
                 if task is not stop and not task.cancelled() and task.exception():
                     raise task.exception()
-            log.info("stopping")
+            if self.lease is not None:
+                log.info("stopping; lease %s kept until %s and %s left in place (give the "
+                         "subnet back with `dataplane leases release`)", self.lease.subnet,
+                         self.lease.expiration, self.opts.subnet_file)
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> bool:
         opts = self.opts
@@ -157,8 +168,14 @@ class Node:
         if self._stop.is_set():
             return False
         # pyroute2's synchronous API runs a loop of its own: keep it off ours, in a thread.
+        selection = opts.selection or hostnet.Selection(opts.public_ip,
+                                                        (opts.iface,) if opts.iface else ())
+        if stored_ip:              # the store's word (a Node's node-public-ip annotation) wins
+            selection = dataclasses.replace(selection, public_ip=stored_ip)
         self.underlay = ul = await asyncio.to_thread(hostnet.find_underlay,
-                                                     stored_ip or opts.public_ip, opts.iface)
+                                                     selection=selection)
+        log.debug("underlay %s (mtu %d): public IP %s, sending from %s", ul.ifname, ul.mtu,
+                  ul.address, ul.bind_address)
         if cfg.mtu is not None and cfg.mtu > ul.mtu:
             log.warning("Backend.MTU %d is above %s's MTU %d: larger tunnel packets will be "
                         "fragmented or refused", cfg.mtu, ul.ifname, ul.mtu)
@@ -173,7 +190,12 @@ class Node:
         impl = fastpath.load(opts.fastpath)
         workers = opts.workers if opts.fastpath == "c" else 1   # the reference holds the GIL
         # Sockets before the lease: a busy port costs no lease.
-        pairs = open_worker_sockets(ul.address, cfg.port, workers)
+        try:
+            pairs = open_worker_sockets(ul.bind_address, cfg.port, workers)
+        except OSError as exc:
+            raise BindError("the tunnel port (UDP)", ul.bind_address, cfg.port, exc, {
+                errno.EADDRINUSE: "another dataplane or flanneld on this node?",
+                errno.EADDRNOTAVAIL: "check --public-ip and --iface"}) from None
         stack.callback(close_sockets, pairs)
 
         previous = subnetenv.previous_subnet(opts.subnet_file)
@@ -182,7 +204,7 @@ class Node:
         if lease is None:
             return False
         self.lease = lease
-        stack.push_async_callback(self._release)
+        self.own.wrote(lease)
         log.info("lease %s for %s (%s backend, store %s)", lease.subnet, ul.address, backend,
                  self.store.location)
 
@@ -228,7 +250,6 @@ class Node:
             nftables=cfg.enable_nftables, options=opts.netfilter)
         subnetenv.write(opts.subnet_file, network=cfg.network, subnet=lease.subnet,
                         mtu=self.tun_mtu, ipmasq=opts.ip_masq)
-        stack.callback(_unlink, opts.subnet_file)
         log.info("forwarding: %s mtu %d, %d peers, fastpath %s%s", self.tun_name, self.tun_mtu,
                  len(self.peers), opts.fastpath,
                  f", VtepMAC {format_mac(self.mac)}" if self.mac else "")
@@ -272,16 +293,6 @@ class Node:
                               {"VNI": self.config.vni, "VtepMAC": format_mac(self.mac)})
         return LeaseAttrs(self.underlay.address)
 
-    async def _release(self) -> None:
-        if self.lease is None:
-            return
-        self.direct.withdraw_all()       # direct routes live as long as our lease
-        try:
-            await asyncio.wait_for(self.store.release_lease(self.lease.subnet), 5)
-            log.info("released lease %s", self.lease.subnet)
-        except Exception as exc:        # it expires on its own
-            log.warning("could not release lease %s: %s", self.lease.subnet, exc)
-
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]],
                      also: tuple[type[Exception], ...] = ()) -> T | None:
         """call() until it succeeds, backing off while the store is unavailable; None if the
@@ -315,6 +326,8 @@ class Node:
         if lease.subnet == self.lease.subnet:
             if event.kind == "removed" and not self._stop.is_set():
                 self._lost = True
+            elif event.kind == "added":
+                self.own.seen(lease)
             return
         if event.kind == "removed":
             if self.peers.pop(lease.subnet, None) is not None:
@@ -386,22 +399,27 @@ class Node:
         try:
             # also while the config is missing: an etcd that came back empty is refilled by
             # its operator, and meanwhile the last known peers keep forwarding
-            lease = await self._retry("re-acquire our lease", lambda: self.store.acquire_lease(
-                self._lease_attrs(), requested=subnet, ttl=self.opts.lease_ttl),
-                also=(ConfigNotFound,))
+            lease = await self.own.write(lambda: self._retry(
+                "re-acquire our lease", lambda: self.store.acquire_lease(
+                    self._lease_attrs(), requested=subnet, ttl=self.opts.lease_ttl),
+                also=(ConfigNotFound,)), self._hold)
         except SubnetTaken as exc:
             raise LeaseLost(f"lease {subnet} was taken by another node: {exc}") from None
         if lease is not None:
             self.lease = lease
             self.leases[lease.subnet] = lease
 
+    def _hold(self, lease: Lease) -> None:
+        self.lease = lease
+
     async def _keep_lease(self) -> None:
         margin = timedelta(seconds=self.opts.renew_margin)
         while True:
             await asyncio.sleep(max(renewal_delay(self.lease, margin), 0.2))
             try:
-                lease = await self._retry("renew our lease", lambda: self.store.renew_lease(
-                    self.lease, ttl=self.opts.lease_ttl))
+                lease = await self.own.write(lambda: self._retry(
+                    "renew our lease", lambda: self.store.renew_lease(
+                        self.lease, ttl=self.opts.lease_ttl)), self._hold)
             except SubnetTaken as exc:
                 raise LeaseLost(f"lease {self.lease.subnet} was taken by another node: "
                                 f"{exc}") from None
@@ -415,8 +433,3 @@ async def _cancel(tasks: list[asyncio.Task]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)

@@ -31,8 +31,29 @@ def argv(node: Node, store_args: Sequence[str], *, program: Sequence[str] | None
         args.append("--ip-masq")    # flanneld's flag: FLANNEL_IPMASQ=true, as on kernel nodes
     if fastpath:
         args += ["--fastpath", fastpath]
-    # after `extra`: the lab relies on its metrics port, so it has the last word
-    return [*(program or default_program()), *args, *extra, "--healthz-port", str(METRICS_PORT)]
+    # after `extra`: the lab relies on its metrics port, so it has the last word; loopback,
+    # since the lab asks from inside the namespace (the daemon's default is every address)
+    return [*(program or default_program()), *args, *extra, "--healthz-ip", "127.0.0.1",
+            "--healthz-port", str(METRICS_PORT)]
+
+
+def decommission(node: Node, store_args: Sequence[str], timeout: float = 20.0) -> str:
+    """Give the node's subnet back as an operator would, once its daemon has stopped (a stop
+    keeps the lease and subnet.env): `dataplane leases release --subnet-file` in the node's
+    namespace, so clean-up steps that act on the node's network (rules) act on this one.
+    Returns what it did; LabError with its message if it failed."""
+    command = [*default_program(), "leases", "release", "--subnet-file",
+               str(node.subnet_file), *store_args]
+    try:
+        result = subprocess.run(netns.ns_argv(node.netns, command), capture_output=True,
+                                text=True, timeout=timeout, env=netns.python_env(),
+                                stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"decommissioning {node.name} took over {timeout:g} s") from None
+    if result.returncode != 0:
+        raise LabError(f"decommissioning {node.name}: "
+                       f"{(result.stderr.strip().splitlines() or ['failed'])[-1]}")
+    return result.stdout.strip()
 
 
 def start(node: Node, command: Sequence[str]) -> subprocess.Popen[bytes]:

@@ -332,7 +332,8 @@ class Lab:
         return proc
 
     def stop_daemon(self, node: Node | str | int) -> None:
-        """SIGTERM one node's daemon (SIGKILL after 5 s); its lease stays in the store."""
+        """SIGTERM one node's daemon (SIGKILL after 5 s); its lease stays in the store and
+        its subnet.env in place, as flanneld leaves them (decommission() gives them back)."""
         n = node if isinstance(node, Node) else self.node(node)
         proc = self._procs.pop(n.name, None)
         if proc is not None:
@@ -341,6 +342,14 @@ class Lab:
             netns.terminate([(n.pid, n.pid_start)])
         n.pid = n.pid_start = None
         self._save()
+
+    def decommission(self, node: Node | str | int) -> str:
+        """Stop one node's daemon and give its subnet back (`dataplane leases release
+        --subnet-file`): the other nodes see it leave, and a later start_daemon is a new node
+        to them. Returns what was done."""
+        n = node if isinstance(node, Node) else self.node(node)
+        self.stop_daemon(n)
+        return daemon.decommission(n, self.store.daemon_args())
 
     def start_daemon(self, node: Node | str | int, *, fastpath: str | None = None,
                      wait: bool = True) -> int:

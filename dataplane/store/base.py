@@ -219,10 +219,16 @@ def diff_leases(old: Mapping[IPv4Network, Lease],
 
 def choose_unrequested(config: NetworkConfig, public_ip: str, mine: list[IPv4Network],
                        taken: list[IPv4Network], previous: IPv4Network | None,
-                       where: str) -> IPv4Network:
+                       where: str, holders: Mapping[IPv4Network, Lease | None] | None = None
+                       ) -> IPv4Network:
     """flannel's choice when no subnet is asked for: a subnet our PublicIP already holds (a
-    restarted node keeps its pods' addresses), else `previous` if it is still free, else a free
-    one at random. `taken` lists every leased subnet, ours included; `where` ends the error."""
+    restarted node keeps its pods' addresses), else `previous` if it is still free (expired
+    counts as free), else a free one at random. `taken` lists every leased subnet, ours
+    included; `where` ends the error; `holders` (subnet -> lease) names who holds `previous`.
+
+    A `previous` held by another PublicIP is never taken: it may be this node under its old
+    address, or a live node given the subnet since; we cannot tell, and taking a live node's
+    subnet breaks both. As flanneld, we take another and say how to give the old one back."""
     import logging
 
     from dataplane.lease import is_compatible, pick_free_subnet
@@ -236,6 +242,18 @@ def choose_unrequested(config: NetworkConfig, public_ip: str, mine: list[IPv4Net
             and not any(previous.overlaps(sn) for sn in taken)):
         log.info("reusing previous subnet %s", previous)
         return previous
+    if previous is not None and not any(previous == sn for sn in mine):
+        holder = (holders or {}).get(previous)
+        if any(previous.overlaps(sn) for sn in taken):
+            who = "another lease"
+            if holder is not None:
+                who = holder.public_ip + (f" until {holder.expiration.isoformat('T', 'seconds')}"
+                                          if holder.expiration else "")
+            log.warning("subnet.env names %s, but it is leased to %s, not to our public IP %s: "
+                        "taking another subnet (pods addressed from %s must be recreated). If "
+                        "%s was this node's old address, stop this node, run `dataplane leases "
+                        "release %s` and start it again", previous, who, public_ip, previous,
+                        holder.public_ip if holder is not None else "that lease", previous)
     target = pick_free_subnet(config, taken)
     if target is None:
         raise NoFreeSubnet(f"no free subnet in {config.network}: all subnets from "

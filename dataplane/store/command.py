@@ -1,4 +1,5 @@
-"""`dataplane leases`: the subnet leases in the store, as a table or JSON."""
+"""`dataplane leases`: the subnet leases in the store, as a table or JSON; `dataplane leases
+release` gives one back (a stopped daemon keeps its lease, as flanneld does)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
+from ipaddress import IPv4Network
 from typing import Any
 
+from dataplane import subnetenv
 from dataplane.cli import CommandError
 from dataplane.lease import Lease
 from dataplane.netconf import ConfigError
@@ -17,7 +20,8 @@ from dataplane.store.base import StoreError, format_duration
 from dataplane.store.directory import DirectoryStore
 from dataplane.store.options import add_store_arguments, open_store
 
-HELP = "list the subnet leases in the store: subnet, public IP, backend, VtepMAC, expiry"
+HELP = ("list the subnet leases in the store (subnet, public IP, backend, VtepMAC, expiry), "
+        "or release one")
 
 COLUMNS = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN")
 
@@ -28,9 +32,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="print a JSON array (one object per lease) instead of a table")
     parser.add_argument("--all", action="store_true",
                         help="include expired leases still on disk (directory store)")
+    sub = parser.add_subparsers(dest="leases_action", metavar="ACTION")
+    release = sub.add_parser(
+        "release", help="give a subnet back: delete its lease (and decommission the node)",
+        description="Give a subnet back. A stopped `dataplane run` keeps its lease until its "
+                    "TTL runs out\nand leaves subnet.env in place, so that a restart takes the "
+                    "same subnet: this is\nhow a subnet is released on purpose. Stop the "
+                    "node's daemon first (a running one\ntakes its lease back).",
+        epilog="Examples:\n"
+               "  dataplane leases release 10.244.3.0/24 --etcd-endpoints http://10.0.0.5:2379\n"
+               "  dataplane leases release --subnet-file /run/flannel/subnet.env   "
+               "# decommission this node",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    release.add_argument("subnet", nargs="?", type=_subnet, metavar="SUBNET",
+                         help="the subnet whose lease to delete (default: the one "
+                              "--subnet-file names)")
+    release.add_argument("--subnet-file", metavar="PATH",
+                         help="decommission the node that wrote this subnet.env "
+                              f"({subnetenv.DEFAULT_PATH} on a flannel node): release the "
+                              "subnet it names, run the node's other clean-up steps, then "
+                              "remove the file")
+    add_store_arguments(release)
+    # The store flags work before and after `release`: the subcommand's copies must not
+    # overwrite what was given before it with their defaults.
+    for action in release._actions:
+        if action.dest in {a.dest for a in parser._actions if a.option_strings}:
+            action.default = argparse.SUPPRESS
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "leases_action", None) == "release":
+        return release_main(args)
     try:
         leases = asyncio.run(_fetch(args))
     except (StoreError, ConfigError) as exc:
@@ -45,6 +77,33 @@ def main(args: argparse.Namespace) -> int:
     except BrokenPipeError:                   # `dataplane leases | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def release_main(args: argparse.Namespace) -> int:
+    from dataplane.daemon.decommission import DecommissionError, decommission
+    from dataplane.hostnet import HostNetError
+    from dataplane.netfilter import NetfilterError
+
+    if args.subnet is None and args.subnet_file is None:
+        raise CommandError("release: name the SUBNET to release, or give --subnet-file PATH "
+                           "(decommission the node that wrote it)")
+
+    async def go():
+        async with open_store(args) as store:
+            return await decommission(store, args.subnet, args.subnet_file)
+    try:
+        job = asyncio.run(go())
+    except (DecommissionError, StoreError, ConfigError, NetfilterError, HostNetError) as exc:
+        raise CommandError(f"release: {exc}") from None
+    print("; ".join(job.done), flush=True)
+    return 0
+
+
+def _subnet(value: str) -> IPv4Network:
+    try:
+        return IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an IPv4 subnet: {exc}") from None
 
 
 async def _fetch(args: argparse.Namespace) -> list[Lease]:

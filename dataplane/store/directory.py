@@ -431,7 +431,8 @@ class DirectoryStore(SubnetStore):
         else:
             target = choose_unrequested(config, attrs.public_ip, [e.subnet for e in mine],
                                         list(live), previous,
-                                        f"{len(live)} leases in {self.subnets_dir}")
+                                        f"{len(live)} leases in {self.subnets_dir}",
+                                        {sn: e.lease for sn, e in live.items()})
         for e in mine:                            # one node, one lease
             if e.subnet != target:
                 log.info("releasing %s, also held by %s", e.subnet, attrs.public_ip)

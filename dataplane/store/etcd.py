@@ -441,7 +441,8 @@ class EtcdStore(SubnetStore):
         else:
             target = choose_unrequested(config, attrs.public_ip, [e.subnet for e in mine],
                                         [*live, *others], previous,
-                                        f"{len(live)} leases in etcd under {self.prefix}")
+                                        f"{len(live)} leases in etcd under {self.prefix}",
+                                        {sn: e.lease for sn, e in live.items()})
         drop = [e for e in mine if e.subnet != target]
         for e in drop:
             log.info("releasing %s, also held by %s", e.subnet, attrs.public_ip)

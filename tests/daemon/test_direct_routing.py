@@ -12,6 +12,7 @@ its node, addressed from the node's lease as the CNI bridge would address it.
 
 from __future__ import annotations
 
+import sys
 import json
 import subprocess
 from dataclasses import dataclass
@@ -76,13 +77,13 @@ class Topology:
     def transfer(self, src: str, dst: str, port: int = 7100) -> tuple[dict, dict]:
         dst_ip = f"10.244.{NODES[dst][1]}.2"
         server = subprocess.Popen(
-            ["ip", "netns", "exec", self.pod(dst), "python3", "-m", "dataplane.lab.probe",
+            ["ip", "netns", "exec", self.pod(dst), sys.executable, "-m", "dataplane.lab.probe",
              "tcp-serve", dst_ip, str(port), "--timeout", "60"],
             stdout=subprocess.PIPE, text=True, env=netns.env())
         try:
             assert server.stdout.readline().strip() == "LISTENING"
             sent = subprocess.run(
-                ["ip", "netns", "exec", self.pod(src), "python3", "-m", "dataplane.lab.probe",
+                ["ip", "netns", "exec", self.pod(src), sys.executable, "-m", "dataplane.lab.probe",
                  "tcp-send", dst_ip, str(port), str(NBYTES), "--seed", "3", "--timeout", "60"],
                 capture_output=True, text=True, env=netns.env(), timeout=90)
             assert sent.returncode == 0, sent.stderr
@@ -207,16 +208,22 @@ def test_routes_follow_leases_and_a_restart_adopts_them(topo):
 
 
 def test_a_stop_keeps_direct_routes_exactly_when_it_keeps_the_lease(topo):
-    """Routes follow our lease: a stop that gives the lease back removes them; one that keeps
-    it (for the restart to take back) keeps them, so pods keep reaching direct peers."""
+    """Routes follow our lease: a stop keeps both (for the restart to take back), so pods keep
+    reaching direct peers; decommissioning the node gives the lease back and removes them."""
     config(topo, DirectRouting=True)
     topo.start("a")
     topo.start("b")
     netns.wait_for(lambda: "via 10.99.0.2" in topo.routes("a", "10.244.2.0/24"),
                    what="direct route to b")
     topo.stop("a")
-    kept = (topo.store / "subnets" / "10.244.1.0-24").exists()
-    assert ("via 10.99.0.2" in topo.routes("a", "10.244.2.0/24")) == kept
+    assert (topo.store / "subnets" / "10.244.1.0-24").exists()
+    assert "via 10.99.0.2" in topo.routes("a", "10.244.2.0/24")
+    out = netns.run("ip", "netns", "exec", topo.ns("a"), *netns.dataplane_cmd(
+        "leases", "release", "--subnet-file", str(topo.tmp / "a.env"),
+        "--store-dir", str(topo.store)), env=netns.env()).stdout
+    assert "removed the direct route to 10.244.2.0/24" in out
+    assert topo.routes("a", "10.244.2.0/24") == ""
+    assert not (topo.store / "subnets" / "10.244.1.0-24").exists()
 
 
 def test_without_direct_routing_everything_is_tunnelled(topo):

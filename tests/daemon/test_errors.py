@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import subprocess
 
 import pytest
@@ -48,7 +49,7 @@ def test_subnet_taken_names_holder(host):
 
 def test_port_in_use(host):
     holder = subprocess.Popen(
-        ["ip", "netns", "exec", host.ns, "python3", "-c",
+        ["ip", "netns", "exec", host.ns, sys.executable, "-c",
          "import socket,sys,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
          "s.bind(('10.99.0.1', 8285)); print('bound', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
@@ -94,3 +95,53 @@ def test_bad_flags(flag):
     result = subprocess.run(netns.dataplane_cmd("run", *flag), capture_output=True, text=True,
                             env=netns.env(), timeout=30)
     assert result.returncode == 2 and flag[0] in result.stderr
+
+
+def test_busy_metrics_port_names_itself_not_the_tunnel(host):
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", host.ns, sys.executable, "-c",
+         "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 9100)); s.listen(); "
+         "print('bound', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "bound"
+        err = refused(host.run("--healthz-port", "9100"), "0.0.0.0:9100", "/healthz", "in use")
+        assert "tunnel" not in err
+        assert host.leases() == {}, "a refused start must not keep a lease"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_healthz_ip_not_on_this_host_names_itself(host):
+    err = refused(host.run("--healthz-ip", "10.99.0.77", "--healthz-port", "9100"),
+                  "10.99.0.77:9100", "not an address of this host")
+    assert "tunnel" not in err
+    assert host.leases() == {}
+
+
+def test_tunnel_port_in_use_names_its_address_and_port(host):
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", host.ns, sys.executable, "-c",
+         "import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+         "s.bind(('10.99.0.1', 8285)); print('bound', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "bound"
+        refused(host.run("--healthz-port", "9100"), "tunnel port", "10.99.0.1:8285", "in use")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("flag", [["--subnet-lease-renew-margin", "1440"],
+                                  ["--lease-ttl", "600", "--subnet-lease-renew-margin", "20"]])
+def test_renew_margin_out_of_range_is_refused_before_anything(host, flag):
+    refused(host.run(*flag), "--subnet-lease-renew-margin")
+    assert host.leases() == {}
+
+
+def test_bad_flanneld_variable_is_a_usage_error():
+    result = subprocess.run(netns.dataplane_cmd("run"), capture_output=True, text=True,
+                            env={**netns.env(), "FLANNELD_HEALTHZ_PORT": "ninety"}, timeout=30)
+    assert result.returncode == 2 and "FLANNELD_HEALTHZ_PORT='ninety'" in result.stderr

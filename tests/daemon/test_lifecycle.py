@@ -1,14 +1,17 @@
-"""The daemon between two namespaces: forwarding, join and leave, forged input, clean stop,
-restart after SIGKILL. Each runs for both backends and both fast paths."""
+"""The daemon between two namespaces: forwarding, join and leave, forged input, clean stop
+(which keeps lease and subnet.env, as flanneld), decommissioning, restart after SIGKILL. Each
+runs for both backends and both fast paths."""
 
 from __future__ import annotations
 
+import sys
 import json
 import os
 import signal
 import socket
 import struct
 import subprocess
+import time
 
 import pytest
 
@@ -31,8 +34,9 @@ def cluster(request, host):
         ns, ip, subnet, port = ((host.ns, "10.99.0.1", SUBNET_A, 9101) if side == "a" else
                                 (host.peer_ns, "10.99.0.2", SUBNET_B, 9102))
         ask = ["--subnet", subnet] if ask_subnet else []
-        proc = host.start(*ask, "--fastpath", fastpath, "--healthz-port", str(port), *extra,
-                          ns=ns, ip=ip, env_file=f"{side}.env")
+        proc = host.start(*ask, "--fastpath", fastpath, "--healthz-ip", "127.0.0.1",
+                          "--healthz-port", str(port), *extra, ns=ns, ip=ip,
+                          env_file=f"{side}.env")
         procs.append(proc)
         netns.wait_for(lambda: (host.tmp / f"{side}.env").exists() or proc.poll() is not None,
                        what=f"node {side} to be ready")
@@ -55,7 +59,7 @@ def ping(ns: str, dst: str, count: int = 2) -> bool:
 def metrics(ns: str, port: int) -> dict[str, float]:
     code = (f"import urllib.request;print(urllib.request.urlopen("
             f"'http://127.0.0.1:{port}/metrics', timeout=5).read().decode())")
-    return parse_metrics(netns.run("ip", "netns", "exec", ns, "python3", "-c", code).stdout)
+    return parse_metrics(netns.run("ip", "netns", "exec", ns, sys.executable, "-c", code).stdout)
 
 
 def tun_name(backend: str) -> str:
@@ -70,13 +74,29 @@ def test_forwarding_and_clean_stop(cluster):
     assert tun_name(cluster.backend) in cluster.links()
     assert "10.244.1.0-24" in cluster.leases()
 
+    env_before = (cluster.tmp / "a.env").read_text()
     a.send_signal(signal.SIGTERM)
     assert a.wait(timeout=15) == 0, a.stdout.read()
     assert tun_name(cluster.backend) not in cluster.links()
     routes = netns.run("ip", "-n", cluster.ns, "route", "show").stdout
     assert "10.244." not in routes
+    # As flanneld: the lease (to run out on its TTL) and subnet.env stay for the next start.
+    assert cluster.leases()["10.244.1.0-24"]["PublicIP"] == "10.99.0.1"
+    assert (cluster.tmp / "a.env").read_text() == env_before
+    # Giving the subnet back is explicit.
+    release(cluster, "a")
     assert "10.244.1.0-24" not in cluster.leases()
     assert not (cluster.tmp / "a.env").exists()
+
+
+def release(cluster, side: str) -> str:
+    """Decommission a stopped node: `dataplane leases release --subnet-file` in its namespace."""
+    ns = cluster.ns if side == "a" else cluster.peer_ns
+    out = netns.run("ip", "netns", "exec", ns, *netns.dataplane_cmd(
+        "leases", "release", "--store-dir", str(cluster.store), "--subnet-file",
+        str(cluster.tmp / f"{side}.env")), env=netns.env()).stdout
+    assert "released lease" in out, out
+    return out
 
 
 def test_join_and_leave_without_restart(cluster):
@@ -87,6 +107,10 @@ def test_join_and_leave_without_restart(cluster):
     assert netns.wait_for(lambda: ping(cluster.ns, "10.244.2.0"), what="a -> b")
     b.send_signal(signal.SIGTERM)
     b.wait(timeout=15)
+    # A stopped node keeps its lease: a restart is not a leave (its pods keep their subnet).
+    time.sleep(1.5)                                   # three polls of the directory store
+    assert metrics(cluster.ns, 9101)["dataplane_peers"] == 1
+    release(cluster, "b")
     netns.wait_for(lambda: metrics(cluster.ns, 9101)["dataplane_peers"] == 0, what="b leaves")
     assert not ping(cluster.ns, "10.244.2.0", count=1)
 
@@ -149,7 +173,7 @@ def test_forged_datagrams_are_counted_and_dropped(cluster):
             f"('10.99.0.1', {port})); s.close()\n")
     before = metrics(cluster.ns, 9101)
     lines = "".join(f"{src} {data.hex() or '-'}\n" for src, data, _ in forged)
-    netns.run("ip", "netns", "exec", cluster.peer_ns, "python3", "-c", code, input=lines)
+    netns.run("ip", "netns", "exec", cluster.peer_ns, sys.executable, "-c", code, input=lines)
     for _src, _data, reason in forged:
         key = f'dataplane_drops_total{{direction="ingress",reason="{reason}"}}'
         netns.wait_for(lambda: metrics(cluster.ns, 9101).get(key, 0) > before.get(key, 0),

@@ -4,6 +4,7 @@ refuses to start with --ip-masq when they cannot be installed."""
 
 from __future__ import annotations
 
+import sys
 import signal
 import subprocess
 
@@ -68,6 +69,26 @@ def test_ip_masq_installs_keeps_on_stop_and_restarts_without_duplicates(daemon):
         assert flannel_lines(daemon.ns) == lines
 
 
+@pytest.mark.parametrize("nftables", [False, True], ids=["iptables", "nftables"])
+def test_decommissioning_the_node_removes_its_rules(daemon, nftables):
+    """A stop keeps the rules; `leases release --subnet-file`, run on the node, removes them
+    with the lease and subnet.env, and nothing else of the table."""
+    if nftables:
+        daemon.config('{"Network": "10.244.0.0/16", "EnableNFTables": true}')
+    daemon.stop_daemon(daemon.start_daemon("--ip-masq"))
+    assert (nft_table(daemon.ns) if nftables else flannel_lines(daemon.ns))
+    ipt = ["ip", "netns", "exec", daemon.ns, "iptables"]
+    netns.run(*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", "-j", "RETURN")
+    out = netns.run("ip", "netns", "exec", daemon.ns, *netns.dataplane_cmd(
+        "leases", "release", "--subnet-file", str(daemon.tmp / "a.env"),
+        "--store-dir", str(daemon.store)), env=netns.env()).stdout
+    assert "released lease 10.244.1.0/24" in out and "removed" in out
+    assert flannel_lines(daemon.ns) == [] and nft_table(daemon.ns) == ""
+    assert not (daemon.tmp / "a.env").exists()
+    assert "-A POSTROUTING -s 192.0.2.0/24 -j RETURN" in netns.run(
+        "ip", "netns", "exec", daemon.ns, "iptables-save", "-t", "nat").stdout
+
+
 def test_resync_restores_a_deleted_rule_and_a_flushed_chain(daemon):
     daemon.start_daemon("--ip-masq", "--iptables-resync", "1")
     lines = flannel_lines(daemon.ns)
@@ -108,7 +129,7 @@ def test_without_ip_masq_only_forward_rules_and_they_can_be_turned_off(daemon):
         ":FLANNEL-FWD - [0:0]", JUMP_FWD,
         '-A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
         '-A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT']
-    netns.run("python3", "-m", "dataplane.netfilter", "remove", "--netns", daemon.ns,
+    netns.run(sys.executable, "-m", "dataplane.netfilter", "remove", "--netns", daemon.ns,
               env=netns.env())
     daemon.stop_daemon(daemon.start_daemon("--iptables-forward-rules=false"))
     assert flannel_lines(daemon.ns) == []

@@ -3,6 +3,7 @@ the content must arrive intact whichever path the bytes took."""
 
 from __future__ import annotations
 
+import sys
 import json
 import struct
 import subprocess
@@ -17,7 +18,7 @@ NBYTES = 24 << 20
 
 def transfer(host, nbytes: int = NBYTES) -> tuple[dict, dict]:
     server = subprocess.Popen(
-        ["ip", "netns", "exec", host.peer_ns, "python3", "-m", "dataplane.lab.probe",
+        ["ip", "netns", "exec", host.peer_ns, sys.executable, "-m", "dataplane.lab.probe",
          "tcp-serve", "10.244.2.0", "7001", "--timeout", "60"],
         stdout=subprocess.PIPE, text=True, env=netns.env())
     try:
@@ -32,7 +33,7 @@ def transfer(host, nbytes: int = NBYTES) -> tuple[dict, dict]:
 
 def _send(host, nbytes: int):
     result = subprocess.run(
-        ["ip", "netns", "exec", host.ns, "python3", "-m", "dataplane.lab.probe", "tcp-send",
+        ["ip", "netns", "exec", host.ns, sys.executable, "-m", "dataplane.lab.probe", "tcp-send",
          "10.244.2.0", "7001", str(nbytes), "--seed", "7", "--timeout", "60"],
         capture_output=True, text=True, env=netns.env())
     assert result.returncode == 0, result.stderr
@@ -44,9 +45,12 @@ def start_pair(host, backend: str, *args: str, env: dict[str, str] | None = None
     procs = []
     for side, ns, ip, subnet, port in (("a", host.ns, "10.99.0.1", "10.244.1.0/24", 9101),
                                        ("b", host.peer_ns, "10.99.0.2", "10.244.2.0/24", 9102)):
+        # A stop leaves subnet.env (as flanneld): readiness is its being written anew.
+        (host.tmp / f"{side}.env").unlink(missing_ok=True)
         argv = ["ip", "netns", "exec", ns, *netns.dataplane_cmd(
             "-v", "run", "--store-dir", str(host.store), "--public-ip", ip, "--subnet", subnet,
-            "--subnet-file", str(host.tmp / f"{side}.env"), "--healthz-port", str(port), *args)]
+            "--subnet-file", str(host.tmp / f"{side}.env"), "--healthz-ip", "127.0.0.1",
+            "--healthz-port", str(port), *args)]
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True, env={**netns.env(), **(env or {})}))
     for side, proc in zip("ab", procs):
@@ -169,13 +173,13 @@ def test_partial_checksums_from_a_kernel_peer_reach_the_stack(host, offload):
     socket (today's kernel stack would drop it as a checksum error), the mangled one is
     dropped by us and counted as bad-l4-checksum."""
     procs = start_pair(host, "vxlan", "--offload", offload)
-    listener = subprocess.Popen(["ip", "netns", "exec", host.ns, "python3", "-c", LISTEN],
+    listener = subprocess.Popen(["ip", "netns", "exec", host.ns, sys.executable, "-c", LISTEN],
                                 stdout=subprocess.PIPE, text=True)
     try:
         assert listener.stdout.readline().strip() == "LISTENING"
         datagrams = [vxlan_to_a(host, kernel_syn(40001)),
                      vxlan_to_a(host, kernel_syn(40002, mangle=True))]
-        netns.run("ip", "netns", "exec", host.peer_ns, "python3", "-c", SEND,
+        netns.run("ip", "netns", "exec", host.peer_ns, sys.executable, "-c", SEND,
                   *[d.hex() for d in datagrams])
         netns.wait_for(lambda: "10.244.2.5:40001" in syn_recv(host.ns), what="SYN_RECV")
         key = 'dataplane_drops_total{direction="ingress",reason="bad-l4-checksum"}'

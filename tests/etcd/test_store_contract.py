@@ -326,3 +326,32 @@ def test_a_node_that_restarts_keeps_its_subnet(run, kind: StoreKind) -> None:
         assert again.subnet == lease.subnet
     run(go())
     assert len(kind.values()) == 1
+
+
+def test_previous_held_by_our_old_public_ip_is_not_taken(run, kind: StoreKind, caplog) -> None:
+    """The node's public IP changed, its subnet.env names the subnet its old IP still holds:
+    that may as well be a live node, so (as flanneld) another subnet is taken, and the log
+    says which lease is in the way and how to give it back."""
+    async def go() -> tuple[Lease, Lease]:
+        store = kind.new_store()
+        old = await store.acquire_lease(vxlan("10.99.0.1"), requested=net("10.244.42.0/24"))
+        new = await store.acquire_lease(vxlan("10.99.0.9"), previous=old.subnet)
+        return old, new
+    with caplog.at_level("WARNING", logger="dataplane.store"):
+        old, new = run(go())
+    assert new.subnet != old.subnet
+    assert sorted(kind.values()) == sorted(["10.244.42.0-24",
+                                            str(new.subnet).replace("/", "-")])
+    warning = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert ("10.244.42.0/24" in warning and "10.99.0.1" in warning and "10.99.0.9" in warning
+            and "dataplane leases release 10.244.42.0/24" in warning), warning
+
+
+def test_previous_is_taken_back_once_the_old_lease_expired(run, kind: StoreKind) -> None:
+    async def go() -> Lease:
+        store = kind.new_store()
+        await store.acquire_lease(vxlan("10.99.0.1"), requested=net("10.244.43.0/24"), ttl=1)
+        await asyncio.sleep(2.5)                      # etcd: 1 s minimum with fast=True
+        return await store.acquire_lease(vxlan("10.99.0.9"), previous=net("10.244.43.0/24"))
+    assert run(go(), timeout=15).subnet == net("10.244.43.0/24")
+

@@ -31,6 +31,7 @@ def main() -> int:
     p.add_argument("--subnet-file", type=Path, required=True)
     p.add_argument("--ip-masq", action="store_true")
     p.add_argument("--fastpath")
+    p.add_argument("--healthz-ip")
     p.add_argument("--healthz-port")       # the real daemon serves metrics there; we do not
     p.add_argument("--behave", choices=["ok", "exit", "hang"], default="ok")
     args = p.parse_args()

@@ -4,6 +4,7 @@ through the underlay (host-gw's route), nothing is tunnelled, TCP is intact both
 
 from __future__ import annotations
 
+import sys
 import json
 
 import pytest
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.netns
 def packets(lab: Lab, node) -> float:
     code = (f"import urllib.request;print(urllib.request.urlopen("
             f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())")
-    m = parse_metrics(lab.exec(node, ["python3", "-c", code]).stdout)
+    m = parse_metrics(lab.exec(node, [sys.executable, "-c", code]).stdout)
     assert 'dataplane_packets_total{direction="egress"}' in m
     return sum(m[f'dataplane_packets_total{{direction="{d}"}}'] for d in ("egress", "ingress"))
 

@@ -1,8 +1,9 @@
 """The store fails, forwarding does not: etcd stopped and restarted, a cluster's leader killed,
 a lease deleted by an operator, each under a steady flow of pings between two pods.
 
-A node "joining" is node 3's daemon, stopped (its lease released, the others drop it) before
-the event and started after it: to the store and to the other nodes that is a new node, and it
+A node "joining" is node 3, decommissioned (daemon stopped, lease released with `dataplane
+leases release`: the others drop it; a plain stop keeps the lease) before the event and
+started after it: to the store and to the other nodes that is a new node, and it
 needs a working store to get its lease.
 
 Loss is counted from a 100-per-second ICMP echo flow (lab.flow). Nothing in the peer tables
@@ -49,7 +50,7 @@ def test_etcd_stopped_and_restarted_mid_traffic(prefix: str) -> None:
              daemon_args=DAEMON_ARGS) as lab:
         n1, n2, n3 = lab.nodes
         wait_peers(lab.nodes, 2)
-        lab.stop_daemon(n3)
+        lab.decommission(n3)
         wait_peers([n1, n2], 1)
         errors = [store_errors(n) for n in (n1, n2)]
 
@@ -89,7 +90,7 @@ def test_a_three_member_cluster_loses_its_leader(prefix: str) -> None:
              daemon_args=DAEMON_ARGS) as lab:
         n1, n2, n3 = lab.nodes
         wait_peers(lab.nodes, 2)
-        lab.stop_daemon(n3)
+        lab.decommission(n3)
         wait_peers([n1, n2], 1)
         _move_leader(lab, 0)
 

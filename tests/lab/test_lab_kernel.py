@@ -77,7 +77,7 @@ def test_host_gw_routes_and_jumbo_underlay(prefix: str) -> None:
 def node_metrics(lab: Lab, node) -> dict[str, float]:
     code = (f"import urllib.request;print(urllib.request.urlopen("
             f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5).read().decode())")
-    return parse_metrics(lab.exec(node, ["python3", "-c", code]).stdout)
+    return parse_metrics(lab.exec(node, [sys.executable, "-c", code]).stdout)
 
 
 RECEIVE = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "

@@ -43,3 +43,23 @@ def test_down_without_state_file_kills_what_runs_inside(prefix: str) -> None:
 def test_down_of_a_lab_that_never_existed(prefix: str) -> None:
     assert teardown(prefix) == []
     assert Lab(prefix).down() == []
+
+
+def test_down_decommissions_every_node_before_the_store_goes(prefix: str) -> None:
+    """Leases and subnet.env are given back with `dataplane leases release` in each node (the
+    step where further clean-up, such as NAT rules, hooks in), not just deleted with the
+    lab's directory."""
+    from dataplane.lab.cleanup import _decommission_nodes
+    from dataplane.lab.state import LabState
+
+    lab = Lab(prefix, nodes=2, pods=1, backend="kernel-vxlan").up()
+    try:
+        assert len(lab.store.leases()) == 2
+        assert all(n.subnet_file.exists() for n in lab.nodes)
+        _decommission_nodes(LabState.load(STATE_ROOT / prefix / "state.json"),
+                            STATE_ROOT / prefix)
+        assert lab.store.leases() == {}
+        assert not any(n.subnet_file.exists() for n in lab.nodes)
+    finally:
+        lab.down()
+    assert leftovers(prefix) == []

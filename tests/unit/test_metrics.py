@@ -93,3 +93,86 @@ def test_http_endpoints_on_loopback():
         finally:
             await server.close()
     asyncio.run(go())
+
+
+def test_every_drop_series_exists_from_the_start_at_zero():
+    from dataplane.drops import Direction, Drop
+    s = parse(render_metrics(fake_node("c")))
+    drops = {k: v for k, v in s.items() if k.startswith("dataplane_drops_total{")}
+    assert len(drops) == len(Direction) * (len(Drop) - 1)       # every reason but NONE
+    for d in Direction:
+        for r in Drop:
+            key = f'dataplane_drops_total{{direction="{d.label}",reason="{r.label}"}}'
+            if r is Drop.NONE:
+                assert key not in drops
+            else:
+                assert key in drops, key
+    assert drops['dataplane_drops_total{direction="ingress",reason="spoofed-source"}'] == 0
+    assert drops['dataplane_drops_total{direction="ingress",reason="unknown-peer"}'] == 1
+
+
+def test_labelled_floats_keep_full_precision():
+    node = fake_node("c")
+    import datetime
+    expiry = datetime.datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=datetime.timezone.utc)
+    node.lease = Lease(ipaddress.IPv4Network("10.244.1.0/24"), "10.99.0.1", expiration=expiry)
+    node.started = 1796212345.678901
+    text = render_metrics(node)
+    line = next(ln for ln in text.splitlines()
+                if ln.startswith("dataplane_lease_expiry_timestamp_seconds{"))
+    assert line == ('dataplane_lease_expiry_timestamp_seconds{subnet="10.244.1.0/24"} '
+                    f"{expiry.timestamp()!r}")
+    assert "e+" not in line and float(line.rsplit(" ", 1)[1]) == expiry.timestamp()
+    assert "process_start_time_seconds 1796212345.678901" in text.splitlines()
+
+
+@pytest.mark.parametrize("value,text", [(3, "3"), (0, "0"), (1.5, "1.5"), (True, "1"),
+                                        (1796212345.5, "1796212345.5"), (1e-7, "1e-07"),
+                                        (float("inf"), "+Inf"), (float("-inf"), "-Inf"),
+                                        (float("nan"), "NaN")])
+def test_sample_values_as_prometheus_reads_them(value, text):
+    from dataplane.daemon.metrics import format_value
+    assert format_value(value) == text
+    if text not in ("NaN",):
+        assert float(text.replace("Inf", "inf")) == float(value)
+
+
+def test_a_busy_metrics_port_names_itself_not_the_tunnel():
+    import socket
+
+    from dataplane.daemon.command import user_error
+    from dataplane.daemon.errors import BindError
+
+    async def go():
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            port = holder.getsockname()[1]
+            with pytest.raises(BindError) as exc:
+                await MetricsServer(fake_node("c"), "127.0.0.1", port).start()
+            return port, exc.value
+    port, err = asyncio.run(go())
+    message = user_error(err)
+    assert message is not None and "\n" not in message
+    assert f"127.0.0.1:{port}" in message and "/metrics" in message and "in use" in message
+    assert "tunnel" not in message
+
+
+def test_a_healthz_ip_not_on_this_host_names_itself():
+    from dataplane.daemon.command import user_error
+    from dataplane.daemon.errors import BindError
+
+    async def go():
+        with pytest.raises(BindError) as exc:
+            await MetricsServer(fake_node("c"), "192.0.2.1", 9100).start()    # TEST-NET-1
+        return exc.value
+    message = user_error(asyncio.run(go()))
+    assert "192.0.2.1:9100" in message and "not an address of this host" in message
+    assert "tunnel" not in message
+
+
+def test_unrelated_os_errors_are_not_passed_off_as_bind_errors():
+    import errno
+
+    from dataplane.daemon.command import user_error
+    assert user_error(OSError(errno.EADDRINUSE, "Address already in use")) is None
