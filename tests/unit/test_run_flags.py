@@ -91,13 +91,23 @@ def test_a_flag_added_later_by_another_package_gets_its_variable_too(monkeypatch
     def configure(p):
         original(p)
         extra = p.add_argument_group("extra")
-        extra.add_argument("--iptables-resync", type=int, default=5)
-        extra.add_argument("--iptables-forward-rules", action=argparse.BooleanOptionalAction,
+        extra.add_argument("--later-count", type=int, default=5)
+        extra.add_argument("--later-switch", action=argparse.BooleanOptionalAction,
                            default=True)
     monkeypatch.setattr(command, "configure", configure)
+    args = parse(["run"], {"FLANNELD_LATER_COUNT": "7", "FLANNELD_LATER_SWITCH": "false"})
+    assert args.later_count == 7 and args.later_switch is False
+
+
+def test_the_nat_kube_and_etcd_flags_come_from_the_environment_too():
     args = parse(["run"], {"FLANNELD_IPTABLES_RESYNC": "7",
-                           "FLANNELD_IPTABLES_FORWARD_RULES": "false"})
+                           "FLANNELD_IPTABLES_FORWARD_RULES": "false",
+                           "FLANNELD_IP_MASQ": "true", "FLANNELD_KUBE_SUBNET_MGR": "1",
+                           "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE": "false",
+                           "FLANNELD_ETCD_USERNAME": "flannel"})
     assert args.iptables_resync == 7 and args.iptables_forward_rules is False
+    assert args.ip_masq is True and args.kube_subnet_mgr is True
+    assert args.set_node_network_unavailable is False and args.etcd_username == "flannel"
 
 
 def test_only_run_reads_the_environment():
