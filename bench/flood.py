@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         "gbit_s": {"quiet": round(quiet, 3), "flooded": round(flooded, 3)},
         "ratio": round(flooded / quiet, 3), "target": 0.9, "flood_rate": args.flood_rate,
         "rounds": {k: [round(v, 3) for v in vs] for k, vs in rates.items()},
-        "a_drops_ingress": {r: m.get(f'dataplane_drops_total{{direction="ingress",reason="{r}"}}', 0)
-                            for r in ("unknown-peer", "oversize")},
+        "a_drops_ingress": {
+            r: m.get(f'dataplane_drops_total{{direction="ingress",reason="{r}"}}', 0)
+            for r in ("unknown-peer", "oversize")},
     }))
     return 0
 

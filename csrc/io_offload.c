@@ -346,7 +346,8 @@ static void flush(struct dp_fwd *f, struct egress *e, int sock_fd, int tun_fd)
 /* A super-packet nobody holds the destination of: one ICMP error answers all of it. */
 static int no_route(struct dp_fwd *f, const uint8_t *pkt, size_t len, int tun_fd)
 {
-    int err = len >= 1 && pkt[0] >> 4 == 6 ? DP_DROP_IPV6_UNSUPPORTED : dp_ipv4_validate(pkt, len);
+    int err = len >= 1 && pkt[0] >> 4 == 6 ? DP_DROP_IPV6_UNSUPPORTED
+                                            : dp_ipv4_validate(pkt, len);
     if (err) {
         f->ctr.drops[DP_EGRESS][err]++;
         return 1;

@@ -370,8 +370,8 @@ class Forwarder:
             return True
         if self._now_ms > self._icmp_last:
             elapsed = self._now_ms - self._icmp_last
-            tokens = cap if elapsed >= (cap + rate - 1) // rate else self._icmp_tokens + elapsed * rate
-            self._icmp_tokens = min(tokens, cap)
+            full = elapsed >= (cap + rate - 1) // rate
+            self._icmp_tokens = cap if full else min(self._icmp_tokens + elapsed * rate, cap)
             self._icmp_last = self._now_ms
         if self._icmp_tokens < 1000:
             self._icmp_suppressed += 1
