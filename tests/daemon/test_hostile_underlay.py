@@ -141,6 +141,7 @@ def counters(trio: Trio, side: str) -> dict[str, float]:
         "oversize_in": m.get('dataplane_drops_total{direction="ingress",reason="oversize"}', 0),
         "unknown_in": m.get('dataplane_drops_total{direction="ingress",reason="unknown-peer"}',
                             0),
+        "refused": m["dataplane_leases_refused"],
     }
 
 
@@ -215,3 +216,21 @@ def test_an_unleased_flood_of_gro_runs_does_not_starve_a_leased_peer(trio):
         flood.kill()
         flood.wait()
         stop(procs)
+
+
+def test_a_lease_covering_ours_is_refused_by_every_node(trio):
+    """A /16 left in the store (an older SubnetLen, or a forged lease): no node makes it a
+    peer, each logs it once, and traffic between the real leases goes on."""
+    procs = start(trio, "vxlan")
+    try:
+        (trio.store / "subnets" / "10.244.0.0-16").write_text(json.dumps(
+            {"PublicIP": "10.99.0.9", "PublicIPv6": None, "BackendType": "vxlan",
+             "BackendData": {"VNI": 1, "VtepMAC": "02:00:00:00:00:09"}}))
+        for side, n in SIDES.items():
+            netns.wait_for(lambda: counters(trio, side)["refused"] == 1, timeout=15,
+                           what=f"{side} to refuse the /16")
+            assert metrics(trio.ns[side], 9200 + n)["dataplane_peers"] == 2
+        transfer(trio, "a", "b", 1 << 20)
+    finally:
+        log = stop(procs)
+    assert log.count("refusing lease 10.244.0.0/16 of 10.99.0.9: it overlaps our own") == 3
