@@ -64,6 +64,22 @@ struct dp_fwd {
     struct dp_io *io[2];          /* allocated on first use, indexed by direction */
     struct dp_offload_io *oio;    /* likewise, when offloads are on */
     uint8_t *seg_buf;             /* ingress: kernel super-packets cut for a plain TUN */
+    uint64_t now_ms;              /* dp_fwd_set_clock / CLOCK_MONOTONIC at each drain */
+    uint64_t icmp_tokens;         /* ICMP error bucket, in thousandths of an error */
+    uint64_t icmp_last;           /* now_ms of its last refill */
 };
+
+/* forward.c: may one more ICMP error be sent now? Counts it as sent or suppressed. */
+int dp_icmp_allow(struct dp_fwd *f);
+
+/* Room for one more entry in r: the next dp_routes_set of a new key cannot fail. 0 or -ENOMEM. */
+int dp_routes_reserve(struct dp_routes *r);
+
+/* dp_fault_alloc: a countdown to an allocation that fails (tests only; 0 = off). */
+extern int dp_alloc_countdown;
+static inline int alloc_fails(void)
+{
+    return dp_alloc_countdown > 0 && --dp_alloc_countdown == 0;
+}
 
 #endif

@@ -32,7 +32,8 @@ enum dp_drop {
     DP_DROP_BAD_L4_HEADER = 19,
     DP_DROP_IPV6_UNSUPPORTED = 20,
     DP_DROP_BAD_L4_CHECKSUM = 21,
-    DP_DROP_COUNT = 22
+    DP_DROP_TX_TOO_BIG = 22,
+    DP_DROP_COUNT = 23
 };
 
 #define DP_MAX_DROPS 32        /* capacity of the drop arrays; DP_DROP_COUNT must not exceed it */
@@ -83,7 +84,9 @@ int dp_vxlan_check(const uint8_t *buf, size_t len, uint32_t vni, const uint8_t *
 void dp_outer_udp4(uint8_t *hdr, size_t payload_len, uint32_t saddr, uint32_t daddr,
                    uint16_t sport, uint16_t dport, uint8_t ttl, uint16_t ident);
 /* Builds ICMP net-unreachable for the packet at pkt (from src) into out (>= DP_ICMP_MAX bytes).
- * Returns its length, or 0 when no error may be sent (ICMP error, non-first fragment, ...). */
+ * Returns its length, or 0 when no error may be sent (RFC 1812 4.3.2.7: about an ICMP message
+ * other than a query, a non-first fragment, a broadcast or multicast destination, or a source
+ * that is not one host: 0/8, 127/8, 224/4, 240/4 and 255.255.255.255). */
 size_t dp_icmp_net_unreachable(uint8_t *out, const uint8_t *pkt, size_t len, uint32_t src);
 
 /* ---- L4 checksums on ingress (l4csum.c) ----------------------------------------------------
@@ -142,6 +145,8 @@ struct dp_config {
     int ttl_decrement;        /* flannel udp decrements TTL on both ends */
     uint32_t max_inner;       /* largest inner packet accepted (TUN MTU); larger: OVERSIZE */
     uint32_t io_flags;        /* DP_IO_*: what the descriptors handed to dp_drain_* can do */
+    uint32_t icmp_rate;       /* ICMP errors per second the token bucket refills; 0: no limit */
+    uint32_t icmp_burst;      /* the bucket's depth (and how full it starts) */
 };
 
 #define DP_IO_VNET 1          /* the TUN was opened with IFF_VNET_HDR (TUNSETOFFLOAD done) */
@@ -159,6 +164,10 @@ struct dp_counters {
                                  ingress: TUN writes carrying several packets */
     uint64_t syscalls[2];     /* egress: read + sendmmsg/sendmsg; ingress: recvmmsg + write */
     uint64_t gso_fallbacks;   /* UDP_SEGMENT sends refused: segments went out one by one */
+    uint64_t icmp_suppressed; /* net-unreachable errors the rate limit held back */
+    uint64_t gso_sends;       /* UDP_SEGMENT messages the kernel took */
+    uint64_t gso_too_big;     /* of gso_fallbacks: refused with EMSGSIZE (path MTU < stride) */
+    uint64_t gso_backoffs;    /* times GSO to one peer address was suspended after a refusal */
 };
 
 /* One packet in a batch. data points into a slot with DP_HEADROOM bytes writable before it. */
@@ -178,12 +187,17 @@ struct dp_pkt {
 struct dp_fwd;
 struct dp_fwd *dp_fwd_new(const struct dp_config *cfg);
 void dp_fwd_free(struct dp_fwd *f);
-/* Peers are keyed by their subnet; set replaces. 0 or -errno. */
+/* Peers are keyed by their subnet; set replaces. 0 or -errno, and on an error nothing changed:
+ * -EEXIST when the subnet overlaps our own or another peer's (a lease covering ours would let
+ * its holder speak for our pods), -ENOMEM. */
 int dp_fwd_set_peer(struct dp_fwd *f, uint32_t subnet, int plen, uint32_t public_ip,
                     const uint8_t *mac);
 int dp_fwd_del_peer(struct dp_fwd *f, uint32_t subnet, int plen);
 int dp_fwd_peer_count(const struct dp_fwd *f);
 void dp_fwd_counters(const struct dp_fwd *f, struct dp_counters *out);
+/* The forwarder's clock (milliseconds, any epoch; the ICMP rate limit and the GSO back-off
+ * run on it). Each dp_drain_* call sets it from CLOCK_MONOTONIC; batch callers set it here. */
+void dp_fwd_set_clock(struct dp_fwd *f, uint64_t now_ms);
 
 /* Decide every packet of a batch in place: headers are written into the headroom (egress) or
  * stripped (ingress), ICMP errors replace the packet they answer. Counters are updated. */
@@ -283,3 +297,8 @@ int dp_gro_coalesce(const struct dp_buf *pkts, int n, int flags, struct dp_gro_f
  * faster, since the kernel's per-iovec walk costs about what the copy does. */
 size_t dp_gro_frame_copy(uint8_t *out, const struct dp_gro_frame *frame,
                          const struct dp_buf *pkts, const int32_t *next);
+
+/* ---- testing ------------------------------------------------------------------------------ */
+
+/* Make the n-th control-plane allocation from now fail (peer and route tables); 0 disarms. */
+void dp_fault_alloc(int n);

@@ -24,6 +24,7 @@ struct dp_fwd *dp_fwd_new(const struct dp_config *cfg)
     if (!f)
         return NULL;
     f->cfg = *cfg;
+    f->icmp_tokens = (uint64_t)cfg->icmp_burst * 1000;
     f->routes = dp_routes_new();
     f->by_ip = dp_routes_new();
     if (!f->routes || !f->by_ip) {
@@ -57,34 +58,55 @@ static void ip_ref(struct dp_fwd *f, uint32_t ip, int delta)
         dp_routes_del(f->by_ip, ip, 32);
 }
 
+static int overlap(uint32_t a, int alen, uint32_t b, int blen)
+{
+    return ((a ^ b) & prefix_mask(alen < blen ? alen : blen)) == 0;
+}
+
+/* Every allocation is made before anything changes, so an error leaves the tables as they were. */
 int dp_fwd_set_peer(struct dp_fwd *f, uint32_t subnet, int plen, uint32_t public_ip,
                     const uint8_t *mac)
 {
     if (plen < 0 || plen > 32)
         return -EINVAL;
     subnet &= prefix_mask(plen);
-    int32_t idx = -1;
-    for (int i = 0; i < f->npeers; i++)      /* control plane: a scan is fine */
-        if (f->peers[i].live && f->peers[i].subnet == subnet && f->peers[i].plen == plen)
+    if (overlap(subnet, plen, f->cfg.local_net, f->cfg.local_plen))
+        return -EEXIST;
+    int32_t idx = -1, free_idx = -1;
+    for (int i = 0; i < f->npeers; i++) {    /* control plane: a scan is fine */
+        const struct peer *q = &f->peers[i];
+        if (!q->live)
+            free_idx = free_idx < 0 ? i : free_idx;
+        else if (q->subnet == subnet && q->plen == plen)
             idx = i;
-    if (idx < 0) {
-        for (int i = 0; i < f->npeers && idx < 0; i++)
-            if (!f->peers[i].live)
-                idx = i;
+        else if (overlap(subnet, plen, q->subnet, q->plen))
+            return -EEXIST;
+    }
+    int err, fresh = idx < 0;
+    if (fresh) {
+        idx = free_idx;
         if (idx < 0) {
             if (f->npeers == f->cap) {
                 int cap = f->cap ? f->cap * 2 : 16;
-                struct peer *p = realloc(f->peers, sizeof(*p) * cap);
+                struct peer *p = alloc_fails() ? NULL : realloc(f->peers, sizeof(*p) * cap);
                 if (!p)
                     return -ENOMEM;
                 f->peers = p;
                 f->cap = cap;
             }
-            idx = f->npeers++;
+            idx = f->npeers;
         }
-        int err = dp_routes_set(f->routes, subnet, plen, idx);
-        if (err)
+        if ((err = dp_routes_reserve(f->routes)))
             return err;
+    }
+    if (dp_routes_lookup(f->by_ip, public_ip) < 0 && (err = dp_routes_reserve(f->by_ip)))
+        return err;
+    /* Nothing below can fail. */
+    ip_ref(f, public_ip, +1);                 /* before the old one's -1: never a re-insert */
+    if (fresh) {
+        dp_routes_set(f->routes, subnet, plen, idx);
+        if (idx == f->npeers)
+            f->npeers++;
         f->live++;
     } else {
         ip_ref(f, f->peers[idx].public_ip, -1);
@@ -95,7 +117,6 @@ int dp_fwd_set_peer(struct dp_fwd *f, uint32_t subnet, int plen, uint32_t public
     p->public_ip = public_ip;
     memcpy(p->mac, mac, 6);
     p->live = 1;
-    ip_ref(f, public_ip, +1);
     return 0;
 }
 
@@ -120,6 +141,31 @@ int dp_fwd_peer_count(const struct dp_fwd *f) { return f->live; }
 
 void dp_fwd_counters(const struct dp_fwd *f, struct dp_counters *out) { *out = f->ctr; }
 
+void dp_fwd_set_clock(struct dp_fwd *f, uint64_t now_ms) { f->now_ms = now_ms; }
+
+/* May one more ICMP error go? A token bucket as the kernel's icmp_global_allow: refilled at
+ * icmp_rate a second up to icmp_burst, one token per error; counted in thousandths. */
+int dp_icmp_allow(struct dp_fwd *f)
+{
+    uint64_t rate = f->cfg.icmp_rate, cap = (uint64_t)f->cfg.icmp_burst * 1000;
+    if (rate == 0)
+        return 1;
+    if (f->now_ms > f->icmp_last) {
+        uint64_t elapsed = f->now_ms - f->icmp_last;
+        f->icmp_tokens = elapsed >= (cap + rate - 1) / rate ? cap : f->icmp_tokens + elapsed * rate;
+        if (f->icmp_tokens > cap)
+            f->icmp_tokens = cap;
+        f->icmp_last = f->now_ms;
+    }
+    if (f->icmp_tokens < 1000) {
+        f->ctr.icmp_suppressed++;
+        return 0;
+    }
+    f->icmp_tokens -= 1000;
+    f->ctr.icmp_sent++;
+    return 1;
+}
+
 static inline void drop(struct dp_fwd *f, struct dp_pkt *p, int dir, int why)
 {
     p->action = DP_ACT_DROP;
@@ -129,6 +175,8 @@ static inline void drop(struct dp_fwd *f, struct dp_pkt *p, int dir, int why)
 
 static void egress_one(struct dp_fwd *f, struct dp_pkt *p)
 {
+    if (p->len >= 1 && p->data[0] >> 4 == 6)
+        return drop(f, p, DP_EGRESS, DP_DROP_IPV6_UNSUPPORTED);
     int err = dp_ipv4_validate(p->data, p->len);
     if (err)
         return drop(f, p, DP_EGRESS, err);
@@ -140,16 +188,16 @@ static void egress_one(struct dp_fwd *f, struct dp_pkt *p)
     if (idx < 0) {
         size_t n = dp_icmp_net_unreachable(p->data, p->data, p->len, f->cfg.tun_addr);
         drop(f, p, DP_EGRESS, DP_DROP_NO_ROUTE);
-        if (n) {
+        if (n && dp_icmp_allow(f)) {
             p->len = (uint32_t)n;
             p->action = DP_ACT_TUN;
-            f->ctr.icmp_sent++;
         }
         return;
     }
     const struct peer *peer = &f->peers[idx];
     if (f->cfg.ttl_decrement && (err = dp_ipv4_ttl_decrement(p->data, p->len)))
         return drop(f, p, DP_EGRESS, err);
+    f->ctr.bytes[DP_EGRESS] += p->len;            /* inner bytes, as on ingress */
     if (f->cfg.mode == DP_MODE_VXLAN) {
         p->data -= DP_VXLAN_OVERHEAD;
         p->len += DP_VXLAN_OVERHEAD;
@@ -160,7 +208,6 @@ static void egress_one(struct dp_fwd *f, struct dp_pkt *p)
     p->action = DP_ACT_SEND;
     p->drop = DP_OK;
     f->ctr.packets[DP_EGRESS]++;
-    f->ctr.bytes[DP_EGRESS] += p->len;
 }
 
 static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
@@ -188,10 +235,11 @@ static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
           (f->cfg.io_flags & (DP_IO_VNET | DP_IO_TUN_USO)) == DP_IO_VNET)))
         return drop(f, p, DP_INGRESS, DP_DROP_OVERSIZE);
 
-    int32_t idx = dp_routes_lookup(f->routes, rd32(p->data + IPH_SRC));
-    if (idx < 0 || f->peers[idx].public_ip != p->addr)
+    /* Our own subnet is never a source from the wire, whatever lease covers it. */
+    uint32_t src = rd32(p->data + IPH_SRC), mask = prefix_mask(f->cfg.local_plen);
+    int32_t idx = dp_routes_lookup(f->routes, src);
+    if (idx < 0 || f->peers[idx].public_ip != p->addr || (src & mask) == (f->cfg.local_net & mask))
         return drop(f, p, DP_INGRESS, DP_DROP_SPOOFED_SOURCE);
-    uint32_t mask = prefix_mask(f->cfg.local_plen);
     if ((rd32(p->data + IPH_DST) & mask) != (f->cfg.local_net & mask))
         return drop(f, p, DP_INGRESS, DP_DROP_NOT_LOCAL);
     if (f->cfg.ttl_decrement && (err = dp_ipv4_ttl_decrement(p->data, p->len)))

@@ -116,7 +116,7 @@ static void send_batch(struct dp_fwd *f, struct dp_io *io, int n, int sock_fd, i
             if (errno == EINTR)
                 continue;
             /* The first message failed (no route, refused, too big): count it, go on. */
-            unforward(f, DP_EGRESS, sent[done]->len, DP_DROP_TX_ERROR);
+            unforward(f, DP_EGRESS, sent[done]->len, tx_drop(errno));
             done++;
         } else {
             done += r;
@@ -126,6 +126,7 @@ static void send_batch(struct dp_fwd *f, struct dp_io *io, int n, int sock_fd, i
 
 int dp_drain_tun(struct dp_fwd *f, int tun_fd, int sock_fd, int budget)
 {
+    clock_tick(f);
     if (f->cfg.io_flags & DP_IO_VNET)
         return dp_drain_tun_vnet(f, tun_fd, sock_fd, budget);
     struct dp_io *io = io_get(f, DP_EGRESS);
@@ -159,6 +160,7 @@ int dp_drain_tun(struct dp_fwd *f, int tun_fd, int sock_fd, int budget)
 
 int dp_drain_udp(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
 {
+    clock_tick(f);
     if (f->cfg.io_flags & (DP_IO_VNET | DP_IO_UDP_GRO))
         return dp_drain_udp_gro(f, sock_fd, tun_fd, budget);
     struct dp_io *io = io_get(f, DP_INGRESS);

@@ -7,16 +7,34 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dp.h"
 
-/* A packet the batch decided to forward failed in the syscall: move it to the drop count. */
+/* A packet the batch decided to forward failed in the syscall: move it to the drop count.
+ * len is what was sent or written; the byte counters hold inner packet bytes. */
 static inline void unforward(struct dp_fwd *f, int dir, uint32_t len, int why)
 {
+    if (dir == DP_EGRESS && f->cfg.mode == DP_MODE_VXLAN)
+        len -= DP_VXLAN_OVERHEAD;
     f->ctr.packets[dir]--;
     f->ctr.bytes[dir] -= len;
     f->ctr.drops[dir][why]++;
+}
+
+/* Why a send failed, as a drop reason: EMSGSIZE says the datagram was too big to leave. */
+static inline int tx_drop(int err)
+{
+    return err == EMSGSIZE ? DP_DROP_TX_TOO_BIG : DP_DROP_TX_ERROR;
+}
+
+/* Each drain runs on the monotonic clock (the ICMP rate limit, the GSO back-off). */
+static inline void clock_tick(struct dp_fwd *f)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    f->now_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static inline struct sockaddr_in sockaddr_of(uint32_t addr, uint16_t port)

@@ -13,7 +13,14 @@
  *   dp_gro_coalesce merges consecutive segments of a flow -> one write() per frame to the TUN,
  *   a virtio_net_hdr in front (GSO_TCPV4 or GSO_UDP_L4) so the kernel sees one packet where
  *   there were forty.
- * A UDP_SEGMENT send the kernel refuses switches GSO off for good and resends one by one.
+ * A UDP_SEGMENT send the kernel refuses (EMSGSIZE: the path MTU to that peer fell below the
+ * stride, after an ICMP "fragmentation needed" or with a smaller route MTU; EIO, EINVAL, ...: the
+ * socket or device cannot do it) is resent one datagram a message, and GSO to that peer address
+ * pauses, for 1 s, then twice as long after each refusal that follows a retry (up to 60 s), until
+ * a retry goes through. Other peers keep GSO. The pod MTU stays as it is: a datagram larger than
+ * the path MTU is fragmented by the kernel (the socket is IP_PMTUDISC_WANT), as a kernel VXLAN
+ * device without `df set` does. Clamping the stride instead would let one forged ICMP message
+ * shrink every segment to 552 bytes for ten minutes.
  */
 #include "io.h"         /* first: it sets _GNU_SOURCE for sendmmsg/recvmmsg */
 
@@ -37,7 +44,11 @@
 
 #define RECVS 32                        /* datagrams per recvmmsg */
 #define RSLOT 65536                     /* a UDP_GRO run is at most 64 KiB */
-#define IN_SEGS (RECVS * 64)            /* UDP_GRO coalesces at most 64 segments */
+#define IN_SEGS (RECVS * 64)            /* segments decided at once (a run holds up to 128) */
+
+#define BACKOFF_SLOTS 64                /* peer addresses whose GSO is paused, at most */
+#define BACKOFF_FIRST_MS 1000
+#define BACKOFF_MAX_MS 60000
 
 union ctl {
     char buf[CMSG_SPACE(sizeof(int))];
@@ -46,6 +57,12 @@ union ctl {
 
 struct run {                            /* the segments of one super-packet */
     uint32_t first, count, stride;
+};
+
+struct backoff {                        /* GSO to addr refused: plain datagrams until `until` */
+    uint32_t addr;
+    uint32_t wait_ms;                   /* the pause that ends at until; doubles on each refusal */
+    uint64_t until;
 };
 
 struct egress {
@@ -60,6 +77,10 @@ struct egress {
     struct sockaddr_in addrs[MAX_SEGS];
     union ctl ctl[MAX_SEGS];
     uint32_t msg_first[MAX_SEGS], msg_count[MAX_SEGS];
+    struct mmsghdr fb_msgs[GSO_MAX_SEGS];   /* one refused message's segments, resent */
+    struct iovec fb_iov[GSO_MAX_SEGS];
+    struct backoff off[BACKOFF_SLOTS];
+    int noff;
 };
 
 struct ingress {
@@ -73,7 +94,6 @@ struct ingress {
     struct dp_buf bufs[IN_SEGS];
     struct dp_gro_frame frames[IN_SEGS];
     int32_t next[IN_SEGS];
-    int32_t member[IN_SEGS];            /* bufs index -> pkts index, to undo counts */
 };
 
 struct dp_offload_io {
@@ -176,26 +196,89 @@ static void add_msg(struct egress *e, int m, struct dp_pkt *p, uint32_t first, u
     e->msg_count[m] = count;
 }
 
-/* Message m failed with err: resend its segments one by one if GSO was refused, else drop. */
+static struct backoff *backoff_of(struct egress *e, uint32_t addr)
+{
+    for (int i = 0; i < e->noff; i++)
+        if (e->off[i].addr == addr)
+            return &e->off[i];
+    return NULL;
+}
+
+/* May a run to addr go with UDP_SEGMENT now? */
+static int gso_allowed(const struct dp_fwd *f, struct egress *e, uint32_t addr)
+{
+    const struct backoff *b = e->noff ? backoff_of(e, addr) : NULL;
+    return !b || f->now_ms >= b->until;
+}
+
+/* GSO to addr was refused: pause it (once per pause, however many messages of the round fail). */
+static void gso_pause(struct dp_fwd *f, struct egress *e, uint32_t addr)
+{
+    struct backoff *b = backoff_of(e, addr);
+    if (b && f->now_ms < b->until)
+        return;
+    if (!b) {
+        if (e->noff < BACKOFF_SLOTS) {
+            b = &e->off[e->noff++];
+        } else {                            /* full: the pause nearest its end gives way */
+            b = &e->off[0];
+            for (int i = 1; i < e->noff; i++)
+                if (e->off[i].until < b->until)
+                    b = &e->off[i];
+        }
+        *b = (struct backoff){addr, 0, 0};
+    }
+    b->wait_ms = b->wait_ms ? b->wait_ms * 2 : BACKOFF_FIRST_MS;
+    if (b->wait_ms > BACKOFF_MAX_MS)
+        b->wait_ms = BACKOFF_MAX_MS;
+    b->until = f->now_ms + b->wait_ms;
+    f->ctr.gso_backoffs++;
+}
+
+/* A UDP_SEGMENT message to addr went through: a pause that led to it is over. */
+static void gso_resumed(struct egress *e, uint32_t addr)
+{
+    struct backoff *b = backoff_of(e, addr);
+    if (b)
+        *b = e->off[--e->noff];
+}
+
+/* Message m failed with err. A refused UDP_SEGMENT message is resent one datagram a message
+ * (in one sendmmsg) and that peer's GSO pauses; anything else is dropped. */
 static void send_failed(struct dp_fwd *f, struct egress *e, int m, int err, int sock_fd)
 {
     uint32_t first = e->msg_first[m], count = e->msg_count[m];
-    int gso_refused = count > 1 && (err == EIO || err == EINVAL || err == EOPNOTSUPP ||
-                                    err == ENOPROTOOPT);
-    if (gso_refused) {
-        f->cfg.io_flags &= ~(uint32_t)DP_IO_UDP_GSO;
-        f->ctr.gso_fallbacks++;
+    int gso_refused = count > 1 && (err == EMSGSIZE || err == EIO || err == EINVAL ||
+                                    err == EOPNOTSUPP || err == ENOPROTOOPT);
+    if (!gso_refused) {
+        for (uint32_t k = first; k < first + count; k++)
+            unforward(f, DP_EGRESS, e->pkts[k].len, tx_drop(err));
+        return;
     }
-    for (uint32_t k = first; k < first + count; k++) {
-        struct dp_pkt *p = &e->pkts[k];
-        if (gso_refused) {
-            struct sockaddr_in to = sockaddr_of(p->addr, p->port);
-            f->ctr.syscalls[DP_EGRESS]++;
-            if (sendto(sock_fd, p->data, p->len, 0, (struct sockaddr *)&to, sizeof(to)) ==
-                (ssize_t)p->len)
+    f->ctr.gso_fallbacks++;
+    f->ctr.gso_too_big += err == EMSGSIZE;
+    gso_pause(f, e, e->pkts[first].addr);
+    for (uint32_t k = 0; k < count; k++) {      /* one peer: the message's own address */
+        struct dp_pkt *p = &e->pkts[first + k];
+        e->fb_iov[k] = (struct iovec){p->data, p->len};
+        e->fb_msgs[k].msg_hdr = (struct msghdr){
+            .msg_name = &e->addrs[m],
+            .msg_namelen = sizeof(e->addrs[m]),
+            .msg_iov = &e->fb_iov[k],
+            .msg_iovlen = 1,
+        };
+    }
+    for (uint32_t done = 0; done < count;) {
+        int r = sendmmsg(sock_fd, e->fb_msgs + done, count - done, 0);
+        f->ctr.syscalls[DP_EGRESS]++;
+        if (r < 0) {
+            if (errno == EINTR)
                 continue;
+            unforward(f, DP_EGRESS, e->pkts[first + done].len, tx_drop(errno));
+            done++;
+        } else {
+            done += (uint32_t)r;
         }
-        unforward(f, DP_EGRESS, p->len, DP_DROP_TX_ERROR);
     }
 }
 
@@ -210,7 +293,7 @@ static void flush(struct dp_fwd *f, struct egress *e, int sock_fd, int tun_fd)
     for (int r = 0; r < e->nruns; r++) {
         struct run *run = &e->runs[r];
         struct dp_pkt *p0 = &e->pkts[run->first];
-        int together = gso && run->count > 1;
+        int together = gso && run->count > 1 && gso_allowed(f, e, p0->addr);
         for (uint32_t k = 0; k < run->count && together; k++) {
             struct dp_pkt *p = &e->pkts[run->first + k];
             together = p->action == DP_ACT_SEND && p->addr == p0->addr &&
@@ -247,6 +330,12 @@ static void flush(struct dp_fwd *f, struct egress *e, int sock_fd, int tun_fd)
             send_failed(f, e, done, errno, sock_fd);
             done++;
         } else {
+            for (int k = done; k < done + r; k++)
+                if (e->msg_count[k] > 1) {
+                    f->ctr.gso_sends++;
+                    if (e->noff)
+                        gso_resumed(e, e->pkts[e->msg_first[k]].addr);
+                }
             done += r;
         }
     }
@@ -257,7 +346,8 @@ static void flush(struct dp_fwd *f, struct egress *e, int sock_fd, int tun_fd)
 /* A super-packet nobody holds the destination of: one ICMP error answers all of it. */
 static int no_route(struct dp_fwd *f, const uint8_t *pkt, size_t len, int tun_fd)
 {
-    int err = dp_ipv4_validate(pkt, len);
+    int err = len >= 1 && pkt[0] >> 4 == 6 ? DP_DROP_IPV6_UNSUPPORTED
+                                            : dp_ipv4_validate(pkt, len);
     if (err) {
         f->ctr.drops[DP_EGRESS][err]++;
         return 1;
@@ -267,8 +357,7 @@ static int no_route(struct dp_fwd *f, const uint8_t *pkt, size_t len, int tun_fd
     uint8_t icmp[DP_ICMP_MAX];
     size_t n = dp_icmp_net_unreachable(icmp, pkt, len, f->cfg.tun_addr);
     f->ctr.drops[DP_EGRESS][DP_DROP_NO_ROUTE]++;
-    if (n) {
-        f->ctr.icmp_sent++;
+    if (n && dp_icmp_allow(f)) {
         f->ctr.syscalls[DP_EGRESS]++;
         tun_put(f, tun_fd, icmp, (uint32_t)n);
     }
@@ -371,11 +460,9 @@ static void deliver(struct dp_fwd *f, struct ingress *in, int n, int tun_fd)
     }
     int m = 0;
     for (int i = 0; i < n; i++)
-        if (in->pkts[i].action == DP_ACT_TUN) {
-            in->bufs[m] = (struct dp_buf){in->pkts[i].data, in->pkts[i].len, in->pkts[i].csum,
-                                          in->pkts[i].gso_size};
-            in->member[m++] = i;
-        }
+        if (in->pkts[i].action == DP_ACT_TUN)
+            in->bufs[m++] = (struct dp_buf){in->pkts[i].data, in->pkts[i].len, in->pkts[i].csum,
+                                            in->pkts[i].gso_size};
     if (m == 0)
         return;
     int flags = DP_GRO_TCP | (f->cfg.io_flags & DP_IO_TUN_USO ? DP_GRO_UDP : 0);
@@ -449,9 +536,20 @@ int dp_drain_udp_gro(struct dp_fwd *f, int sock_fd, int tun_fd, int budget)
             uint32_t addr = ntohl(in->addrs[i].sin_addr.s_addr);
             uint16_t port = ntohs(in->addrs[i].sin_port);
             uint32_t pieces = len ? (len + size - 1) / size : 1;
-            if (segs + pieces > IN_SEGS) {     /* more than UDP_GRO ever merges: refuse */
+            /* The lease first: a run from an address that holds none costs its receive and
+             * nothing more, not the room of a peer's run. */
+            if (dp_routes_lookup(f->by_ip, addr) < 0) {
+                f->ctr.drops[DP_INGRESS][DP_DROP_UNKNOWN_PEER] += pieces;
+                continue;
+            }
+            if (pieces > IN_SEGS) {            /* far more than UDP_GRO ever merges: refuse */
                 f->ctr.drops[DP_INGRESS][DP_DROP_OVERSIZE]++;
                 continue;
+            }
+            if (segs + pieces > IN_SEGS) {     /* full: decide and deliver what came so far */
+                dp_ingress_batch(f, in->pkts, (int)segs);
+                deliver(f, in, (int)segs, tun_fd);
+                segs = 0;
             }
             uint32_t off = 0;
             do {

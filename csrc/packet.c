@@ -125,10 +125,19 @@ void dp_outer_udp4(uint8_t *hdr, size_t payload_len, uint32_t saddr, uint32_t da
     wr16(udp + 6, check ? check : 0xffff);   /* 0 means "no checksum" in UDP over IPv4 */
 }
 
-static int is_icmp_error(uint8_t type)
+/* The ICMP types an error may be sent about: the queries of RFC 1122 3.2.2 (echo, timestamp,
+ * information, address mask; requests and replies), as the kernel's icmp_pointers has them
+ * (icmp_send skips errors, the unassigned types up to 18 and every type above). */
+static int is_icmp_query(uint8_t type)
 {
-    /* destination unreachable, source quench, redirect, time exceeded, parameter problem */
-    return type == 3 || type == 4 || type == 5 || type == 11 || type == 12;
+    return type == 0 || type == 8 || (type >= 13 && type <= 18);
+}
+
+/* RFC 1812 4.3.2.7 / 5.3.7: a source that does not name one host gets no error. */
+static int is_single_host(uint32_t a)
+{
+    uint8_t top = a >> 24;
+    return top != 0 && top != 127 && top < 224;
 }
 
 size_t dp_icmp_net_unreachable(uint8_t *out, const uint8_t *pkt, size_t len, uint32_t src)
@@ -141,10 +150,10 @@ size_t dp_icmp_net_unreachable(uint8_t *out, const uint8_t *pkt, size_t len, uin
     if (rd16(pkt + IPH_FRAG) & 0x1fff)          /* only the first fragment is answered */
         return 0;
     uint32_t dst = rd32(pkt + IPH_DST), osrc = rd32(pkt + IPH_SRC);
-    if ((dst >> 28) == 0xe || dst == 0xffffffffu || osrc == 0 || (osrc >> 28) == 0xe)
+    if ((dst >> 28) == 0xe || dst == 0xffffffffu || !is_single_host(osrc))
         return 0;                                /* RFC 1812: no errors about broadcasts */
     if (pkt[IPH_PROTO] == PROTO_ICMP) {
-        if (len < ihl + 1 || is_icmp_error(pkt[ihl]))
+        if (len < ihl + 1 || !is_icmp_query(pkt[ihl]))
             return 0;                            /* RFC 792: never an error about an error */
     }
     size_t quote = ihl + 8 <= len ? ihl + 8 : len;

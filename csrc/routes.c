@@ -43,9 +43,13 @@ static struct route *find(const struct dp_routes *r, uint32_t prefix, int plen)
     return NULL;
 }
 
+int dp_alloc_countdown;
+
+void dp_fault_alloc(int n) { dp_alloc_countdown = n; }
+
 static struct route *alloc_slots(uint32_t cap)
 {
-    struct route *s = malloc(sizeof(*s) * cap);
+    struct route *s = alloc_fails() ? NULL : malloc(sizeof(*s) * cap);
     if (s)
         for (uint32_t i = 0; i < cap; i++)
             s[i].plen = EMPTY;
@@ -110,18 +114,22 @@ int dp_routes_set(struct dp_routes *r, uint32_t prefix, int plen, int32_t value)
         s->value = value;
         return 0;
     }
-    if ((r->used + 1) * 4 > r->cap * 3) {
-        /* Grow when live entries fill half; otherwise just sweep the tombstones. */
-        uint32_t cap = (r->count + 1) * 2 > r->cap ? r->cap * 2 : r->cap;
-        int err = resize(r, cap);
-        if (err)
-            return err;
-    }
+    int err = dp_routes_reserve(r);
+    if (err)
+        return err;
     insert_fresh(r, prefix, plen, value);
     r->count++;
     r->per_len[plen]++;
     r->lengths |= (uint64_t)1 << plen;
     return 0;
+}
+
+int dp_routes_reserve(struct dp_routes *r)
+{
+    if ((r->used + 1) * 4 <= r->cap * 3)
+        return 0;
+    /* Grow when live entries fill half; otherwise just sweep the tombstones. */
+    return resize(r, (r->count + 1) * 2 > r->cap ? r->cap * 2 : r->cap);
 }
 
 int dp_routes_del(struct dp_routes *r, uint32_t prefix, int plen)

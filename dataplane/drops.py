@@ -32,6 +32,7 @@ class Drop(enum.IntEnum):
     BAD_L4_HEADER = 19     # TCP data offset < 5 or UDP length != IP payload length
     IPV6_UNSUPPORTED = 20  # an IPv6 packet: the overlay carries IPv4 only
     BAD_L4_CHECKSUM = 21   # ingress: TCP/UDP checksum neither right nor a partial (kernel) sum
+    TX_TOO_BIG = 22        # egress: EMSGSIZE: above the path MTU with DF, or the UDP maximum
 
     @property
     def label(self) -> str:

@@ -33,6 +33,8 @@ SOCKET_BUFFER = 7 << 20        # enough for a few GSO bursts of every flow in fl
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 # linux/udp.h
 SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
+# linux/in.h: path MTU discovery on, but a datagram larger than the path MTU is fragmented
+IP_MTU_DISCOVER, IP_PMTUDISC_WANT = 10, 1
 
 
 def _buffers(sock: socket.socket) -> None:
@@ -48,6 +50,10 @@ def open_udp_socket(address: str, port: int, reuseport: bool = False) -> socket.
     dropping; receives use MSG_DONTWAIT."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        # Whatever net.ipv4.ip_no_pmtu_disc says: when the path MTU to a peer falls below our
+        # datagrams (a smaller route MTU, an ICMP "fragmentation needed", forged or not), the
+        # kernel fragments them rather than refusing them (csrc/io_offload.c).
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_WANT)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         _buffers(sock)

@@ -99,12 +99,30 @@ def render_metrics(node: Node) -> str:
         w.metric("dataplane_gso_fallbacks_total", "counter",
                  "UDP_SEGMENT sends the kernel refused (segments then went one by one).",
                  [({}, c.gso_fallbacks)])
+        w.metric("dataplane_gso_fallbacks_too_big_total", "counter",
+                 "Of those, refused with EMSGSIZE: the path MTU to the peer fell below the "
+                 "segment size (a route MTU, an ICMP fragmentation-needed).",
+                 [({}, c.gso_too_big)])
+        w.metric("dataplane_gso_backoffs_total", "counter",
+                 "Times UDP_SEGMENT to one peer address was paused after a refusal (1 s, "
+                 "doubling up to 60 s while retries fail; other peers keep it).",
+                 [({}, c.gso_backoffs)])
+        w.metric("dataplane_gso_sends_total", "counter",
+                 "UDP_SEGMENT messages (runs of segments) the kernel took.",
+                 [({}, c.gso_sends)])
         w.metric("dataplane_icmp_unreachable_sent_total", "counter",
                  "ICMP net-unreachable errors written back for packets to unknown subnets.",
                  [({}, c.icmp_sent)])
+        w.metric("dataplane_icmp_errors_suppressed_total", "counter",
+                 "ICMP errors not sent because of the rate limit (a token bucket per worker: "
+                 "1000 a second, bursts of 50).",
+                 [({}, c.icmp_suppressed)])
     w.metric("dataplane_peers", "gauge",
              "Peers (other nodes' leases): tunnelled, or routed directly (DirectRouting).",
              [({}, len(node.peers))])
+    w.metric("dataplane_leases_refused", "gauge",
+             "Leases kept out of the forwarding table: they overlap our lease or a peer's.",
+             [({}, len(node.refused))])
     if node.lease is not None and node.lease.expiration is not None:
         w.metric("dataplane_lease_expiry_timestamp_seconds", "gauge",
                  "When our subnet lease expires unless renewed (Unix time).",

@@ -107,6 +107,7 @@ class Node:
         self.leases: dict[ipaddress.IPv4Network, Lease] = {}   # the store as we last saw it
         self.peers: dict[ipaddress.IPv4Network, Lease] = {}    # tunnelled or routed directly
         self.direct = DirectRoutes(None)     # DirectRouting peers: not in the forwarder
+        self.refused: dict[ipaddress.IPv4Network, Lease] = {}  # overlapping ours or a peer's
         self.ready = asyncio.Event()
         self.started = time.time()
         self.store_errors = 0
@@ -330,10 +331,15 @@ class Node:
                 self.own.seen(lease)
             return
         if event.kind == "removed":
+            self.refused.pop(lease.subnet, None)
             if self.peers.pop(lease.subnet, None) is not None:
                 if not self.direct.forget(lease.subnet):
                     self._each_forwarder("del_peer", str(lease.subnet))
                 log.info("peer %s (%s) left", lease.subnet, lease.public_ip)
+                for waiting in list(self.refused.values()):   # one may fit now
+                    self._apply(LeaseEvent("added", waiting))
+            return
+        if self._refuse(lease):
             return
         mac = b"\0" * 6
         if self.config.backend_type == "vxlan":
@@ -355,6 +361,22 @@ class Node:
         if known is None or (known.public_ip, known.vtep_mac) != (lease.public_ip, lease.vtep_mac):
             log.info("peer %s at %s%s", lease.subnet, lease.public_ip,
                      f" VtepMAC {lease.vtep_mac}" if lease.vtep_mac else "")
+
+    def _refuse(self, lease: Lease) -> bool:
+        """A lease overlapping ours or a peer's is kept out of the forwarder (it would let its
+        holder speak for those pods, e.g. a /16 left over from an older SubnetLen); logged
+        once, admitted when what it overlaps goes away."""
+        clash = (f"our own {self.lease.subnet}" if lease.subnet.overlaps(self.lease.subnet) else
+                 next((f"peer {s} ({p.public_ip})" for s, p in self.peers.items()
+                       if s != lease.subnet and s.overlaps(lease.subnet)), None))
+        if clash is None:
+            self.refused.pop(lease.subnet, None)
+            return False
+        if lease.subnet not in self.refused:
+            log.warning("refusing lease %s of %s: it overlaps %s", lease.subnet,
+                        lease.public_ip, clash)
+        self.refused[lease.subnet] = lease
+        return True
 
     def _each_forwarder(self, method: str, *args) -> None:
         """Apply a peer change to every worker's forwarder, on that worker's own thread."""

@@ -204,6 +204,8 @@ class Forwarder:
         cfg.ttl_decrement = int(config.decrements_ttl)
         cfg.max_inner = config.max_inner
         cfg.io_flags = config.io_flags
+        cfg.icmp_rate = config.icmp_rate
+        cfg.icmp_burst = config.icmp_burst
         self._f = ffi.gc(lib.dp_fwd_new(cfg), lib.dp_fwd_free)
         if self._f == ffi.NULL:
             raise MemoryError
@@ -231,7 +233,12 @@ class Forwarder:
                 if c.drops[d][why]:
                     drops[(d, why)] = c.drops[d][why]
         return Counters(list(c.packets), list(c.bytes), drops, list(c.batches), c.icmp_sent,
-                        list(c.super_packets), list(c.syscalls), c.gso_fallbacks)
+                        list(c.super_packets), list(c.syscalls), c.gso_fallbacks,
+                        c.icmp_suppressed, c.gso_sends, c.gso_too_big, c.gso_backoffs)
+
+    def set_clock(self, now_ms: int) -> None:
+        """The clock of the ICMP rate limit for egress()/ingress() calls (drains read it)."""
+        lib.dp_fwd_set_clock(self._f, now_ms)
 
     def _batch(self, payloads: list[bytes]):
         """Copy payloads into slots with headroom in front and room for an ICMP error."""

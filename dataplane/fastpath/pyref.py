@@ -8,9 +8,11 @@ the benchmark ladder and the behaviour of flannel's own proxy.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
+import time
 
 from dataplane.drops import Direction, Drop
 from dataplane.fastpath.types import (
@@ -53,12 +55,21 @@ NAME = "python"
 
 _EGRESS, _INGRESS = Direction.EGRESS, Direction.INGRESS
 _PROTO_ICMP, _PROTO_TCP, _PROTO_UDP = 1, 6, 17
-_ICMP_ERRORS = frozenset((3, 4, 5, 11, 12))
+_ICMP_QUERIES = frozenset((0, 8, 13, 14, 15, 16, 17, 18))   # an error may be about these only
 _SLOT_DATA = 65536
 
 
 def _mask(plen: int) -> int:
     return (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF if plen else 0
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return not (a[0] ^ b[0]) & _mask(min(a[1], b[1]))
+
+
+def _single_host(addr: int) -> bool:
+    """RFC 1812 4.3.2.7: not 0/8, 127/8, multicast, class E or broadcast."""
+    return addr >> 24 not in (0, 127) and addr >> 24 < 224
 
 
 # ---- checksums (RFC 1071, RFC 1624) -------------------------------------------------------
@@ -218,9 +229,9 @@ def icmp_net_unreachable(pkt: bytes, src: str | int) -> bytes:
     if ((pkt[6] << 8) | pkt[7]) & 0x1FFF:
         return b""
     osrc, dst = struct.unpack_from("!II", pkt, 12)
-    if dst >> 28 == 0xE or dst == 0xFFFFFFFF or osrc == 0 or osrc >> 28 == 0xE:
+    if dst >> 28 == 0xE or dst == 0xFFFFFFFF or not _single_host(osrc):
         return b""
-    if pkt[9] == _PROTO_ICMP and (n < ihl + 1 or pkt[ihl] in _ICMP_ERRORS):
+    if pkt[9] == _PROTO_ICMP and (n < ihl + 1 or pkt[ihl] not in _ICMP_QUERIES):
         return b""
     quote = bytes(pkt[: min(ihl + 8, n)])
     total = 28 + len(quote)
@@ -396,15 +407,24 @@ class Forwarder:
         self._batches = [0, 0]
         self._icmp = 0
         self._syscalls = [0, 0]
+        self._now_ms = 0
+        self._icmp_tokens = config.icmp_burst * 1000    # thousandths of an error
+        self._icmp_last = 0
+        self._icmp_suppressed = 0
 
     # peers
     def set_peer(self, subnet: str, public_ip: str, mac: bytes | str = b"\0" * 6) -> None:
+        """Add or replace; a subnet overlapping ours or another peer's is refused (EEXIST)."""
         key = parse_net(subnet)
         ip = ip_to_int(public_ip)
+        mac = parse_mac(mac)
+        if _overlap(key, (self._local_net, self._local_plen)) or any(
+                k != key and _overlap(k, key) for k in self._peers):
+            raise OSError(errno.EEXIST, f"{subnet} overlaps our subnet or a peer's")
         old = self._peers.get(key)
         if old is not None:
             self._unref(old[0])
-        self._peers[key] = (ip, parse_mac(mac))
+        self._peers[key] = (ip, mac)
         self._by_ip[ip] = self._by_ip.get(ip, 0) + 1
         self._routes._set(key[0], key[1], 0)
 
@@ -435,7 +455,28 @@ class Forwarder:
 
     def counters(self) -> Counters:
         return Counters(list(self._packets), list(self._bytes), dict(self._drops),
-                        list(self._batches), self._icmp, [0, 0], list(self._syscalls), 0)
+                        list(self._batches), self._icmp, [0, 0], list(self._syscalls), 0,
+                        self._icmp_suppressed)
+
+    def set_clock(self, now_ms: int) -> None:
+        self._now_ms = now_ms
+
+    def _icmp_allow(self) -> bool:
+        """The token bucket of csrc/forward.c:dp_icmp_allow, the same integer steps."""
+        rate, cap = self.config.icmp_rate, self.config.icmp_burst * 1000
+        if not rate:
+            return True
+        if self._now_ms > self._icmp_last:
+            elapsed = self._now_ms - self._icmp_last
+            full = elapsed >= (cap + rate - 1) // rate
+            self._icmp_tokens = cap if full else min(self._icmp_tokens + elapsed * rate, cap)
+            self._icmp_last = self._now_ms
+        if self._icmp_tokens < 1000:
+            self._icmp_suppressed += 1
+            return False
+        self._icmp_tokens -= 1000
+        self._icmp += 1
+        return True
 
     def _drop(self, direction: Direction, why: Drop, data: bytes = b"") -> Verdict:
         key = (direction, why)
@@ -450,6 +491,8 @@ class Forwarder:
 
     # decisions
     def _egress_one(self, pkt: bytes) -> Verdict:
+        if pkt[:1] and pkt[0] >> 4 == 6:
+            return self._drop(_EGRESS, Drop.IPV6_UNSUPPORTED)
         why = ipv4_validate(pkt)
         if why:
             return self._drop(_EGRESS, why)
@@ -459,18 +502,18 @@ class Forwarder:
         peer = self._peer_of(int.from_bytes(buf[16:20], "big"))
         if peer is None:
             reply = icmp_net_unreachable(buf, self._tun_addr)
-            if reply:
-                self._icmp += 1
+            if reply and not self._icmp_allow():
+                reply = b""
             return self._drop(_EGRESS, Drop.NO_ROUTE, reply)
         if self._ttl:
             why = ttl_decrement(buf)
             if why:
                 return self._drop(_EGRESS, why)
         ip, mac = peer
+        self._bytes[_EGRESS] += len(buf)              # inner bytes, as on ingress
         if self._vxlan:
             buf[0:0] = vxlan_header(self.config.vni, mac, self._mac)
         self._packets[_EGRESS] += 1
-        self._bytes[_EGRESS] += len(buf)
         return Verdict(Action.SEND, Drop.NONE, int_to_ip(ip), self.config.port, bytes(buf))
 
     def _ingress_one(self, src: str, payload: bytes) -> Verdict:
@@ -492,10 +535,12 @@ class Forwarder:
                 or buf[9] == _PROTO_UDP
                 and self.config.io_flags & (IO_VNET | IO_TUN_USO) == IO_VNET):
             return self._drop(_INGRESS, Drop.OVERSIZE)
-        peer = self._peer_of(int.from_bytes(buf[12:16], "big"))
-        if peer is None or peer[0] != src_ip:
-            return self._drop(_INGRESS, Drop.SPOOFED_SOURCE)
+        # our own subnet is never a source from the wire, whatever lease covers it
+        inner_src = int.from_bytes(buf[12:16], "big")
         mask = _mask(self._local_plen)
+        peer = self._peer_of(inner_src)
+        if peer is None or peer[0] != src_ip or inner_src & mask == self._local_net & mask:
+            return self._drop(_INGRESS, Drop.SPOOFED_SOURCE)
         if int.from_bytes(buf[16:20], "big") & mask != self._local_net & mask:
             return self._drop(_INGRESS, Drop.NOT_LOCAL)
         if self._ttl:
@@ -526,6 +571,7 @@ class Forwarder:
     def drain_tun(self, tun_fd: int, sock: socket.socket, budget: int) -> int:
         n = 0
         calls = self._syscalls
+        self._now_ms = time.monotonic_ns() // 1_000_000
         while n < budget:
             calls[_EGRESS] += 1
             try:
@@ -540,8 +586,10 @@ class Forwarder:
             if v.action == Action.SEND:
                 try:
                     sock.sendto(v.data, (v.addr, v.port))
-                except OSError:
-                    self._unforward(_EGRESS, len(v.data), Drop.TX_ERROR)
+                except OSError as exc:
+                    inner = len(v.data) - (VXLAN_OVERHEAD if self._vxlan else 0)
+                    self._unforward(_EGRESS, inner, Drop.TX_TOO_BIG
+                                    if exc.errno == errno.EMSGSIZE else Drop.TX_ERROR)
             elif v.action == Action.TUN:
                 _tun_write(tun_fd, v.data)
         return n

@@ -63,6 +63,10 @@ class ForwarderConfig:
     max_inner: int = 65535         # largest inner packet forwarded (the TUN MTU)
     io_flags: int = 0              # IO_*: what the descriptors given to drain_* can do (C only;
                                    # IO_VNET also leaves partial checksums partial on ingress)
+    # ICMP errors: a token bucket per forwarder, the kernel's host-wide icmp_msgs_per_sec and
+    # icmp_msgs_burst defaults (a forwarder answers for all the pods of its node). 0: no limit.
+    icmp_rate: int = 1000          # errors per second, refilled
+    icmp_burst: int = 50           # the bucket's depth
 
     @property
     def tun_addr(self) -> str:
@@ -84,6 +88,10 @@ class Counters:
     super_packets: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
     syscalls: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
     gso_fallbacks: int = 0
+    icmp_suppressed: int = 0       # ICMP errors the rate limit held back
+    gso_sends: int = 0             # UDP_SEGMENT messages the kernel took
+    gso_too_big: int = 0           # of gso_fallbacks: EMSGSIZE (path MTU below the stride)
+    gso_backoffs: int = 0          # times GSO to one peer address was paused
 
     def dropped(self, direction: Direction, reason: Drop) -> int:
         return self.drops.get((direction, reason), 0)
@@ -99,9 +107,13 @@ class Counters:
         def pair(name: str) -> list[int]:
             return [sum(getattr(p, name)[d] for p in parts) for d in (0, 1)]
 
-        return cls(pair("packets"), pair("bytes"), drops, pair("batches"),
-                   sum(p.icmp_sent for p in parts), pair("super_packets"), pair("syscalls"),
-                   sum(p.gso_fallbacks for p in parts))
+        def one(name: str) -> int:
+            return sum(getattr(p, name) for p in parts)
+
+        return cls(pair("packets"), pair("bytes"), drops, pair("batches"), one("icmp_sent"),
+                   pair("super_packets"), pair("syscalls"), one("gso_fallbacks"),
+                   one("icmp_suppressed"), one("gso_sends"), one("gso_too_big"),
+                   one("gso_backoffs"))
 
 
 def ip_to_int(addr: str | ipaddress.IPv4Address) -> int:

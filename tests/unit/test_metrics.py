@@ -27,6 +27,7 @@ def fake_node(impl: str):
     lease = Lease(ipaddress.IPv4Network("10.244.1.0/24"), "10.99.0.1")
     return types.SimpleNamespace(
         counters=fwd.counters, peers={ipaddress.IPv4Network("10.244.2.0/24"): None}, lease=lease,
+        refused={ipaddress.IPv4Network("10.244.0.0/16"): None},
         store_errors=3, ready=asyncio.Event(), started=1.0,
         config=parse_network_config('{"Network": "10.244.0.0/16"}'),
         opts=types.SimpleNamespace(fastpath=impl),
@@ -49,11 +50,13 @@ def parse(text: str) -> dict[str, float]:
 def test_drops_by_reason_and_gauges(impl):
     s = parse(render_metrics(fake_node(impl)))
     assert s['dataplane_drops_total{direction="egress",reason="truncated"}'] == 1
-    assert s['dataplane_drops_total{direction="egress",reason="bad-ip-version"}'] == 1
+    assert s['dataplane_drops_total{direction="egress",reason="ipv6-unsupported"}'] == 1
     assert s['dataplane_drops_total{direction="ingress",reason="unknown-peer"}'] == 1
     assert s['dataplane_packets_total{direction="egress"}'] == 0
     assert s['dataplane_batch_packets_total{direction="egress"}'] == 2
-    assert s["dataplane_peers"] == 1
+    assert s["dataplane_peers"] == 1 and s["dataplane_leases_refused"] == 1
+    assert s["dataplane_icmp_errors_suppressed_total"] == 0
+    assert s["dataplane_gso_backoffs_total"] == s["dataplane_gso_sends_total"] == 0
     assert s["dataplane_store_errors_total"] == 3
     assert s["dataplane_ready"] == 0
     assert s["process_resident_memory_bytes"] > 1e6

@@ -139,6 +139,8 @@ configs = st.builds(
     ttl_decrement=st.sampled_from([None, True, False]),
     max_inner=st.sampled_from([65535, 65535, 65535, 1500, 20, 24, 0]),   # 20: a bare header
     io_flags=st.sampled_from([0, 0, IO_VNET]),     # IO_VNET: partial checksums stay partial
+    icmp_rate=st.sampled_from([1000, 1000, 0, 1, 3]),       # 1: a refill each second or so
+    icmp_burst=st.sampled_from([50, 1, 2, 0]),
 )
 
 peers = st.tuples(st.sampled_from(SUBNETS), st.sampled_from(PUBLIC_IPS), st.sampled_from(MACS))
@@ -199,5 +201,6 @@ def scenarios(draw):
         st.tuples(st.just("ingress"), st.lists(datagram(), max_size=12)),
         st.tuples(st.just("set_peer"), peers),
         st.tuples(st.just("del_peer"), st.sampled_from(SUBNETS)),
+        st.tuples(st.just("clock"), st.integers(0, 5000)),      # ms: time goes both ways
     ), min_size=1, max_size=8))
     return config, initial, ops

@@ -46,9 +46,8 @@ def same(c_call, py_call):
 def test_forwarders_agree(cimpl, pyimpl, scenario):
     config, initial, ops = scenario
     fwds = [cimpl.Forwarder(config), pyimpl.Forwarder(config)]
-    for subnet, ip, mac in initial:
-        for f in fwds:
-            f.set_peer(subnet, ip, mac)
+    for peer in initial:                   # overlapping ones are refused, by both alike
+        same(lambda: fwds[0].set_peer(*peer), lambda: fwds[1].set_peer(*peer))
     for op, arg in ops:
         if op in ("egress", "ingress"):
             kind, verdicts = same(lambda: getattr(fwds[0], op)(arg),
@@ -57,6 +56,9 @@ def test_forwarders_agree(cimpl, pyimpl, scenario):
                 event(f"{op} {v.action.name} {v.drop.name}")   # --hypothesis-show-statistics
         elif op == "set_peer":
             same(lambda: fwds[0].set_peer(*arg), lambda: fwds[1].set_peer(*arg))
+        elif op == "clock":
+            for f in fwds:
+                f.set_clock(arg)
         else:
             same(lambda: fwds[0].del_peer(arg), lambda: fwds[1].del_peer(arg))
         assert fwds[0].peer_count == fwds[1].peer_count

@@ -120,7 +120,7 @@ def test_drain_tun_sends_to_the_right_peer(impl, mode, net):
     assert [d for d, _ in got3] == [expected_payload(impl, mode, p, PEER3) for p in to3]
     assert {src for _, src in got2 + got3} == {("127.0.0.1", port)}    # from our node socket
     c = fwd.counters()
-    assert c.packets == [6, 0] and c.bytes[0] == sum(len(d) for d, _ in got2 + got3)
+    assert c.packets == [6, 0] and c.bytes[0] == sum(len(p) for p in to2 + to3)   # inner
     assert tun.delivered() == []
 
 
@@ -173,7 +173,7 @@ def test_drain_tun_writes_icmp_back_and_counts_drops(impl, mode, net):
 
 def test_drain_tun_counts_a_refused_send(impl, mode, net):
     # A maximal inner packet plus our header exceeds the largest UDP datagram: sendto fails
-    # with EMSGSIZE, the packet moves from "forwarded" to TX_ERROR, the next one still goes.
+    # with EMSGSIZE, the packet moves from "forwarded" to TX_TOO_BIG, the next one still goes.
     tun, node, peers, port = net
     fwd = forwarder(impl, mode, port)
     huge = inner_udp(dst="10.244.2.7", data=b"\0" * (65535 - 28))
@@ -186,8 +186,8 @@ def test_drain_tun_counts_a_refused_send(impl, mode, net):
     assert [d for d, _ in received(peers["127.0.0.2"])] == [expected_payload(impl, mode, small,
                                                                              PEER2)]
     c = fwd.counters()
-    assert c.dropped(EG, Drop.TX_ERROR) == 1
-    assert c.packets[0] == 1 and c.bytes[0] == len(expected_payload(impl, mode, small, PEER2))
+    assert c.dropped(EG, Drop.TX_TOO_BIG) == 1 and c.dropped(EG, Drop.TX_ERROR) == 0
+    assert c.packets[0] == 1 and c.bytes[0] == len(small)
 
 
 def test_drain_tun_read_error_raises(impl, net):

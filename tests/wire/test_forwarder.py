@@ -54,7 +54,7 @@ def test_egress_to_a_known_peer(impl, mode):
     else:
         assert v.data == impl.vxlan_encap(pkt, 1, PEER3[2], OWN_MAC)   # Linux does not
     c = fwd.counters()
-    assert (c.packets, c.bytes, c.batches, c.drops) == ([1, 0], [len(v.data), 0], [1, 0], {})
+    assert (c.packets, c.bytes, c.batches, c.drops) == ([1, 0], [len(pkt), 0], [1, 0], {})
 
 
 def test_egress_trims_what_follows_the_packet(impl, mode):
@@ -123,18 +123,20 @@ def test_ingress_oversize(impl, mode):
 
 def test_egress_invalid_packets(impl, mode):
     fwd = make(impl, mode)
-    vs = fwd.egress([b"", b"\x60" + bytes(39), inner_tcp()[:30]])
+    vs = fwd.egress([b"", b"\x60" + bytes(39), inner_tcp()[:30], b"\x50" + bytes(39)])
     assert [(v.action, v.drop) for v in vs] == [
-        (Action.DROP, Drop.TRUNCATED), (Action.DROP, Drop.BAD_IP_VERSION),
-        (Action.DROP, Drop.TRUNCATED)]
+        (Action.DROP, Drop.TRUNCATED), (Action.DROP, Drop.IPV6_UNSUPPORTED),
+        (Action.DROP, Drop.TRUNCATED), (Action.DROP, Drop.BAD_IP_VERSION)]
     assert all(v.data == b"" and v.addr is None for v in vs)
 
 
-def test_longest_prefix_picks_the_peer(impl, mode):
+def test_peers_of_several_lengths(impl, mode):
     fwd = make(impl, mode)
-    fwd.set_peer("10.244.3.128/25", "127.0.0.4", bytes.fromhex("020000000004"))
-    vs = fwd.egress([inner_tcp(dst="10.244.3.1"), inner_tcp(dst="10.244.3.200")])
-    assert [v.addr for v in vs] == ["127.0.0.3", "127.0.0.4"]
+    fwd.set_peer("10.244.4.128/25", "127.0.0.4", bytes.fromhex("020000000004"))
+    fwd.set_peer("10.245.0.0/16", "127.0.0.5", bytes.fromhex("020000000005"))
+    vs = fwd.egress([inner_tcp(dst="10.244.3.1"), inner_tcp(dst="10.244.4.200"),
+                     inner_tcp(dst="10.245.9.9"), inner_tcp(dst="10.244.4.1")])
+    assert [v.addr for v in vs] == ["127.0.0.3", "127.0.0.4", "127.0.0.5", None]
     if mode == MODE_VXLAN:
         assert vs[1].data[8:14] == bytes.fromhex("020000000004")   # that peer's VtepMAC
 
@@ -275,7 +277,8 @@ def test_counters_add_up(impl, mode):
     sent = [v for v in vs if v.action == Action.SEND]
     udp = mode == MODE_UDP
     assert c.packets == [len(sent), 3]
-    assert c.bytes == [sum(len(v.data) for v in sent), 3 * (len(pkt))]
+    assert c.bytes == [sum(len(p) for p, v in zip(eg, vs) if v.action == Action.SEND),
+                       3 * len(pkt)]                  # inner bytes both ways
     assert c.batches == [1, 2]
     assert c.icmp_sent == 1
     want = {(EG, Drop.NO_ROUTE): 1, (EG, Drop.TRUNCATED): 1, (IN, Drop.UNKNOWN_PEER): 1}

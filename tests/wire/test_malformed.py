@@ -110,7 +110,7 @@ def _c_forwarder(config: ForwarderConfig):
     cfg.local_net, cfg.local_plen = int(net.network_address), net.prefixlen
     cfg.port, cfg.ttl_decrement, cfg.max_inner = config.port, int(config.decrements_ttl), 65535
     f = ffi.gc(lib.dp_fwd_new(cfg), lib.dp_fwd_free)
-    for subnet in ("10.244.2.0/24", "0.0.0.0/1"):
+    for subnet in ("10.244.2.0/24", "128.0.0.0/1"):
         net = ipaddress.IPv4Network(subnet)
         lib.dp_fwd_set_peer(f, int(net.network_address), net.prefixlen,
                             int(ipaddress.IPv4Address("127.0.0.2")), MACS[1])
@@ -136,7 +136,7 @@ def check_c_batches(pyimpl, mode, batch: list[tuple[bytes, bool, str]]) -> None:
     config = ForwarderConfig(mode=mode, local_subnet="10.244.1.0/24", port=8472, mac=MACS[0])
     pyfwd = pyimpl.Forwarder(config)
     pyfwd.set_peer("10.244.2.0/24", "127.0.0.2", MACS[1])
-    pyfwd.set_peer("0.0.0.0/1", "127.0.0.2", MACS[1])
+    pyfwd.set_peer("128.0.0.0/1", "127.0.0.2", MACS[1])
     f = _c_forwarder(config)
     for direction in ("egress", "ingress"):
         payloads = [pyimpl.vxlan_encap(p, 1, MACS[0], MACS[1])
