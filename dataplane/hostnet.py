@@ -228,6 +228,11 @@ def delete_link(name: str) -> None:
 
 RTPROT_DATAPLANE = 0xDB       # rtm_protocol of our routes (unassigned in iproute2's rt_protos)
 RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
+# flanneld adds its blackhole at metric 0, which collides with cni0's own route to the subnet
+# (EEXIST every resync); behind that route, at a metric of its own, it catches what the bridge
+# does not hold, and equally when there is no bridge (Canal), which is what it is for.
+BLACKHOLE_METRIC = 4096
 
 
 def reaches_directly(address: str, ifindex: int) -> bool:
@@ -265,6 +270,43 @@ def delete_direct_route(subnet: str, gateway: str, ifindex: int) -> None:
         except NetlinkError as exc:
             if exc.code not in (3, 19):        # ESRCH: no such route; ENODEV: link gone
                 raise HostNetError(f"route {net} via {gateway}: {exc}") from None
+
+
+def _blackholes(ipr: IPRoute, net: ipaddress.IPv4Network) -> list:
+    return [r for r in ipr.get_routes(family=AF_INET, table=254)
+            if r["type"] == RTN_BLACKHOLE and r["dst_len"] == net.prefixlen
+            and r.get_attr("RTA_DST") == str(net.network_address)]
+
+
+def ensure_blackhole_route(subnet: str) -> bool:
+    """`ip route add blackhole <subnet> metric 4096` unless a blackhole for it is there, as
+    flanneld's --ip-blackhole-route does: traffic for our subnet's unused addresses ends here
+    instead of following the default route out. True if it had to be added."""
+    net = ipaddress.IPv4Network(subnet)
+    with IPRoute() as ipr:
+        if _blackholes(ipr, net):
+            return False
+        try:
+            ipr.route("add", dst=str(net.network_address), dst_len=net.prefixlen,
+                      type=RTN_BLACKHOLE, priority=BLACKHOLE_METRIC)
+        except NetlinkError as exc:
+            raise HostNetError(f"blackhole route {net}: {exc}") from None
+    return True
+
+
+def remove_blackhole_route(subnet: str) -> bool:
+    """Delete the blackhole routes for `subnet`; True if there was one."""
+    net = ipaddress.IPv4Network(subnet)
+    with IPRoute() as ipr:
+        found = _blackholes(ipr, net)
+        for route in found:
+            try:
+                ipr.route("del", dst=str(net.network_address), dst_len=net.prefixlen,
+                          type=RTN_BLACKHOLE, priority=route.get_attr("RTA_PRIORITY") or 0)
+            except NetlinkError as exc:
+                if exc.code != 3:
+                    raise HostNetError(f"blackhole route {net}: {exc}") from None
+    return bool(found)
 
 
 def remove_direct_routes() -> list[str]:

@@ -183,6 +183,7 @@ def main(args: argparse.Namespace) -> int:
         subnet_file=args.subnet_file, fastpath=args.fastpath, offload=args.offload == "on",
         workers=args.workers or len(os.sched_getaffinity(0)),
         ip_masq=args.ip_masq, netfilter=netfilter_options(args),
+        blackhole_route=args.ip_blackhole_route,
         tun_name=args.tun_name, lease_ttl=args.lease_ttl,
         renew_margin=renew_margin(args),
         healthz=(args.healthz_ip, args.healthz_port) if args.healthz_port else None))

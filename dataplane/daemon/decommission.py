@@ -16,7 +16,9 @@ Decommission being carried out and returning None or an awaitable; it runs in th
 network namespace (the node's), after the lease is gone and before subnet.env is removed, so a
 step that fails leaves subnet.env there and the command can be run again. The steps: the
 FLANNEL-* chains and the flannel-ipv4 table (a stop keeps them, so pods keep their NAT across
-a restart), and the DirectRouting routes (a stop keeps them with the lease).
+a restart), the DirectRouting routes (a stop keeps them with the lease), and the blackhole
+route of --ip-blackhole-route (left, it would swallow the subnet's traffic once another node
+holds it).
 """
 
 from __future__ import annotations
@@ -63,8 +65,17 @@ async def remove_direct_routes(job: Decommission) -> None:
     job.done += [f"removed the direct route to {subnet}" for subnet in removed]
 
 
+async def remove_blackhole_route(job: Decommission) -> None:
+    import asyncio
+
+    from dataplane import hostnet
+    if await asyncio.to_thread(hostnet.remove_blackhole_route, str(job.subnet)):
+        job.done.append(f"removed the blackhole route to {job.subnet}")
+
+
 # Clean-up steps beyond the lease and subnet.env (see the module docstring).
-CLEANUP_STEPS: list[CleanupStep] = [remove_netfilter_rules, remove_direct_routes]
+CLEANUP_STEPS: list[CleanupStep] = [remove_netfilter_rules, remove_direct_routes,
+                                    remove_blackhole_route]
 
 
 def subnet_from_file(path: str) -> IPv4Network:

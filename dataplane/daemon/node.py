@@ -72,6 +72,7 @@ class NodeOptions:
     offload: bool = True            # TUN super-packets, UDP GSO/GRO (C fast path only)
     workers: int = 1                # TUN queues and forwarding threads (C fast path only)
     ip_masq: bool = False
+    blackhole_route: bool = False   # flanneld's --ip-blackhole-route, kept every resync period
     netfilter: NetfilterOptions = field(default_factory=NetfilterOptions)
     tun_name: str | None = None
     lease_ttl: float = 24 * 3600
@@ -134,6 +135,8 @@ class Node:
             tasks = [asyncio.create_task(self._follow_leases(), name="lease-watch"),
                      asyncio.create_task(self._keep_lease(), name="lease-renew"),
                      asyncio.create_task(self.traffic.keep(), name="netfilter-resync")]
+            if self.opts.blackhole_route:
+                tasks.append(asyncio.create_task(self._keep_blackhole(), name="blackhole"))
             stack.push_async_callback(_cancel, tasks)
             self.ready.set()
             for callback in self.opts.on_ready:
@@ -433,6 +436,23 @@ class Node:
 
     def _hold(self, lease: Lease) -> None:
         self.lease = lease
+
+    async def _keep_blackhole(self) -> None:
+        """flanneld's --ip-blackhole-route: our subnet's route of last resort, put back every
+        --iptables-resync seconds (as flanneld does) if someone removed it."""
+        failed = ""
+        while True:
+            try:
+                if await asyncio.to_thread(hostnet.ensure_blackhole_route,
+                                           str(self.lease.subnet)):
+                    log.info("blackhole route %s metric %d", self.lease.subnet,
+                             hostnet.BLACKHOLE_METRIC)
+                failed = ""
+            except hostnet.HostNetError as exc:
+                if str(exc) != failed:                 # once per distinct failure
+                    log.warning("cannot set the blackhole route: %s", exc)
+                failed = str(exc)
+            await asyncio.sleep(self.opts.netfilter.resync)
 
     async def _keep_lease(self) -> None:
         margin = timedelta(seconds=self.opts.renew_margin)

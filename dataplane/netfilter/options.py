@@ -35,8 +35,8 @@ def add_netfilter_arguments(p: argparse.ArgumentParser) -> None:
         "iptables chains nat/FLANNEL-POSTRTG and filter/FLANNEL-FWD, or, with\n"
         "\"EnableNFTables\": true in the network config, the nftables table ip flannel-ipv4.\n"
         "A stop leaves them in place (pods keep their NAT while the daemon restarts); a\n"
-        "restart rewrites them without duplicates. When decommissioning the node, remove\n"
-        "them: python3 -m dataplane.netfilter remove")
+        "restart rewrites them without duplicates. Decommissioning the node removes them:\n"
+        "dataplane leases release --subnet-file PATH")
     g.add_argument("--ip-masq", nargs="?", const=True, default=False, type=go_bool,
                    metavar="BOOL",
                    help="masquerade pod traffic leaving the pod network (flannel's "
@@ -53,6 +53,11 @@ def add_netfilter_arguments(p: argparse.ArgumentParser) -> None:
                         "--iptables-forward-rules=false to leave FORWARD alone)")
     g.add_argument("--iptables-resync", type=_seconds, default=5, metavar="SECONDS",
                    help="put changed or deleted rules back every SECONDS (default %(default)s)")
+    g.add_argument("--ip-blackhole-route", nargs="?", const=True, default=False, type=go_bool,
+                   metavar="BOOL",
+                   help="keep a blackhole route to our subnet (metric 4096, behind cni0's), so "
+                        "traffic to its unused addresses ends here rather than following the "
+                        "default route; put back every --iptables-resync seconds")
 
 
 def netfilter_options(args: argparse.Namespace) -> NetfilterOptions:

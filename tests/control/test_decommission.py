@@ -34,9 +34,10 @@ def no_host_cleanup(monkeypatch):
     return ran
 
 
-def test_the_steps_are_the_rules_and_the_direct_routes():
+def test_the_steps_are_the_rules_the_direct_routes_and_the_blackhole():
     assert [s.__name__ for s in DEFAULT_STEPS] == ["remove_netfilter_rules",
-                                                   "remove_direct_routes"]
+                                                   "remove_direct_routes",
+                                                   "remove_blackhole_route"]
 
 
 def test_a_named_subnet_alone_touches_nothing_of_this_host(store_dir, tmp_path, no_host_cleanup):

@@ -157,3 +157,28 @@ def test_ip_masq_refused_by_the_kernel_is_a_startup_error(daemon, tmp_path):
     assert "--ip-masq: cannot install the masquerade rules with iptables" in errors[0]
     assert "line 3 failed: Operation not supported" in errors[0]
     assert not (daemon.tmp / "a.env").exists()
+
+
+def blackholes(ns: str) -> str:
+    out = netns.run("ip", "-n", ns, "route", "show", "type", "blackhole").stdout
+    return " ".join(out.replace("proto static ", "").split())
+
+
+def test_ip_blackhole_route_is_kept_and_goes_with_the_node(daemon):
+    """flanneld's --ip-blackhole-route: set, put back when removed, kept by a stop, removed by
+    decommissioning; without the flag there is none."""
+    daemon.stop_daemon(daemon.start_daemon())
+    assert blackholes(daemon.ns) == ""
+    proc = daemon.start_daemon("--ip-blackhole-route", "--iptables-resync", "1")
+    netns.wait_for(lambda: blackholes(daemon.ns) == "blackhole 10.244.1.0/24 metric 4096",
+                   what="the blackhole route")
+    netns.run("ip", "-n", daemon.ns, "route", "del", "blackhole", "10.244.1.0/24",
+              "metric", "4096")
+    netns.wait_for(lambda: blackholes(daemon.ns) != "", what="the blackhole route back")
+    daemon.stop_daemon(proc)
+    assert blackholes(daemon.ns) == "blackhole 10.244.1.0/24 metric 4096"
+    out = netns.run("ip", "netns", "exec", daemon.ns, *netns.dataplane_cmd(
+        "leases", "release", "--subnet-file", str(daemon.tmp / "a.env"),
+        "--store-dir", str(daemon.store)), env=netns.env()).stdout
+    assert "removed the blackhole route to 10.244.1.0/24" in out
+    assert blackholes(daemon.ns) == ""
