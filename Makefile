@@ -1,11 +1,12 @@
 # dataplane: every target installs what it needs, so each works on a fresh machine.
 PYTHON ?= python3
 PIP := PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip --disable-pip-version-check --quiet
-# Debian packages: the lab's CNI plugins, traffic tools, etcd for the cluster store.
-APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump
+# Debian packages: the lab's CNI plugins, traffic tools, etcd for the cluster store; clang for
+# the libFuzzer targets (tests/fuzz).
+APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump clang
 ASAN_RT := $(shell gcc -print-file-name=libasan.so)
 
-.PHONY: all deps apt-deps py-deps build test test-asan bench bench-quick bench-micro demo clean
+.PHONY: all deps apt-deps py-deps build test test-asan fuzz bench bench-quick bench-micro demo clean
 
 all: build
 
@@ -29,12 +30,19 @@ test: deps build
 	$(PYTHON) -m pytest -q tests
 	$(MAKE) test-asan
 
-# The wire and offload suites again, against the C library built with AddressSanitizer and UBSan.
+# The wire and offload suites again, against the C library built with AddressSanitizer and UBSan
+# (tests/offload includes the offload drains over a fake TUN and loopback UDP_GRO/UDP_SEGMENT).
 test-asan: build
 	$(PYTHON) -m dataplane.fastpath._build_ffi --asan
 	DATAPLANE_CMODULE=_dpc_asan LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=0 \
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider tests/wire tests/offload
+
+# The libFuzzer targets of csrc/ (tests/fuzz), FUZZ_SECONDS each; corpora and crash reproducers
+# are kept in build/fuzz/ (the next run starts from the corpus; `make clean` removes it).
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	$(PYTHON) -m tests.fuzz.fuzzing --seconds $(FUZZ_SECONDS) --out build/fuzz
 
 # The comparison: every dataplane in one interleaved run; report, plots and raw JSON in
 # bench/results/<UTC time>/, then the C vs Python micro-benchmarks.
