@@ -48,16 +48,27 @@ def clang() -> str:
     return cc
 
 
-def build(target: str, out: Path) -> Path:
-    """Compile one target into out/<target>; returns the binary."""
-    out.mkdir(parents=True, exist_ok=True)
-    binary = out / target
-    cmd = [clang(), SANITIZE, *CFLAGS, str(HERE / f"fuzz_{target}.c"),
-           *(str(CSRC / s) for s in SOURCES), "-o", str(binary)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def _cc(args: list[str], what: str) -> None:
+    proc = subprocess.run([clang(), SANITIZE, *CFLAGS, *args], capture_output=True, text=True)
     if proc.returncode:
-        raise RuntimeError(f"building fuzz target {target} failed:\n{proc.stderr[-4000:]}")
-    return binary
+        raise RuntimeError(f"building {what} failed:\n{proc.stderr[-4000:]}")
+
+
+def build(targets: list[str] | tuple[str, ...], out: Path) -> dict[str, Path]:
+    """Compile the hot path once and link each target against it: {target: out/<target>}."""
+    objdir = out / "obj"
+    objdir.mkdir(parents=True, exist_ok=True)
+    objects = []
+    for name in SOURCES:
+        obj = objdir / (Path(name).stem + ".o")
+        _cc(["-c", str(CSRC / name), "-o", str(obj)], f"csrc/{name}")
+        objects.append(str(obj))
+    binaries = {}
+    for target in targets:
+        binaries[target] = out / target
+        _cc([str(HERE / f"fuzz_{target}.c"), *objects, "-o", str(binaries[target])],
+            f"fuzz target {target}")
+    return binaries
 
 
 @dataclasses.dataclass
@@ -136,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = 0
-    for target in args.targets or TARGETS:
-        binary = build(target, args.out / "bin")
-        res = run(target, binary, args.seconds, args.out / "corpus" / target,
+    targets = args.targets or TARGETS
+    binaries = build(targets, args.out / "bin")
+    for target in targets:
+        res = run(target, binaries[target], args.seconds, args.out / "corpus" / target,
                   args.out / "crashes" / target, args.out / "seeds" / target)
         print(res.summary(), flush=True)
         if res.crash:

@@ -26,13 +26,13 @@ pytestmark = pytest.mark.skipif(CLANG is not None, reason=f"{CLANG}: cannot buil
 
 
 @pytest.fixture(scope="module")
-def bindir(tmp_path_factory):
-    return tmp_path_factory.mktemp("fuzz-bin")
+def binaries(tmp_path_factory):
+    return fuzzing.build(fuzzing.TARGETS, tmp_path_factory.mktemp("fuzz-bin"))
 
 
 @pytest.mark.parametrize("target", fuzzing.TARGETS)
-def test_fuzz_target_finds_nothing(target, bindir, tmp_path):
-    binary = fuzzing.build(target, bindir)
+def test_fuzz_target_finds_nothing(target, binaries, tmp_path):
+    binary = binaries[target]
     for name, data in seeds.REGRESSIONS.get(target, {}).items():
         case = tmp_path / f"regression-{name}"
         case.write_bytes(data)
@@ -47,7 +47,7 @@ def test_fuzz_target_finds_nothing(target, bindir, tmp_path):
     assert res.executions > 0 and res.coverage > 0, res.log[-3000:]
 
 
-def test_a_crash_is_reported_with_its_reproducer(bindir, tmp_path):
+def test_a_crash_is_reported_with_its_reproducer(tmp_path):
     """The runner must notice a crash: a harness that aborts on a 4-byte prefix, found at once
     from a seed one mutation away."""
     src = tmp_path / "fuzz_selftest.c"
