@@ -7,6 +7,8 @@ segments on their own terms as well (valid IP and L4 checksums, the byte stream 
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import socket
 
@@ -355,3 +357,14 @@ def test_without_vnet_flag_the_plain_drain_runs(net):
     net.tun.inject(pkt)
     assert fwd.drain_tun(net.tun.fd, net.node, 8) == 1
     assert net.sent_to_peers()["127.0.0.2"] == [on_wire(MODE_UDP, pkt)]
+
+
+def test_a_read_error_raises(net):
+    fwd, _ = forwarders(MODE_UDP, net.port, ALL_OFFLOADS)
+    fd = os.open(os.devnull, os.O_WRONLY)              # reading it fails with EBADF
+    try:
+        with pytest.raises(OSError) as exc:
+            fwd.drain_tun(fd, net.node, 8)
+        assert exc.value.errno == errno.EBADF
+    finally:
+        os.close(fd)

@@ -335,3 +335,26 @@ def test_a_full_tun_counts_every_member_of_a_refused_frame(net, mode):
     assert 0 < refused < 36 and refused % 3 == 0
     assert c.packets[IN] == 3 * len(written) and c.packets[IN] + refused == 36
     assert c.bytes[IN] == sum(len(w) - VNET_HLEN + 2 * 52 for w in written)
+
+
+def test_a_batch_with_nothing_to_deliver_writes_nothing(net, mode):
+    written, fwd = drain(net, mode, [("127.0.0.9", stream(4))])
+    assert written == [] and fwd.counters().drops == {(IN, Drop.UNKNOWN_PEER): 4}
+
+
+def test_without_vnet_drops_and_a_full_tun_are_counted(net, mode):
+    net.tun.dev.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)     # a tiny queue
+    fwd, _ = forwarders(mode, net.port, IO_UDP_GRO)
+    send(net, mode, [("127.0.0.9", stream(3)), ("127.0.0.2", stream(20, 400))])
+    assert fwd.drain_udp(net.node, net.tun.fd, 100) == 2
+    written = net.tun.written()
+    c = fwd.counters()
+    assert c.dropped(IN, Drop.UNKNOWN_PEER) == 3 and 0 < c.dropped(IN, Drop.TUN_WRITE_ERROR) < 20
+    assert c.packets[IN] == len(written) and c.packets[IN] + c.dropped(IN, Drop.TUN_WRITE_ERROR) == 20
+
+
+def test_a_receive_error_raises(net):
+    fwd, _ = forwarders(MODE_UDP, net.port, ALL_OFFLOADS)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as not_connected:
+        with pytest.raises(OSError):
+            fwd.drain_udp(not_connected, net.tun.fd, 8)
