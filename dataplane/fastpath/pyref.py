@@ -473,7 +473,7 @@ class Forwarder:
         self._bytes[_EGRESS] += len(buf)
         return Verdict(Action.SEND, Drop.NONE, int_to_ip(ip), self.config.port, bytes(buf))
 
-    def _ingress_one(self, src: str, payload: bytes) -> Verdict:
+    def _ingress_one(self, src: str, payload: bytes, udp_gso: int = 0) -> Verdict:
         src_ip = ip_to_int(src)
         if src_ip not in self._by_ip:
             return self._drop(_INGRESS, Drop.UNKNOWN_PEER)
@@ -488,7 +488,7 @@ class Forwarder:
         buf = bytearray(payload[: (payload[2] << 8) | payload[3]])
         gso = 0
         if len(buf) > self.config.max_inner and (
-                not (gso := super_gso(buf, self.config.max_inner))
+                not (gso := super_gso(buf, self.config.max_inner, udp_gso))
                 or buf[9] == _PROTO_UDP
                 and self.config.io_flags & (IO_VNET | IO_TUN_USO) == IO_VNET):
             return self._drop(_INGRESS, Drop.OVERSIZE)
@@ -517,10 +517,15 @@ class Forwarder:
             self._batches[_EGRESS] += 1
         return [self._egress_one(p) for p in packets]
 
-    def ingress(self, datagrams: list[tuple[str, int, bytes]]) -> list[Verdict]:
+    def ingress(self, datagrams: list[tuple[str, int, bytes]],
+                hints: list[int] | None = None) -> list[Verdict]:
+        """hints: per datagram, the drain's UDP_GRO size for one that is a whole tunnelled
+        super-packet (dp_pkt.gso_size in; see super_gso), else 0."""
         if datagrams:
             self._batches[_INGRESS] += 1
-        return [self._ingress_one(src, payload) for src, _port, payload in datagrams]
+        hints = hints or [0] * len(datagrams)
+        return [self._ingress_one(src, payload, h)
+                for (src, _port, payload), h in zip(datagrams, hints, strict=True)]
 
     # I/O: one packet per syscall, as flannel's proxy does
     def drain_tun(self, tun_fd: int, sock: socket.socket, budget: int) -> int:
