@@ -26,6 +26,7 @@ from dataplane.fastpath import pyref as P
 from dataplane.fastpath.types import (
     GRO_TCP,
     GRO_UDP,
+    GSO_NONE,
     IO_TUN_USO,
     IO_UDP_GRO,
     IO_UDP_GSO,
@@ -226,11 +227,54 @@ def expect_egress(ref: P.Forwarder, reads: list[bytes]) -> Expected:
     return _expected(ref, before, drops, sends, tun, supers, EG)
 
 
+def tunnelled_whole(mode: int, datagram: bytes) -> bool:
+    """io_offload.c:tunnelled_whole: a datagram UDP_GRO reports with a gso_size but whose inner
+    IPv4 length covers all of it is one kernel peer's tunnelled super-packet, not a run."""
+    off = VXLAN_OVERHEAD if mode == MODE_VXLAN else 0
+    return (len(datagram) >= off + 20 and datagram[off] >> 4 == 4
+            and int.from_bytes(datagram[off + 2:off + 4], "big") == len(datagram) - off)
+
+
+def cut_run(mode: int, segs: list[bytes]) -> tuple[list[bytes], int]:
+    """The pieces the drain makes of one received run, and the hint it passes with them."""
+    data = b"".join(segs)
+    size = len(segs[0]) if len(segs) > 1 else 0     # no UDP_GRO cmsg for a lone datagram
+    if size == 0 or size >= len(data):
+        return [data], 0
+    if tunnelled_whole(mode, data):
+        return [data], size
+    return [data[i:i + size] for i in range(0, len(data), size)] or [b""], 0
+
+
+def _tun_deliver(ref: P.Forwarder, pkt: bytes) -> list[bytes]:
+    """csrc/io.c:dp_tun_deliver through the reference's own (P.Forwarder._deliver): a kernel
+    peer's super-packet is cut before the writes; the counters follow its unforwards."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        big_buffers(a)
+        big_buffers(b)
+        b.setblocking(False)
+        ref._deliver(a.fileno(), pkt)
+        out = []
+        while True:
+            try:
+                out.append(b.recv(1 << 17))
+            except BlockingIOError:
+                return out
+    finally:
+        a.close()
+        b.close()
+
+
 def expect_ingress(ref: P.Forwarder, runs: list[tuple[str, list[bytes]]],
                    budget: int = 1 << 30) -> Expected:
     """What dp_drain_udp_gro makes of these runs (source IP, segments), all queued before the
-    drain: recvmmsg takes RECVS at a time, each batch is cut, decided and coalesced alone."""
+    drain: recvmmsg takes RECVS at a time, each batch is cut, decided and coalesced alone.
+    The decision classifies each packet's L4 checksum (Verdict.csum) and recognises a kernel
+    peer's super-packet (super_gso); the coalescer trusts the one and passes the other on whole
+    (vnet), or delivery cuts it (no vnet)."""
     flags = ref.config.io_flags
+    mode, max_inner = ref.config.mode, ref.config.max_inner
     vnet = bool(flags & IO_VNET)
     gro = GRO_TCP | (GRO_UDP if flags & IO_TUN_USO else 0)
     before = ref.counters()
@@ -239,19 +283,27 @@ def expect_ingress(ref: P.Forwarder, runs: list[tuple[str, list[bytes]]],
     supers = 0
     runs = runs[:budget]
     for b in range(0, len(runs), RECVS):
-        pieces = []
+        pieces, hints = [], []
         for src, segs in runs[b:b + RECVS]:
-            if len(pieces) + len(segs) > IN_SEGS:
+            cut, hint = cut_run(mode, segs)
+            if len(pieces) + len(cut) > IN_SEGS:
                 _count(drops, (IN, Drop.OVERSIZE))
                 continue
-            pieces += [(src, 0, s) for s in segs]
-        delivered = [v.data for v in ref.ingress(pieces) if v.action == Action.TUN]
+            pieces += [(src, 0, s) for s in cut]
+            hints += [hint] * len(cut)
+        delivered = [(v, h) for v, h in zip(ref.ingress(pieces, hints), hints)
+                     if v.action == Action.TUN]
         if not vnet:
-            tun += delivered
+            for v, _h in delivered:
+                tun += _tun_deliver(ref, v.data)
             continue
-        for frame in P.gro_coalesce(delivered, gro):
+        gso = [P.super_gso(v.data, max_inner, h) if len(v.data) > max_inner else 0
+               for v, h in delivered]
+        frames = P.gro_coalesce([v.data for v, _ in delivered], gro,
+                                csum=[v.csum for v, _ in delivered], gso=gso)
+        for frame in frames:
             tun.append(frame.data)
-            supers += len(frame.members) > 1
+            supers += len(frame.members) > 1 or frame.data[1] != GSO_NONE
     return _expected(ref, before, drops, {}, tun, supers, IN)
 
 

@@ -32,7 +32,7 @@ from dataplane.fastpath.types import (
 )
 from drain_rig import (
     ALL_OFFLOADS, IN, IN_SEGS, OWN_MAC, PEERS, RECVS, ZERO_VNET, assert_counters, expect_ingress,
-    forwarders, open_net,
+    forwarders, open_net, tunnelled_whole,
 )
 from offload_packets import ACK, PSH, ip_ok, tcp, tcp_fields, udp
 
@@ -241,16 +241,33 @@ def test_a_run_of_one_byte_segments(net, mode):
 
 def test_a_run_cut_across_an_inner_packet(net, mode):
     """An inner packet longer than the run's gso_size: the first piece claims more than it
-    holds (truncated), the rest are not IPv4; the packet after the run still arrives."""
+    holds (truncated), the rest are not IPv4; the packet after the run still arrives. A last
+    short piece after it keeps the inner length from covering the whole datagram (that would
+    be one tunnelled super-packet: the next test)."""
     inner = tcp(BODY[:3000], src=POD2, dst=LOCAL)
     wire = encap(mode, inner)
-    pieces = [wire[i:i + 1000] for i in range(0, len(wire), 1000)]
+    pieces = [wire[i:i + 1000] for i in range(0, len(wire), 1000)] + [b"\0" * 100]
+    assert not tunnelled_whole(mode, b"".join(pieces))
     ok = stream(1)[0]
     written, fwd = drain(net, mode, [("127.0.0.2", pieces), ("127.0.0.2", [encap(mode, ok)])],
                          raw=True)
     assert len(written) == 1 and tcp_fields(written[0][VNET_HLEN:])["payload"] == BODY[:1448]
     c = fwd.counters()
-    assert sum(c.drops.values()) == len(pieces) and c.dropped(IN, Drop.TRUNCATED) >= 1
+    cut = -(-sum(map(len, pieces)) // 1000)         # the drain cuts it at gso_size
+    assert sum(c.drops.values()) == cut and c.dropped(IN, Drop.TRUNCATED) >= 1
+
+
+def test_a_run_whose_inner_packet_covers_it_is_one_packet(net, mode):
+    """csum's tunnelled_whole: a datagram with a gso_size whose inner IPv4 length covers all of
+    it is taken whole (what a kernel peer's UDP_SEGMENT send over veth looks like), not cut; a
+    complete packet within max_inner is delivered as it is."""
+    inner = tcp(BODY[:3000], src=POD2, dst=LOCAL, options=TS)
+    wire = encap(mode, inner)
+    pieces = [wire[i:i + 1000] for i in range(0, len(wire), 1000)]
+    written, fwd = drain(net, mode, [("127.0.0.2", pieces)], raw=True)
+    assert len(written) == 1 and written[0][:VNET_HLEN] == ZERO_VNET
+    assert tcp_fields(written[0][VNET_HLEN:])["payload"] == BODY[:3000]
+    assert fwd.counters().drops == {} and fwd.counters().packets[IN] == 1
 
 
 def test_padded_segments_in_a_run(net, mode):
