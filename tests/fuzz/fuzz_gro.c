@@ -3,16 +3,39 @@
  * the packets it merged (up to what GRO may legitimately forget: the IP ID under DF, the
  * urgent pointer of a TCP segment without URG).
  *
- * Input: one control byte (bits 0-1: DP_GRO_TCP / DP_GRO_UDP), then records, one packet each
- * (at most 96 packets).
+ * Input: one control byte (bits 0-1: DP_GRO_TCP / DP_GRO_UDP; bit 2: each packet's checksum
+ * state comes with it, dp_l4_csum as the ingress decision finds it, else UNKNOWN; bit 3: one
+ * longer than SUPER_MAX that dp_super_gso recognises comes as a kernel peer's super-packet,
+ * gso_size and PARTIAL, as the decision marks it), then records, one packet each (at most 96).
  * Invariants: every packet is in exactly one frame, members in arrival order, frames ordered
  * by their first member; a frame copies to exactly frame->len bytes; a lone packet goes out
- * unchanged behind a zero virtio_net_hdr; a merged frame has a sound virtio_net_hdr and IPv4
- * header and cuts back into its members. */
+ * unchanged behind a zero virtio_net_hdr (NEEDS_CSUM at its checksum for a PARTIAL one, the
+ * header dp_super_vnet makes for a super-packet); a merged frame has a sound virtio_net_hdr
+ * and IPv4 header and cuts back into its members (PARTIAL ones completed); a BAD packet never
+ * joins a merge. */
 #include "fuzz.h"
+#include "offload.h"          /* rdle16 */
 
 #define MAXPKTS 96
 #define GSO_CAP (320 * 1024)
+#define SUPER_MAX 1500                  /* the max_inner super-packets are recognised at */
+#define SUPER_UDP 1000                  /* the UDP_GRO size a drain would pass with one */
+
+/* What dp_ingress_batch leaves in dp_pkt.csum / gso_size for a packet it delivers. */
+static void classify(struct dp_buf *b, int ctl)
+{
+    b->csum = DP_CSUM_UNKNOWN;
+    b->gso_size = 0;
+    if (dp_ipv4_validate(b->data, b->len) != DP_OK || rd16(b->data + IPH_TOTLEN) != b->len)
+        return;
+    if (ctl & 8 && b->len > SUPER_MAX &&
+        (b->gso_size = dp_super_gso(b->data, b->len, SUPER_MAX, SUPER_UDP))) {
+        b->csum = DP_CSUM_PARTIAL;
+        return;
+    }
+    if (ctl & 4)
+        b->csum = (uint8_t)dp_l4_csum(b->data, b->len);
+}
 
 /* A member as GSO rebuilds it, made comparable: the IP ID (and so the IP checksum) when DF is
  * set, since GRO does not require consecutive IDs then; for TCP the urgent pointer, which means
@@ -55,7 +78,10 @@ static void check_roundtrip(const uint8_t *frame, size_t flen, const struct dp_g
         CHECK(sl == pkts[k].len);
         uint8_t *a = out + (size_t)i * res.stride, *b = malloc(sl);
         CHECK(b);
+        CHECK(pkts[k].csum != DP_CSUM_BAD && pkts[k].gso_size == 0);
         memcpy(b, pkts[k].data, sl);
+        if (pkts[k].csum == DP_CSUM_PARTIAL)
+            dp_l4_csum_complete(b, sl);     /* GSO completes every segment's checksum */
         normalise(a, sl);
         normalise(b, sl);
         CHECK(memcmp(a, b, sl) == 0);
@@ -66,7 +92,8 @@ static void check_roundtrip(const uint8_t *frame, size_t flen, const struct dp_g
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct input in = {data, size};
-    int flags = take8(&in) & (DP_GRO_TCP | DP_GRO_UDP);
+    int ctl = take8(&in);
+    int flags = ctl & (DP_GRO_TCP | DP_GRO_UDP);
     struct dp_buf pkts[MAXPKTS];
     int n = 0;
     const uint8_t *rec;
@@ -74,6 +101,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (n < MAXPKTS && (rec = take_record(&in, &len))) {
         pkts[n].data = exact_copy(rec, len);
         pkts[n].len = (uint32_t)len;
+        classify(&pkts[n], ctl);
         n++;
     }
     if (n == 0)
@@ -105,8 +133,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(buf);
         CHECK(dp_gro_frame_copy(buf, fr, pkts, next) == fr->len);
         if (fr->count == 1) {
-            static const uint8_t zero[DP_VNET_HLEN];
-            CHECK(fr->skip == 0 && memcmp(buf, zero, DP_VNET_HLEN) == 0);
+            const struct dp_buf *b = &pkts[fr->first];
+            uint8_t head[DP_VNET_HLEN] = {0};
+            if (b->gso_size)
+                dp_super_vnet(head, b->data, b->len, b->gso_size);
+            CHECK(fr->skip == 0);
+            if (!b->gso_size && b->csum == DP_CSUM_PARTIAL && buf[0]) {
+                CHECK(buf[0] == DP_VNET_F_NEEDS_CSUM && buf[1] == DP_VNET_GSO_NONE);
+                size_t ihl = (size_t)(b->data[IPH_VHL] & 0x0f) * 4;
+                CHECK(rdle16(buf + 6) == ihl && ihl + rdle16(buf + 8) + 2 <= b->len);
+            } else {
+                CHECK(memcmp(buf, head, DP_VNET_HLEN) == 0);
+            }
             CHECK(memcmp(buf + DP_VNET_HLEN, pkts[fr->first].data, pkts[fr->first].len) == 0);
         } else {
             check_roundtrip(buf, fr->len, fr, pkts, next);

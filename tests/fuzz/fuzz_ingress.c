@@ -3,18 +3,23 @@
  * the offload drain does.
  *
  * Input: one control byte (bit 0: vxlan, bit 1: TTL decrement, bits 2-3: max_inner 65535,
- * 1450, 576, 68), then records of one source byte and a datagram: the source picks the outer
- * sender (peers 127.0.0.2 and .3, 127.0.0.4 whose lease covers the whole network, a stranger).
+ * 1450, 576, 68, bit 4: DP_IO_VNET, bit 5: DP_IO_TUN_USO), then records of one source byte and a datagram: the source picks the outer
+ * sender (peers 127.0.0.2 and .3, 127.0.0.4 whose lease covers the whole network, a stranger)
+ * and, bit 7, whether the datagram comes with the drain's UDP_GRO size hint (SUPER_UDP: one
+ * tunnelled super-packet, not a run).
  * Each datagram sits in a slot with DP_HEADROOM bytes before it and, as the API requires, room
  * for an ICMP error after; no more, so ASan sees any access beyond.
  * Invariants: every packet is decided once (forwarded + dropped == n, reasons in range); what
  * ingress delivers lies inside its datagram, is valid IPv4 of exactly its length, no longer
- * than max_inner, from a source the sender holds, to our subnet; what egress sends is
+ * than max_inner unless it is a partial super-packet dp_super_gso recognises (gso_size set),
+ * from a source the sender holds, to our subnet, its L4 checksum state what dp_l4_csum says
+ * of it (never BAD; without DP_IO_VNET never PARTIAL: completed); what egress sends is
  * addressed to the peer holding its destination, in vxlan behind a well-formed header. */
 #include "fuzz.h"
 
 #define MAXPKTS 64
 #define LOCAL_NET 0x0af40100u           /* 10.244.1.0/24 */
+#define SUPER_UDP 1000                  /* the UDP_GRO size hint of bit 7 */
 
 static const uint32_t senders[4] = {0x7f000002, 0x7f000003, 0x7f000004, 0x7f000009};
 static const uint8_t own_mac[6] = {2, 0, 0, 0, 0, 1};
@@ -26,6 +31,7 @@ static struct dp_fwd *make(uint8_t ctl)
         .mode = ctl & 1 ? DP_MODE_VXLAN : DP_MODE_UDP, .vni = 1, .tun_addr = LOCAL_NET,
         .local_net = LOCAL_NET, .local_plen = 24, .port = 8472, .ttl_decrement = ctl >> 1 & 1,
         .max_inner = max_inner[ctl >> 2 & 3],
+        .io_flags = (ctl & 16 ? DP_IO_VNET : 0) | (ctl & 32 ? DP_IO_TUN_USO : 0),
     };
     memcpy(cfg.mac, own_mac, 6);
     struct dp_fwd *f = dp_fwd_new(&cfg);
@@ -47,7 +53,8 @@ static void load(struct dp_pkt *pkts, uint8_t **slots, size_t *sizes, const uint
         memset(slots[i], 0xa5, sizes[i]);
         memcpy(slots[i] + DP_HEADROOM, recs[i], lens[i]);
         pkts[i] = (struct dp_pkt){.data = slots[i] + DP_HEADROOM, .len = (uint32_t)lens[i],
-                                  .addr = senders[src[i] & 3], .port = 8472};
+                                  .addr = senders[src[i] & 3], .port = 8472,
+                                  .gso_size = src[i] & 0x80 ? SUPER_UDP : 0};
     }
 }
 
@@ -99,11 +106,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint8_t *start = slots[i] + DP_HEADROOM;
         CHECK(p->data >= start && p->data + p->len <= start + lens[i]);
         CHECK(dp_ipv4_validate(p->data, p->len) == DP_OK);
-        CHECK(rd16(p->data + IPH_TOTLEN) == p->len && p->len <= max_inner);
+        CHECK(rd16(p->data + IPH_TOTLEN) == p->len);
+        if (p->len > max_inner) {
+            uint16_t hint = src[i] & 0x80 ? SUPER_UDP : 0;
+            CHECK(p->gso_size && p->gso_size == dp_super_gso(p->data, p->len, max_inner, hint));
+            CHECK(p->csum == DP_CSUM_PARTIAL);
+            CHECK(p->data[IPH_PROTO] == PROTO_TCP ||       /* a vnet TUN without USO: no */
+                  (f->cfg.io_flags & (DP_IO_VNET | DP_IO_TUN_USO)) != DP_IO_VNET);
+        } else {
+            CHECK(p->gso_size == 0);
+            CHECK(p->csum == dp_l4_csum(p->data, p->len) ||      /* completed: no vnet */
+                  (p->csum == DP_CSUM_VALID && !(f->cfg.io_flags & DP_IO_VNET)));
+        }
+        CHECK(p->csum != DP_CSUM_BAD);
+        CHECK(f->cfg.io_flags & DP_IO_VNET || p->gso_size ||   /* completed, or cut later */
+              p->csum != DP_CSUM_PARTIAL);
         CHECK((rd32(p->data + IPH_DST) & 0xffffff00u) == LOCAL_NET);
         int32_t idx = dp_routes_lookup(f->routes, rd32(p->data + IPH_SRC));
         CHECK(idx >= 0 && f->peers[idx].public_ip == p->addr);
-        bufs[m++] = (struct dp_buf){p->data, p->len};
+        bufs[m++] = (struct dp_buf){p->data, p->len, p->csum, p->gso_size};
     }
     if (m) {
         struct dp_gro_frame frames[MAXPKTS];

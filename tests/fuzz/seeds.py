@@ -82,6 +82,14 @@ def udp_stream(n: int, size: int, src: bytes = POD2, dst: bytes = LOCAL) -> list
     return [udp(BODY[i * size:(i + 1) * size], src=src, dst=dst, ident=i) for i in range(n)]
 
 
+def _bad(pkt: bytes) -> bytes:
+    """The packet with its L4 checksum off by one (BAD_L4_CHECKSUM on ingress)."""
+    b = bytearray(pkt)
+    at = 20 + (16 if b[9] == 6 else 6)
+    b[at + 1] ^= 1
+    return bytes(b)
+
+
 def rec(b: bytes) -> bytes:
     return len(b).to_bytes(2, "big") + b
 
@@ -119,6 +127,15 @@ def gro() -> list[bytes]:
                                                     stream(5, 100, src=POD3)) for p in pair),
         bytes([1]) + b"".join(rec(p) for p in stream(4, 100, flags=ACK | PSH)),
         bytes([1]) + b"".join(rec(p) for p in stream(6, 100, df=False)),
+        # checksum states given (bit 2): a partial run, a bad segment in the middle; then
+        # super-packets marked (bit 3) among partial and complete segments
+        bytes([1 | 4]) + b"".join(rec(p) for p in stream(8, 200, partial=True)),
+        bytes([3 | 4]) + b"".join(rec(p) for p in stream(3, 200)[:2] + [_bad(stream(3, 200)[2])]
+                                  + stream(4, 200, partial=True)),
+        bytes([3 | 4 | 8]) + b"".join(rec(p) for p in [
+            *stream(2, 300, partial=True),
+            tcp(BODY[:6000], src=POD2, dst=LOCAL, partial=True),
+            udp(BODY[:4000], src=POD2, dst=LOCAL, partial=True), *udp_stream(3, 150)]),
     ]
 
 
@@ -134,6 +151,13 @@ def ingress() -> list[bytes]:
         batch(2 | 2 << 2, [(0, udp(BODY[:1500], src=POD2, dst=LOCAL)),     # max_inner 576
                            (0, tcp(b"", src=POD2, dst=LOCAL, ttl=1))] +
               [(0, tcp(b"hello", src=LOCAL, dst=d)) for d in (LOCAL, POD2, POD3, NOWHERE)]),
+        # max_inner 1450: partial, bad and super-packets (TCP; UDP with the hint, bit 7), with
+        # a vnet TUN (bit 4) and without USO, then with it (bit 5)
+        *(batch(1 << 2 | io, [(0, p) for p in stream(3, 200, partial=True)] +
+                [(0, _bad(s2[0])), (0, tcp(BODY[:6000], src=POD2, dst=LOCAL, partial=True)),
+                 (0x80, udp(BODY[:4000], src=POD2, dst=LOCAL, partial=True)),
+                 (0, udp(BODY[:300], src=POD2, dst=LOCAL, partial=True))])
+          for io in (0, 16, 48)),
     ]
 
 
