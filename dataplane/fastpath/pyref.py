@@ -567,9 +567,11 @@ class Forwarder:
                 self._deliver(tun_fd, v.data)
         return n
 
-    def _deliver(self, tun_fd: int, pkt: bytes) -> None:
-        """csrc/io.c:dp_tun_deliver: a kernel peer's super-packet is cut before the write."""
-        gso = super_gso(pkt, self.config.max_inner) if len(pkt) > self.config.max_inner else 0
+    def _deliver(self, tun_fd: int, pkt: bytes, udp_gso: int = 0) -> None:
+        """csrc/io.c:dp_tun_deliver: a kernel peer's super-packet is cut before the write
+        (udp_gso: the hint ingress() had for it, which dp_pkt.gso_size carries in C)."""
+        gso = (super_gso(pkt, self.config.max_inner, udp_gso)
+               if len(pkt) > self.config.max_inner else 0)
         if not gso:
             self._syscalls[_INGRESS] += 1
             if not _tun_write(tun_fd, pkt):
