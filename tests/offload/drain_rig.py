@@ -246,7 +246,7 @@ def cut_run(mode: int, segs: list[bytes]) -> tuple[list[bytes], int]:
     return [data[i:i + size] for i in range(0, len(data), size)] or [b""], 0
 
 
-def _tun_deliver(ref: P.Forwarder, pkt: bytes) -> list[bytes]:
+def _tun_deliver(ref: P.Forwarder, pkt: bytes, udp_gso: int) -> list[bytes]:
     """csrc/io.c:dp_tun_deliver through the reference's own (P.Forwarder._deliver): a kernel
     peer's super-packet is cut before the writes; the counters follow its unforwards."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -254,7 +254,7 @@ def _tun_deliver(ref: P.Forwarder, pkt: bytes) -> list[bytes]:
         big_buffers(a)
         big_buffers(b)
         b.setblocking(False)
-        ref._deliver(a.fileno(), pkt)
+        ref._deliver(a.fileno(), pkt, udp_gso)
         out = []
         while True:
             try:
@@ -294,8 +294,8 @@ def expect_ingress(ref: P.Forwarder, runs: list[tuple[str, list[bytes]]],
         delivered = [(v, h) for v, h in zip(ref.ingress(pieces, hints), hints)
                      if v.action == Action.TUN]
         if not vnet:
-            for v, _h in delivered:
-                tun += _tun_deliver(ref, v.data)
+            for v, h in delivered:
+                tun += _tun_deliver(ref, v.data, h)
             continue
         gso = [P.super_gso(v.data, max_inner, h) if len(v.data) > max_inner else 0
                for v, h in delivered]

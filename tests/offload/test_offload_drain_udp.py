@@ -18,6 +18,7 @@ import pytest
 from dataplane.drops import Drop
 from dataplane.fastpath import pyref as P
 from dataplane.fastpath.types import (
+    Action,
     GSO_TCPV4,
     GSO_UDP_L4,
     IO_TUN_USO,
@@ -34,7 +35,7 @@ from drain_rig import (
     ALL_OFFLOADS, IN, IN_SEGS, OWN_MAC, PEERS, RECVS, ZERO_VNET, assert_counters, expect_ingress,
     forwarders, open_net, tunnelled_whole,
 )
-from offload_packets import ACK, PSH, ip_ok, tcp, tcp_fields, udp
+from offload_packets import ACK, PSH, ip_ok, l4_ok, tcp, tcp_fields, udp
 
 BODY = random.Random(13).randbytes(200_000)
 POD2, POD3, LOCAL = bytes([10, 244, 2, 7]), bytes([10, 244, 3, 7]), bytes([10, 244, 1, 5])
@@ -82,10 +83,10 @@ def send(net, mode, runs: list[tuple[str, list[bytes]]]) -> list[tuple[str, list
     return wire
 
 
-def drain(net, mode, runs, io_flags=ALL_OFFLOADS, budget=1000, raw=False):
+def drain(net, mode, runs, io_flags=ALL_OFFLOADS, budget=1000, raw=False, **cfg):
     """Send the runs, drain once, hold the result to the model; returns (written, fwd).
-    raw: runs are already encapsulated (hostile payloads)."""
-    fwd, ref = forwarders(mode, net.port, io_flags)
+    raw: runs are already encapsulated (hostile payloads); cfg: more ForwarderConfig."""
+    fwd, ref = forwarders(mode, net.port, io_flags, **cfg)
     if raw:
         for src, segs in runs:
             net.send_run(net.peers.get(src) or net.stranger, segs)
@@ -319,7 +320,9 @@ def test_garbage_runs_never_crash_and_match_the_model(net, mode):
             for _ in range(rng.randint(0, 2)):
                 s[rng.randrange(min(len(s), 80))] = rng.randrange(256)
         runs.append(("127.0.0.2", [bytes(s) for s in segs]))
-    drain(net, mode, runs, raw=True)
+    _, fwd = drain(net, mode, runs, raw=True)
+    # damage inside the inner TCP header reaches the checksum check: that reason is modelled too
+    assert fwd.counters().dropped(IN, Drop.BAD_L4_CHECKSUM) > 0
 
 
 def test_more_segments_than_a_batch_holds(net):
@@ -375,3 +378,108 @@ def test_a_receive_error_raises(net):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as not_connected:
         with pytest.raises(OSError):
             fwd.drain_udp(not_connected, net.tun.fd, 8)
+
+
+# ---- L4 checksum states and a kernel peer's super-packets (csrc/l4csum.c) -------------------
+
+SUPER_MTU = 1500                # max_inner: what a kernel peer's super-packet is larger than
+
+
+def bad(pkt: bytes) -> bytes:
+    """The packet with its L4 checksum off by one."""
+    b = bytearray(pkt)
+    at = 20 + (16 if b[9] == 6 else 6)
+    b[at + 1] ^= 1
+    return bytes(b)
+
+
+def test_a_bad_l4_checksum_is_dropped_and_the_run_coalesces_around_it(net, mode):
+    run = stream(7)
+    written, fwd = drain(net, mode, [("127.0.0.2", run[:3] + [bad(run[3])] + run[4:])])
+    assert fwd.counters().drops == {(IN, Drop.BAD_L4_CHECKSUM): 1}
+    assert payloads_cut(written) == BODY[:3 * 1448] + BODY[4 * 1448:7 * 1448]
+    assert [w[1] for w in written] == [GSO_TCPV4, GSO_TCPV4]
+
+
+def test_partial_segments_coalesce_and_a_lone_one_goes_up_as_needs_csum(net, mode):
+    run = stream(5, csum="partial")
+    lone = stream(1, csum="partial", sport=41000)
+    written, fwd = drain(net, mode, [("127.0.0.2", run), ("127.0.0.2", lone)])
+    assert fwd.counters().drops == {}
+    assert len(written) == 2 and written[0][1] == GSO_TCPV4
+    h = VnetHdr.parse(written[1][:VNET_HLEN])
+    assert (h.flags, h.gso_type, h.csum_start, h.csum_offset) == (VNET_F_NEEDS_CSUM, 0, 20, 16)
+    assert written[1][VNET_HLEN:][20:] == lone[0][20:]        # left for the kernel to finish
+
+
+def test_without_vnet_a_partial_checksum_is_completed(net, mode):
+    run = stream(3, csum="partial")
+    written, _ = drain(net, mode, [("127.0.0.2", run)], io_flags=IO_UDP_GRO)
+    assert len(written) == 3 and all(l4_ok(w) for w in written)
+    assert b"".join(tcp_fields(w)["payload"] for w in written) == BODY[:3 * 1448]
+
+
+@pytest.mark.parametrize("io_flags", [ALL_OFFLOADS, IO_UDP_GRO])
+def test_a_kernel_tso_super_packet_goes_on_whole_or_cut(net, mode, io_flags):
+    big = tcp(BODY[:6000], src=POD2, dst=LOCAL, csum="partial", options=TS)
+    whole = tcp(BODY[:6000], src=POD2, dst=LOCAL, options=TS, sport=41000)   # complete: no
+    written, fwd = drain(net, mode, [("127.0.0.2", [big]), ("127.0.0.2", [whole])],
+                         io_flags=io_flags, max_inner=SUPER_MTU)
+    assert fwd.counters().drops == {(IN, Drop.OVERSIZE): 1}
+    if io_flags & IO_VNET:
+        assert len(written) == 1
+        h = VnetHdr.parse(written[0][:VNET_HLEN])
+        assert (h.gso_type, h.gso_size) == (GSO_TCPV4, SUPER_MTU - 52)
+        assert fwd.counters().super_packets[IN] == 1
+    else:
+        assert len(written) == 5 and all(len(w) <= SUPER_MTU and l4_ok(w) for w in written)
+        assert b"".join(tcp_fields(w)["payload"] for w in written) == BODY[:6000]
+
+
+@pytest.mark.parametrize("io_flags", [ALL_OFFLOADS, ALL_OFFLOADS & ~IO_TUN_USO, IO_UDP_GRO])
+def test_a_kernel_uso_super_packet_from_a_tunnelled_run(net, mode, io_flags):
+    """A partial UDP datagram whose inner length covers the whole run: the run's gso_size is
+    the hint super_gso needs; USO takes it whole, no vnet cuts it, vnet without USO cannot."""
+    big = udp(BODY[:4000], src=POD2, dst=LOCAL, csum="partial")
+    wire = encap(mode, big)
+    written, fwd = drain(net, mode, [("127.0.0.2", [wire[i:i + 1000]
+                                                    for i in range(0, len(wire), 1000)])],
+                         io_flags=io_flags, raw=True, max_inner=SUPER_MTU)
+    if io_flags & IO_TUN_USO:
+        assert fwd.counters().drops == {} and len(written) == 1
+        h = VnetHdr.parse(written[0][:VNET_HLEN])
+        assert (h.gso_type, h.gso_size) == (GSO_UDP_L4, 1000)
+    elif io_flags & IO_VNET:
+        assert written == [] and fwd.counters().drops == {(IN, Drop.OVERSIZE): 1}
+    else:
+        assert fwd.counters().drops == {} and len(written) == 4
+        assert all(l4_ok(w) for w in written)
+        assert b"".join(w[28:] for w in written) == BODY[:4000]
+
+
+def payloads_cut(frames: list[bytes]) -> bytes:
+    """The TCP byte stream of GSO frames (each cut back into its segments first)."""
+    out = b""
+    for fr in frames:
+        res = P.gso_segment(fr[:VNET_HLEN], fr[VNET_HLEN:])
+        assert not res.drop
+        out += b"".join(tcp_fields(s)["payload"] for s in res.segments)
+    return out
+
+
+@pytest.mark.parametrize("io_flags", [ALL_OFFLOADS, ALL_OFFLOADS & ~IO_TUN_USO, IO_UDP_GRO])
+@pytest.mark.parametrize("hint", [0, 1000, 1400, 1600])
+def test_ingress_hints_are_the_same_in_c_and_the_reference(mode, io_flags, hint):
+    """Forwarder.ingress(hints=): what the drain passes in dp_pkt.gso_size, both twins alike
+    (this is what the model above feeds the reference with)."""
+    fwd, ref = forwarders(mode, 8472, io_flags, max_inner=SUPER_MTU)
+    pkts = [udp(BODY[:4000], src=POD2, dst=LOCAL, csum="partial"),
+            udp(BODY[:4000], src=POD2, dst=LOCAL),
+            tcp(BODY[:6000], src=POD2, dst=LOCAL, csum="partial")]
+    dgrams = [("127.0.0.2", 8472, encap(mode, p)) for p in pkts]
+    got = fwd.ingress(dgrams, [hint] * 3)
+    assert got == ref.ingress(dgrams, [hint] * 3)
+    assert fwd.counters().drops == ref.counters().drops
+    # the partial UDP one is a super-packet exactly when the hint makes it one
+    assert (got[0].action == Action.TUN) == (hint in (1000, 1400) and bool(io_flags & IO_TUN_USO
+                                                                             or not io_flags & IO_VNET))
