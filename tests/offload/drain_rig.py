@@ -246,6 +246,14 @@ def cut_run(mode: int, segs: list[bytes]) -> tuple[list[bytes], int]:
     return [data[i:i + size] for i in range(0, len(data), size)] or [b""], 0
 
 
+def refuse_run(ref: P.Forwarder, src: str, taken: int, pieces: int) -> Drop | None:
+    """dp_drain_udp_gro's check of a whole run before any of it is decided, counted once for
+    the run: more segments than the batch has room for (taken so far + this run's) is OVERSIZE.
+    (Where a drain-level rule before the per-packet decision goes, e.g. a lease check.)"""
+    del ref, src
+    return Drop.OVERSIZE if taken + pieces > IN_SEGS else None
+
+
 def _tun_deliver(ref: P.Forwarder, pkt: bytes, udp_gso: int) -> list[bytes]:
     """csrc/io.c:dp_tun_deliver through the reference's own (P.Forwarder._deliver): a kernel
     peer's super-packet is cut before the writes; the counters follow its unforwards."""
@@ -286,8 +294,9 @@ def expect_ingress(ref: P.Forwarder, runs: list[tuple[str, list[bytes]]],
         pieces, hints = [], []
         for src, segs in runs[b:b + RECVS]:
             cut, hint = cut_run(mode, segs)
-            if len(pieces) + len(cut) > IN_SEGS:
-                _count(drops, (IN, Drop.OVERSIZE))
+            why = refuse_run(ref, src, len(pieces), len(cut))
+            if why:
+                _count(drops, (IN, why))
                 continue
             pieces += [(src, 0, s) for s in cut]
             hints += [hint] * len(cut)
