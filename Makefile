@@ -8,12 +8,13 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PIP := PIP_ROOT_USER_ACTION=ignore $(VPY) -m pip --disable-pip-version-check --quiet
 # Debian packages: the lab's CNI plugins, traffic tools, etcd for the cluster store;
-# iptables and nftables for flanneld's NAT and FORWARD rules (the daemon runs their tools).
-APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump iptables nftables
+# iptables and nftables for flanneld's NAT and FORWARD rules (the daemon runs their tools);
+# clang for the libFuzzer targets (tests/fuzz).
+APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump iptables nftables clang
 # (= not :=: gcc may only be installed by the toolchain step)
 ASAN_RT = $(shell gcc -print-file-name=libasan.so)
 
-.PHONY: all deps apt-deps toolchain venv py-deps build test test-asan bench bench-quick bench-micro demo clean
+.PHONY: all deps apt-deps toolchain venv py-deps build test test-asan fuzz bench bench-quick bench-micro demo clean
 
 all: build
 
@@ -59,12 +60,19 @@ test: deps build
 	$(VPY) -m pytest -q tests
 	$(MAKE) test-asan
 
-# The wire and offload suites again, against the C library built with AddressSanitizer and UBSan.
+# The wire and offload suites again, against the C library built with AddressSanitizer and UBSan
+# (tests/offload includes the offload drains over a fake TUN and loopback UDP_GRO/UDP_SEGMENT).
 test-asan: build
 	$(VPY) -m dataplane.fastpath._build_ffi --asan
 	DATAPLANE_CMODULE=_dpc_asan LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=0 \
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		$(VPY) -m pytest -q -p no:cacheprovider tests/wire tests/offload
+
+# The libFuzzer targets of csrc/ (tests/fuzz), FUZZ_SECONDS each; corpora and crash reproducers
+# are kept in build/fuzz/ (the next run starts from the corpus; `make clean` removes it).
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	$(VPY) -m tests.fuzz.fuzzing --seconds $(FUZZ_SECONDS) --out build/fuzz
 
 # The comparison: every dataplane in one interleaved run; report, plots and raw JSON in
 # bench/results/<UTC time>/, then the C vs Python micro-benchmarks.

@@ -272,13 +272,16 @@ class Forwarder:
         lib.dp_egress_batch(self._f, pkts, len(packets))
         return [self._verdict(pkts[i]) for i in range(len(packets))]
 
-    def ingress(self, datagrams: list[tuple[str, int, bytes]]) -> list[Verdict]:
+    def ingress(self, datagrams: list[tuple[str, int, bytes]],
+                hints: list[int] | None = None) -> list[Verdict]:
         if not datagrams:
             return []
+        hints = hints or [0] * len(datagrams)
         _arena, pkts = self._batch([d[2] for d in datagrams])
-        for i, (src, port, _payload) in enumerate(datagrams):
+        for i, ((src, port, _payload), h) in enumerate(zip(datagrams, hints, strict=True)):
             pkts[i].addr = _ip_int(src)
             pkts[i].port = port
+            pkts[i].gso_size = h
         lib.dp_ingress_batch(self._f, pkts, len(datagrams))
         return [self._verdict(pkts[i]) for i in range(len(datagrams))]
 

@@ -516,7 +516,7 @@ class Forwarder:
         self._packets[_EGRESS] += 1
         return Verdict(Action.SEND, Drop.NONE, int_to_ip(ip), self.config.port, bytes(buf))
 
-    def _ingress_one(self, src: str, payload: bytes) -> Verdict:
+    def _ingress_one(self, src: str, payload: bytes, udp_gso: int = 0) -> Verdict:
         src_ip = ip_to_int(src)
         if src_ip not in self._by_ip:
             return self._drop(_INGRESS, Drop.UNKNOWN_PEER)
@@ -531,7 +531,7 @@ class Forwarder:
         buf = bytearray(payload[: (payload[2] << 8) | payload[3]])
         gso = 0
         if len(buf) > self.config.max_inner and (
-                not (gso := super_gso(buf, self.config.max_inner))
+                not (gso := super_gso(buf, self.config.max_inner, udp_gso))
                 or buf[9] == _PROTO_UDP
                 and self.config.io_flags & (IO_VNET | IO_TUN_USO) == IO_VNET):
             return self._drop(_INGRESS, Drop.OVERSIZE)
@@ -562,10 +562,15 @@ class Forwarder:
             self._batches[_EGRESS] += 1
         return [self._egress_one(p) for p in packets]
 
-    def ingress(self, datagrams: list[tuple[str, int, bytes]]) -> list[Verdict]:
+    def ingress(self, datagrams: list[tuple[str, int, bytes]],
+                hints: list[int] | None = None) -> list[Verdict]:
+        """hints: per datagram, the drain's UDP_GRO size for one that is a whole tunnelled
+        super-packet (dp_pkt.gso_size in; see super_gso), else 0."""
         if datagrams:
             self._batches[_INGRESS] += 1
-        return [self._ingress_one(src, payload) for src, _port, payload in datagrams]
+        hints = hints or [0] * len(datagrams)
+        return [self._ingress_one(src, payload, h)
+                for (src, _port, payload), h in zip(datagrams, hints, strict=True)]
 
     # I/O: one packet per syscall, as flannel's proxy does
     def drain_tun(self, tun_fd: int, sock: socket.socket, budget: int) -> int:
@@ -610,9 +615,11 @@ class Forwarder:
                 self._deliver(tun_fd, v.data)
         return n
 
-    def _deliver(self, tun_fd: int, pkt: bytes) -> None:
-        """csrc/io.c:dp_tun_deliver: a kernel peer's super-packet is cut before the write."""
-        gso = super_gso(pkt, self.config.max_inner) if len(pkt) > self.config.max_inner else 0
+    def _deliver(self, tun_fd: int, pkt: bytes, udp_gso: int = 0) -> None:
+        """csrc/io.c:dp_tun_deliver: a kernel peer's super-packet is cut before the write
+        (udp_gso: the hint ingress() had for it, which dp_pkt.gso_size carries in C)."""
+        gso = (super_gso(pkt, self.config.max_inner, udp_gso)
+               if len(pkt) > self.config.max_inner else 0)
         if not gso:
             self._syscalls[_INGRESS] += 1
             if not _tun_write(tun_fd, pkt):
