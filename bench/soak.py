@@ -31,6 +31,7 @@ from bench.progress import Progress
 SCHEMA = "dataplane-bench-soak/1"
 SAMPLE_EVERY = 10.0
 FLOW_INTERVAL = 0.01
+FLOW_MAX = 30000               # the echo probe numbers at most 0x7fff requests in a flow
 TCP_PORT, UDP_PORT = 5301, 5302
 RSS_GROWTH_MB = 2.0
 # Open descriptors move by a few as etcd connections are pooled, dropped and made again (an etcd
@@ -53,6 +54,11 @@ class SoakSettings:
             return cls(seconds=seconds)
         return cls(seconds=seconds, churn_every=max(seconds / 3, 10.0),
                    etcd_every=max(seconds / 2, 15.0), capacity_seconds=2)
+
+
+def flow_interval(seconds: float) -> float:
+    """Echoes every 10 ms, or further apart so that the whole run is covered."""
+    return max(FLOW_INTERVAL, round(seconds / FLOW_MAX, 3))
 
 
 def warmup(seconds: float) -> float:
@@ -134,7 +140,7 @@ def execute(s: SoakSettings, progress: Progress) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     doc: dict[str, Any] = {"schema": SCHEMA, "started": started.isoformat(timespec="seconds"),
                            "settings": vars(s) | {"sample_every": SAMPLE_EVERY,
-                                                  "flow_interval": FLOW_INTERVAL},
+                                                  "flow_interval": flow_interval(s.seconds)},
                            "samples": [], "events": [], "errors": []}
     procs: list[subprocess.Popen[Any]] = []
     try:
@@ -160,7 +166,7 @@ def execute(s: SoakSettings, progress: Progress) -> dict[str, Any]:
                             "-u", "-l", "64", "-b", str(int(udp_pps / 2 * 64 * 8)), "-J"],
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
         procs += clients
-        flow = lab.flow(src, dst, duration=run_s, interval=FLOW_INTERVAL)
+        flow = lab.flow(src, dst, duration=run_s, interval=flow_interval(run_s))
         watched = {n.name: lab.daemon_pids()[n.name] for n in lab.nodes[:2]}
         t0 = time.monotonic()
         next_sample, next_churn, next_etcd = SAMPLE_EVERY, s.churn_every, s.etcd_every

@@ -42,6 +42,11 @@ def test_a_connection_coming_and_going_is_not_a_leak():
     assert soak.verdict(_doc([40] * 5, [30, 31, 33, 31, 32]))["met"]
 
 
+def test_the_echo_flow_covers_the_whole_run():
+    assert soak.flow_interval(60) == 0.01
+    assert soak.flow_interval(3600) * soak.FLOW_MAX >= 3600
+
+
 def test_short_runs_keep_every_event():
     s = soak.SoakSettings.for_duration(60)
     assert s.churn_every < 60 and s.etcd_every < 60

@@ -44,6 +44,8 @@ class Topology:
 
     def start(self, node: str, *extra: str) -> subprocess.Popen:
         ip, i, port = NODES[node]
+        # readiness is subnet.env appearing; a stop keeps the previous run's
+        (self.tmp / f"{node}.env").unlink(missing_ok=True)
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns(node), *netns.dataplane_cmd(
                 "-v", "run", "--store-dir", str(self.store), "--public-ip", ip,
