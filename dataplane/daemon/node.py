@@ -34,6 +34,7 @@ from dataplane.daemon.datapath import (SOL_UDP, UDP_GRO, Datapath, Worker, close
                                        open_worker_sockets, socket_buffers, udp_offloads)
 from dataplane.daemon.directroutes import DirectRoutes, KernelRoutes
 from dataplane.daemon.errors import BindError
+from dataplane.daemon.overlaps import SubnetIndex
 from dataplane.daemon.ownlease import OwnWrites
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
                                       MODE_VXLAN, Counters, ForwarderConfig, format_mac,
@@ -109,6 +110,7 @@ class Node:
         self.peers: dict[ipaddress.IPv4Network, Lease] = {}    # tunnelled or routed directly
         self.direct = DirectRoutes(None)     # DirectRouting peers: not in the forwarder
         self.refused: dict[ipaddress.IPv4Network, Lease] = {}  # overlapping ours or a peer's
+        self._index = SubnetIndex()          # self.peers' subnets, for the overlap check
         self.ready = asyncio.Event()
         self.started = time.time()
         self.store_errors = 0
@@ -336,6 +338,7 @@ class Node:
         if event.kind == "removed":
             self.refused.pop(lease.subnet, None)
             if self.peers.pop(lease.subnet, None) is not None:
+                self._index.discard(lease.subnet)
                 if not self.direct.forget(lease.subnet):
                     self._each_forwarder("del_peer", str(lease.subnet))
                 log.info("peer %s (%s) left", lease.subnet, lease.public_ip)
@@ -355,6 +358,7 @@ class Node:
                 return
         known = self.peers.get(lease.subnet)
         self.peers[lease.subnet] = lease
+        self._index.add(lease.subnet)
         tunnelled = known is not None and lease.subnet not in self.direct
         if self.direct.place(lease):
             if tunnelled:
@@ -369,9 +373,9 @@ class Node:
         """A lease overlapping ours or a peer's is kept out of the forwarder (it would let its
         holder speak for those pods, e.g. a /16 left over from an older SubnetLen); logged
         once, admitted when what it overlaps goes away."""
+        other = self._index.overlapping(lease.subnet)
         clash = (f"our own {self.lease.subnet}" if lease.subnet.overlaps(self.lease.subnet) else
-                 next((f"peer {s} ({p.public_ip})" for s, p in self.peers.items()
-                       if s != lease.subnet and s.overlaps(lease.subnet)), None))
+                 f"peer {other} ({self.peers[other].public_ip})" if other else None)
         if clash is None:
             self.refused.pop(lease.subnet, None)
             return False
