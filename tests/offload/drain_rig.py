@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import struct
+import time
 
 from dataplane.drops import Direction, Drop
 from dataplane.fastpath import cnative as C
@@ -184,6 +185,7 @@ class Expected:
     packets: int
     bytes: int
     super_packets: int
+    icmp: tuple[int, int] = (0, 0)                # ICMP errors (sent, held back by the limit)
 
 
 def _count(drops: dict, key) -> None:
@@ -198,19 +200,21 @@ def expect_egress(ref: P.Forwarder, reads: list[bytes]) -> Expected:
     sends: dict[str, list[bytes]] = {ip: [] for ip in PEERS}
     tun: list[bytes] = []
     supers = 0
+    ref.set_clock(time.monotonic_ns() // 1_000_000)    # each drain reads the monotonic clock
     for r in reads:
         if len(r) < VNET_HLEN:
             _count(drops, (EG, Drop.TRUNCATED))
             continue
         vnet, pkt = r[:VNET_HLEN], r[VNET_HLEN:]
-        why = P.ipv4_validate(pkt)
+        why = Drop.IPV6_UNSUPPORTED if pkt[:1] and pkt[0] >> 4 == 6 else P.ipv4_validate(pkt)
         if why:
             _count(drops, (EG, why))
             continue
         if ref._peer_of(int.from_bytes(pkt[16:20], "big")) is None:
+            # io_offload.c:no_route: one error for the whole super-packet, rate-limited
             _count(drops, (EG, Drop.NO_ROUTE))
             icmp = P.icmp_net_unreachable(pkt, ref.config.tun_addr)
-            if icmp:
+            if icmp and ref._icmp_allow():
                 tun.append(ZERO_VNET + icmp)
             continue
         res = P.gso_segment(vnet, pkt, headroom, capacity=OUT_CAP)
@@ -323,7 +327,9 @@ def _expected(ref, before, drops, sends, tun, supers, d) -> Expected:
         if n:
             drops[key] = drops.get(key, 0) + n
     return Expected(sends, tun, drops, after.packets[d] - before.packets[d],
-                    after.bytes[d] - before.bytes[d], supers)
+                    after.bytes[d] - before.bytes[d], supers,
+                    (after.icmp_sent - before.icmp_sent,
+                     after.icmp_suppressed - before.icmp_suppressed))
 
 
 def assert_counters(fwd: C.Forwarder, want: Expected, d: Direction) -> None:
@@ -332,3 +338,4 @@ def assert_counters(fwd: C.Forwarder, want: Expected, d: Direction) -> None:
     assert c.bytes[d] == want.bytes
     assert {k: n for k, n in c.drops.items() if k[0] == d} == want.drops
     assert c.super_packets[d] == want.super_packets
+    assert (c.icmp_sent, c.icmp_suppressed) == want.icmp
