@@ -8,7 +8,10 @@
  * Invariants: the drain returns the reads it took; every datagram a peer receives is what a
  * peer may receive (VXLAN header to its MAC, a valid IPv4 packet for the subnet it holds, at
  * most 65507 bytes), and there are exactly as many as the forwarded count; what is written
- * back into the TUN is a zero virtio_net_hdr and an ICMP error. */
+ * back into the TUN is a zero virtio_net_hdr and an ICMP error, one per icmp_sent, and sent
+ * plus rate-limited errors are at most the NO_ROUTE drops; the GSO counters agree (no
+ * UDP_SEGMENT message without DP_IO_UDP_GSO, none taken while the kernel refuses them, a
+ * back-off or a too-big only with a fallback). */
 #include "net.h"
 
 #define MAXREADS 40
@@ -24,13 +27,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 /* One forwarder per mode, kept across runs (a fresh one allocates its 2 MiB of round buffers,
  * which costs more than the run); what a run may change in it is reset at the start of the
- * next: the offload flags (a refused UDP_SEGMENT clears DP_IO_UDP_GSO) and the counters. */
+ * next: the offload flags and the counters. The GSO back-off of a peer and the ICMP bucket
+ * stay, on the monotonic clock, as they would in a daemon. */
 static struct dp_fwd *make(uint8_t ctl)
 {
     struct dp_config cfg = {
         .mode = ctl & 1 ? DP_MODE_VXLAN : DP_MODE_UDP, .vni = 1, .tun_addr = 0x0af40100,
         .local_net = 0x0af40100, .local_plen = 24, .port = N.port, .ttl_decrement = !(ctl & 1),
         .max_inner = 65535,
+        .icmp_rate = 1000, .icmp_burst = 50,  /* ForwarderConfig's: the daemon always limits */
     };
     memcpy(cfg.mac, own_mac, 6);
     struct dp_fwd *f = dp_fwd_new(&cfg);
@@ -101,6 +106,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         icmp++;
     }
     CHECK(icmp == c.icmp_sent);
+    CHECK(c.icmp_sent + c.icmp_suppressed <= c.drops[DP_EGRESS][DP_DROP_NO_ROUTE]);
+    CHECK(c.gso_too_big <= c.gso_fallbacks && c.gso_backoffs <= c.gso_fallbacks);
+    CHECK((ctl & 2) || (c.gso_sends == 0 && c.gso_fallbacks == 0));
+    CHECK(!nocheck || c.gso_sends == 0);
     flush_fd(N.tun_dev);                 /* reads beyond the budget: not this run's business */
     return 0;
 }

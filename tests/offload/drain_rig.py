@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import struct
+import time
 
 from dataplane.drops import Direction, Drop
 from dataplane.fastpath import cnative as C
@@ -184,6 +185,7 @@ class Expected:
     packets: int
     bytes: int
     super_packets: int
+    icmp: tuple[int, int] = (0, 0)                # ICMP errors (sent, held back by the limit)
 
 
 def _count(drops: dict, key) -> None:
@@ -198,19 +200,21 @@ def expect_egress(ref: P.Forwarder, reads: list[bytes]) -> Expected:
     sends: dict[str, list[bytes]] = {ip: [] for ip in PEERS}
     tun: list[bytes] = []
     supers = 0
+    ref.set_clock(time.monotonic_ns() // 1_000_000)    # each drain reads the monotonic clock
     for r in reads:
         if len(r) < VNET_HLEN:
             _count(drops, (EG, Drop.TRUNCATED))
             continue
         vnet, pkt = r[:VNET_HLEN], r[VNET_HLEN:]
-        why = P.ipv4_validate(pkt)
+        why = Drop.IPV6_UNSUPPORTED if pkt[:1] and pkt[0] >> 4 == 6 else P.ipv4_validate(pkt)
         if why:
             _count(drops, (EG, why))
             continue
         if ref._peer_of(int.from_bytes(pkt[16:20], "big")) is None:
+            # io_offload.c:no_route: one error for the whole super-packet, rate-limited
             _count(drops, (EG, Drop.NO_ROUTE))
             icmp = P.icmp_net_unreachable(pkt, ref.config.tun_addr)
-            if icmp:
+            if icmp and ref._icmp_allow():
                 tun.append(ZERO_VNET + icmp)
             continue
         res = P.gso_segment(vnet, pkt, headroom, capacity=OUT_CAP)
@@ -246,12 +250,16 @@ def cut_run(mode: int, segs: list[bytes]) -> tuple[list[bytes], int]:
     return [data[i:i + size] for i in range(0, len(data), size)] or [b""], 0
 
 
-def refuse_run(ref: P.Forwarder, src: str, taken: int, pieces: int) -> Drop | None:
-    """dp_drain_udp_gro's check of a whole run before any of it is decided, counted once for
-    the run: more segments than the batch has room for (taken so far + this run's) is OVERSIZE.
-    (Where a drain-level rule before the per-packet decision goes, e.g. a lease check.)"""
-    del ref, src
-    return Drop.OVERSIZE if taken + pieces > IN_SEGS else None
+def refuse_run(ref: P.Forwarder, src: str, pieces: int) -> tuple[Drop, int] | None:
+    """dp_drain_udp_gro's checks of a whole run before it takes any of the batch's room, as
+    (reason, count): the lease first (an address that holds none costs its receive and nothing
+    more: UNKNOWN_PEER once per segment, the run not decided), then a run of more segments than
+    a whole batch holds, far more than UDP_GRO ever merges (OVERSIZE, once for the run)."""
+    if P.ip_to_int(src) not in ref._by_ip:
+        return Drop.UNKNOWN_PEER, pieces
+    if pieces > IN_SEGS:
+        return Drop.OVERSIZE, 1
+    return None
 
 
 def _tun_deliver(ref: P.Forwarder, pkt: bytes, udp_gso: int) -> list[bytes]:
@@ -277,7 +285,9 @@ def _tun_deliver(ref: P.Forwarder, pkt: bytes, udp_gso: int) -> list[bytes]:
 def expect_ingress(ref: P.Forwarder, runs: list[tuple[str, list[bytes]]],
                    budget: int = 1 << 30) -> Expected:
     """What dp_drain_udp_gro makes of these runs (source IP, segments), all queued before the
-    drain: recvmmsg takes RECVS at a time, each batch is cut, decided and coalesced alone.
+    drain: recvmmsg takes RECVS at a time, each batch is cut, decided and coalesced alone
+    (refuse_run first, for the run as a whole), and a batch whose runs would pass IN_SEGS
+    segments is decided and delivered up to the run that does not fit, then starts again.
     The decision classifies each packet's L4 checksum (Verdict.csum) and recognises a kernel
     peer's super-packet (super_gso); the coalescer trusts the one and passes the other on whole
     (vnet), or delivery cuts it (no vnet)."""
@@ -290,22 +300,16 @@ def expect_ingress(ref: P.Forwarder, runs: list[tuple[str, list[bytes]]],
     tun: list[bytes] = []
     supers = 0
     runs = runs[:budget]
-    for b in range(0, len(runs), RECVS):
-        pieces, hints = [], []
-        for src, segs in runs[b:b + RECVS]:
-            cut, hint = cut_run(mode, segs)
-            why = refuse_run(ref, src, len(pieces), len(cut))
-            if why:
-                _count(drops, (IN, why))
-                continue
-            pieces += [(src, 0, s) for s in cut]
-            hints += [hint] * len(cut)
+
+    def deliver(pieces: list, hints: list[int]) -> None:
+        """io_offload.c:deliver: decide what was gathered, coalesce it, write the frames."""
+        nonlocal supers
         delivered = [(v, h) for v, h in zip(ref.ingress(pieces, hints), hints)
                      if v.action == Action.TUN]
         if not vnet:
             for v, h in delivered:
-                tun += _tun_deliver(ref, v.data, h)
-            continue
+                tun.extend(_tun_deliver(ref, v.data, h))
+            return
         gso = [P.super_gso(v.data, max_inner, h) if len(v.data) > max_inner else 0
                for v, h in delivered]
         frames = P.gro_coalesce([v.data for v, _ in delivered], gro,
@@ -313,6 +317,21 @@ def expect_ingress(ref: P.Forwarder, runs: list[tuple[str, list[bytes]]],
         for frame in frames:
             tun.append(frame.data)
             supers += len(frame.members) > 1 or frame.data[1] != GSO_NONE
+
+    for b in range(0, len(runs), RECVS):
+        pieces, hints = [], []
+        for src, segs in runs[b:b + RECVS]:
+            cut, hint = cut_run(mode, segs)
+            refused = refuse_run(ref, src, len(cut))
+            if refused:
+                drops[(IN, refused[0])] = drops.get((IN, refused[0]), 0) + refused[1]
+                continue
+            if len(pieces) + len(cut) > IN_SEGS:     # the batch is full: deliver, start again
+                deliver(pieces, hints)
+                pieces, hints = [], []
+            pieces += [(src, 0, s) for s in cut]
+            hints += [hint] * len(cut)
+        deliver(pieces, hints)
     return _expected(ref, before, drops, {}, tun, supers, IN)
 
 
@@ -323,7 +342,9 @@ def _expected(ref, before, drops, sends, tun, supers, d) -> Expected:
         if n:
             drops[key] = drops.get(key, 0) + n
     return Expected(sends, tun, drops, after.packets[d] - before.packets[d],
-                    after.bytes[d] - before.bytes[d], supers)
+                    after.bytes[d] - before.bytes[d], supers,
+                    (after.icmp_sent - before.icmp_sent,
+                     after.icmp_suppressed - before.icmp_suppressed))
 
 
 def assert_counters(fwd: C.Forwarder, want: Expected, d: Direction) -> None:
@@ -332,3 +353,4 @@ def assert_counters(fwd: C.Forwarder, want: Expected, d: Direction) -> None:
     assert c.bytes[d] == want.bytes
     assert {k: n for k, n in c.drops.items() if k[0] == d} == want.drops
     assert c.super_packets[d] == want.super_packets
+    assert (c.icmp_sent, c.icmp_suppressed) == want.icmp

@@ -111,7 +111,13 @@ def test_tso_super_packet_is_cut_and_sent_as_one_run(net, mode, size):
     check_stream(mode, sent["127.0.0.2"], pkt, 1448)
     assert len(sent["127.0.0.2"]) == max(1, -(-size // 1448))
     # one read; one sendmmsg however many segments (UDP_SEGMENT), one EAGAIN read
-    assert fwd.counters().syscalls[EG] == 3
+    c = fwd.counters()
+    assert c.syscalls[EG] == 3
+    # messages of at most 64 segments and 65507 bytes; those of more than one segment are
+    # UDP_SEGMENT messages, all taken, none refused
+    n, per = len(sent["127.0.0.2"]), min(65507 // len(sent["127.0.0.2"][0]), 64)
+    assert c.gso_sends == n // per + (n % per > 1)
+    assert (c.gso_fallbacks, c.gso_too_big, c.gso_backoffs) == (0, 0, 0)
 
 
 def test_tso_flags_go_where_the_kernel_puts_them(net):
@@ -192,16 +198,23 @@ def test_maximal_super_packets(net, mode):
     check_stream(mode, sent["127.0.0.3"], pkt, 1448)
 
 
-def test_a_segment_too_big_for_udp_is_a_tx_error(net):
-    """One 65535-byte segment plus the VXLAN header exceeds a UDP datagram: the send fails,
-    the packet moves from forwarded to TX_ERROR, the next read still goes."""
+def test_a_segment_too_big_for_udp_is_tx_too_big(net):
+    """One 65535-byte segment plus the VXLAN header exceeds a UDP datagram: the send fails with
+    EMSGSIZE, the packet moves from forwarded to TX_TOO_BIG (not the generic TX_ERROR), its inner
+    bytes leave the byte counter, and the next read still goes. A lone datagram is no UDP_SEGMENT
+    message: nothing falls back, GSO to the peer is not paused."""
     hdr, pkt = tso(BODY[: 65535 - 40], 65535 - 40, dst=TO2)
+    small = tso(BODY[:100], 1448, dst=TO2)
     fwd, _ = forwarders(MODE_VXLAN, net.port, ALL_OFFLOADS)
-    net.tun.inject(read_of(hdr, pkt), read_of(*tso(BODY[:100], 1448, dst=TO2)))
+    net.tun.inject(read_of(hdr, pkt), read_of(*small))
     assert fwd.drain_tun(net.tun.fd, net.node, 8) == 2
-    assert len(net.sent_to_peers()["127.0.0.2"]) == 1
+    sent = net.sent_to_peers()["127.0.0.2"]
+    assert len(sent) == 1
+    check_stream(MODE_VXLAN, sent, small[1], 1448)
     c = fwd.counters()
-    assert c.packets[EG] == 1 and c.drops == {(EG, Drop.TX_ERROR): 1}
+    assert c.packets[EG] == 1 and c.drops == {(EG, Drop.TX_TOO_BIG): 1}
+    assert c.bytes[EG] == len(small[1])            # inner bytes of the one that left
+    assert (c.gso_fallbacks, c.gso_too_big, c.gso_backoffs, c.gso_sends) == (0, 0, 0, 0)
 
 
 def test_a_round_that_outgrows_the_segment_area_is_sent_in_two(net):
@@ -232,6 +245,18 @@ def test_a_super_packet_nobody_holds_gets_one_icmp_error(net, mode):
     icmp = written[0][VNET_HLEN:]
     assert icmp[9] == 1 and icmp[20:22] == b"\x03\x00" and icmp[28:56] == pkt[:28]
     assert fwd.counters().dropped(EG, Drop.NO_ROUTE) == 1
+
+
+def test_icmp_errors_for_super_packets_nobody_holds_are_rate_limited(net):
+    """60 unroutable super-packets in one drain: each is NO_ROUTE, but the bucket (burst 50 at
+    the default 1000/s) answers 50 of them and counts the other 10 as suppressed; a source that
+    names no single host (127/8 here) gets none and costs no token."""
+    reads = [read_of(*tso(BODY[:3000], 1448, dst=NOWHERE, seq=i)) for i in range(60)]
+    reads.append(read_of(*tso(BODY[:3000], 1448, dst=NOWHERE, src=bytes([127, 0, 0, 5]))))
+    _, written, fwd = drain(net, MODE_UDP, reads)
+    c = fwd.counters()
+    assert len(written) == 50 and (c.icmp_sent, c.icmp_suppressed) == (50, 10)
+    assert c.drops == {(EG, Drop.NO_ROUTE): 61}
 
 
 def test_ttl_expiring_on_every_segment_is_counted_per_segment(net):
@@ -340,14 +365,14 @@ def test_garbage_reads_never_crash_and_match_the_model(net, mode):
     drain(net, mode, reads)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 5: IPv6 on the offload path is counted "
-                   "as BAD_IP_VERSION; the fix is on wp/hostile (remove this mark when merged)")
 def test_ipv6_from_the_tun_is_ipv6_unsupported(net):
+    """IPv6 read on the offload path is IPV6_UNSUPPORTED (as the plain path counts it), not
+    BAD_IP_VERSION; a TSO6 super-packet too, once for the whole read."""
     ipv6 = bytes([0x60]) + bytes(39) + BODY[:100]
-    fwd, _ = forwarders(MODE_UDP, net.port, ALL_OFFLOADS)
-    net.tun.inject(read_of(VnetHdr(), ipv6))
-    assert fwd.drain_tun(net.tun.fd, net.node, 8) == 1
-    assert fwd.counters().drops == {(EG, Drop.IPV6_UNSUPPORTED): 1}
+    tso6 = bytes([0x60]) + bytes(39) + BODY[:5000]
+    reads = [read_of(VnetHdr(), ipv6), read_of(VnetHdr(gso_type=GSO_TCPV6, gso_size=1000), tso6)]
+    _, _, fwd = drain(net, MODE_UDP, reads)
+    assert fwd.counters().drops == {(EG, Drop.IPV6_UNSUPPORTED): 2}
 
 
 def test_without_vnet_flag_the_plain_drain_runs(net):

@@ -325,20 +325,35 @@ def test_garbage_runs_never_crash_and_match_the_model(net, mode):
     assert fwd.counters().dropped(IN, Drop.BAD_L4_CHECKSUM) > 0
 
 
-def test_more_segments_than_a_batch_holds(net):
-    """32 runs of 128 segments exceed the 2048 segments one batch cuts: whole runs are refused
-    as OVERSIZE, each counted once; every other run arrives complete and in order."""
+def test_more_segments_than_a_batch_holds_are_delivered_in_parts(net):
+    """32 runs of 128 segments exceed the 2048 segments one batch decides: a full batch is
+    decided and delivered, and the next starts again; nothing is dropped (it used to be OVERSIZE),
+    every run arrives complete and in order, the first 16 runs in the first part."""
     runs = [("127.0.0.2", stream(128, 400, sport=10000 + i)) for i in range(RECVS)]
-    fwd, _ = forwarders(MODE_UDP, net.port, ALL_OFFLOADS)
-    send(net, MODE_UDP, runs)
-    assert fwd.drain_udp(net.node, net.tun.fd, 1000) == RECVS
-    written = net.tun.written()
+    written, fwd = drain(net, MODE_UDP, runs)
     c = fwd.counters()
-    delivered_runs = c.packets[IN] // 128
-    assert c.packets[IN] % 128 == 0 and delivered_runs == IN_SEGS // 128
-    assert c.drops == {(IN, Drop.OVERSIZE): RECVS - delivered_runs}
+    assert c.drops == {} and c.packets[IN] == RECVS * 128
     sports = [int.from_bytes(w[VNET_HLEN + 20:VNET_HLEN + 22], "big") for w in written]
-    assert len(written) == delivered_runs and sports == sorted(sports)
+    assert sports == [10000 + i for i in range(RECVS)]
+    assert payloads(written) == b"".join(tcp_fields(p)["payload"] for _, r in runs for p in r)
+    assert IN_SEGS // 128 == 16 and c.batches[IN] >= 2
+
+
+def test_unleased_runs_take_none_of_a_batch(net):
+    """The lease is checked before a run takes any room: 15 strangers' runs of 64 segments
+    between 16 peer runs that fill a batch exactly are UNKNOWN_PEER once per segment, and the
+    peer's 2048 segments are decided and coalesced as one batch, as if the strangers were not
+    there (with the strangers counted first, the batch would be cut and frames split)."""
+    peer = [("127.0.0.2", stream(128, 90, base=128 * 90 * i)) for i in range(16)]
+    mixed = [peer[0]]
+    for run in peer[1:]:
+        mixed += [("127.0.0.9", stream(64, 90, sport=20000)), run]
+    alone = expect_ingress(forwarders(MODE_UDP, net.port, ALL_OFFLOADS)[1], peer)  # udp: as sent
+    written, fwd = drain(net, MODE_UDP, mixed)
+    c = fwd.counters()
+    assert c.drops == {(IN, Drop.UNKNOWN_PEER): 15 * 64} and c.packets[IN] == 16 * 128
+    assert written == alone.tun
+    assert payloads(written) == BODY[:16 * 128 * 90]
 
 
 def test_a_full_tun_counts_every_member_of_a_refused_frame(net, mode):
