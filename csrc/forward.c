@@ -148,8 +148,10 @@ void dp_fwd_set_clock(struct dp_fwd *f, uint64_t now_ms) { f->now_ms = now_ms; }
 int dp_icmp_allow(struct dp_fwd *f)
 {
     uint64_t rate = f->cfg.icmp_rate, cap = (uint64_t)f->cfg.icmp_burst * 1000;
-    if (rate == 0)
+    if (rate == 0) {                      /* no limit: every error goes, and is counted */
+        f->ctr.icmp_sent++;
         return 1;
+    }
     if (f->now_ms > f->icmp_last) {
         uint64_t elapsed = f->now_ms - f->icmp_last;
         f->icmp_tokens = elapsed >= (cap + rate - 1) / rate ? cap : f->icmp_tokens + elapsed * rate;

@@ -464,7 +464,8 @@ class Forwarder:
     def _icmp_allow(self) -> bool:
         """The token bucket of csrc/forward.c:dp_icmp_allow, the same integer steps."""
         rate, cap = self.config.icmp_rate, self.config.icmp_burst * 1000
-        if not rate:
+        if not rate:                       # no limit: every error goes, and is counted
+            self._icmp += 1
             return True
         if self._now_ms > self._icmp_last:
             elapsed = self._now_ms - self._icmp_last

@@ -185,4 +185,7 @@ def test_default_bucket_is_the_kernels_host_wide_one(impl):
 
 
 def test_no_limit_when_the_rate_is_zero(impl):
-    assert answered(limited(impl, rate=0, burst=0), 300) == 300
+    fwd = limited(impl, rate=0, burst=0)
+    assert answered(fwd, 300) == 300
+    c = fwd.counters()
+    assert (c.icmp_sent, c.icmp_suppressed) == (300, 0)    # unlimited errors are counted too
