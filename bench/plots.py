@@ -18,7 +18,8 @@ ENCAP_STYLE = {None: ("host-gw: no header", "tab:green"), "udp": ("udp: 28 bytes
                "vxlan": ("VXLAN: 50 bytes", "tab:blue")}
 
 
-def _save(fig, out_dir: str, name: str) -> None:
+def save(fig, out_dir: str, name: str) -> None:
+    """A figure as out_dir/name.png and .svg (for every report of the harness)."""
     fig.tight_layout()
     for ext in ("png", "svg"):
         fig.savefig(os.path.join(out_dir, f"{name}.{ext}"), dpi=110)
@@ -55,7 +56,7 @@ def throughput(results: dict, out_dir: str) -> None:
     _bars(ax, results, [("tcp1_gbps", "1 stream", 1.0), ("tcpN_gbps", f"{n} streams", 1.0)],
           "Gbit/s")
     ax.set_title("TCP throughput pod to pod (median; dots: rounds)")
-    _save(fig, out_dir, "throughput")
+    save(fig, out_dir, "throughput")
 
 
 def cpu_per_gb(results: dict, out_dir: str) -> None:
@@ -68,7 +69,7 @@ def cpu_per_gb(results: dict, out_dir: str) -> None:
     if any(f["tcp1_cpu_s_per_gb"]["median"] for f in med.values()):
         ax.set_yscale("log")      # the Python floor is an order of magnitude above the rest
     ax.set_title("CPU cost of moving a gigabyte, TCP 1 stream (lower is better)")
-    _save(fig, out_dir, "cpu_per_gb")
+    save(fig, out_dir, "cpu_per_gb")
 
 
 def pps(results: dict, out_dir: str) -> None:
@@ -82,7 +83,7 @@ def pps(results: dict, out_dir: str) -> None:
         if loss is not None:
             ax.annotate(f"{loss:.0f}% lost", (j, top), ha="center", va="bottom", fontsize=8)
     ax.set_title(f"{payload}-byte UDP payloads received per second (iperf3 -b 0)")
-    _save(fig, out_dir, "pps")
+    save(fig, out_dir, "pps")
 
 
 def latency(results: dict, out_dir: str) -> None:
@@ -105,7 +106,7 @@ def latency(results: dict, out_dir: str) -> None:
     axes[0].set_ylabel("fraction of round trips at or below")
     if axes[0].get_lines():
         axes[0].legend(fontsize=8)
-    _save(fig, out_dir, "latency")
+    save(fig, out_dir, "latency")
 
 
 def efficiency(results: dict, out_dir: str) -> None:
@@ -139,7 +140,7 @@ def efficiency(results: dict, out_dir: str) -> None:
     right.set_title("Measured UDP goodput (iperf3 -b 0)")
     right.legend(fontsize=7)
     right.grid(alpha=0.3, which="both")
-    _save(fig, out_dir, "efficiency")
+    save(fig, out_dir, "efficiency")
 
 
 FIGURES = {

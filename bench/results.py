@@ -59,6 +59,17 @@ def write_json(results: dict, out_dir: str) -> str:
     return path
 
 
+def write_run(doc: dict, out_dir: str, figures, render) -> str:
+    """A run's figures (figures(doc, plots_dir) -> {name: title}) into out_dir/plots, its
+    results.json and its report.md (render(doc) -> text); the report's path."""
+    doc["plots"] = figures(doc, os.path.join(out_dir, "plots"))
+    write_json(doc, out_dir)
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w") as f:
+        f.write(render(doc))
+    return path
+
+
 def load(out_dir: str) -> dict:
     with open(os.path.join(out_dir, "results.json")) as f:
         doc = json.load(f)

@@ -33,7 +33,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-from bench import procstat, topology
+from bench import procstat, results, topology
 from bench.progress import Progress
 
 SCHEMA = "dataplane-bench-scale/1"
@@ -525,8 +525,7 @@ def render_report(doc: dict[str, Any]) -> str:
 
 
 def write_plots(doc: dict[str, Any], out_dir: str) -> dict[str, str]:
-    import matplotlib
-    matplotlib.use("Agg")
+    from bench import plots       # matplotlib only here (it chooses the Agg backend first)
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
@@ -548,20 +547,9 @@ def write_plots(doc: dict[str, Any], out_dir: str) -> dict[str, str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_ylim(bottom=0)
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(os.path.join(out_dir, f"scale.{ext}"), dpi=110)
-    plt.close(fig)
+    plots.save(fig, out_dir, "scale")
     return {"scale": "latency and cold start against the number of leases"}
 
 
 def write_outputs(doc: dict[str, Any], out_dir: str) -> str:
-    import json
-
-    doc["plots"] = write_plots(doc, os.path.join(out_dir, "plots"))
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(doc, f, indent=1)
-    path = os.path.join(out_dir, "report.md")
-    with open(path, "w") as f:
-        f.write(render_report(doc))
-    return path
+    return results.write_run(doc, out_dir, write_plots, render_report)

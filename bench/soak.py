@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from bench import procstat, topology
+from bench import procstat, results, topology
 from bench.progress import Progress
 
 SCHEMA = "dataplane-bench-soak/1"
@@ -310,8 +310,7 @@ def render_report(doc: dict[str, Any]) -> str:
 
 
 def write_plots(doc: dict[str, Any], out_dir: str) -> dict[str, str]:
-    import matplotlib
-    matplotlib.use("Agg")
+    from bench import plots       # matplotlib only here (it chooses the Agg backend first)
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
@@ -336,18 +335,9 @@ def write_plots(doc: dict[str, Any], out_dir: str) -> dict[str, str]:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(os.path.join(out_dir, f"soak.{ext}"), dpi=110)
-    plt.close(fig)
+    plots.save(fig, out_dir, "soak")
     return {"soak": "RSS, open descriptors and drops over the run"}
 
 
 def write_outputs(doc: dict[str, Any], out_dir: str) -> str:
-    doc["plots"] = write_plots(doc, os.path.join(out_dir, "plots"))
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(doc, f, indent=1)
-    path = os.path.join(out_dir, "report.md")
-    with open(path, "w") as f:
-        f.write(render_report(doc))
-    return path
+    return results.write_run(doc, out_dir, write_plots, render_report)
