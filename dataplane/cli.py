@@ -112,9 +112,18 @@ def setup_logging(verbosity: int) -> None:
                 handler.addFilter(QuietLibraries())
 
 
-# strconv.ParseBool, which flanneld's boolean flags go through
-_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+# Go's strconv.ParseBool, which flanneld's boolean flags and FLANNELD_* values go through
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def go_bool(value: str) -> bool:
+    """An argparse type for flanneld's boolean flags (`--iptables-forward-rules=false`)."""
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r}: true or false")
 
 
 def env_name(prefix: str, action: argparse.Action) -> str | None:

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from dataplane.cli import go_bool
 from dataplane.netfilter import NetfilterOptions
-
-# Go's strconv.ParseBool, which flanneld's boolean flags use (--iptables-forward-rules=false)
-TRUE = ("1", "t", "T", "TRUE", "true", "True")
-FALSE = ("0", "f", "F", "FALSE", "false", "False")
-
-
-def go_bool(value: str) -> bool:
-    if value in TRUE:
-        return True
-    if value in FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"{value!r} is not a boolean (true or false)")
 
 
 def _seconds(value: str) -> int:

@@ -15,6 +15,7 @@ import argparse
 
 from typing import Any
 
+from dataplane.cli import go_bool
 from dataplane.store.base import SubnetStore
 from dataplane.store.directory import DEFAULT_STORE_DIR, DirectoryStore
 
@@ -60,7 +61,7 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"the network config, flannel's net-conf.json (default "
                            f"{DEFAULT_NET_CONF})")
     kube.add_argument("--set-node-network-unavailable", metavar="BOOL", nargs="?",
-                      const=True, type=_bool,
+                      const=True, type=go_bool,
                       help="once ready, set the Node's NetworkUnavailable condition to False "
                            "(reason FlannelIsUp), as flanneld does (default true; "
                            "=false leaves it alone)")
@@ -147,15 +148,6 @@ def _kube_store(args: argparse.Namespace) -> SubnetStore:
                          else unavailable)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-
-
-def _bool(value: str) -> bool:
-    """A Go bool flag's spellings (strconv.ParseBool)."""
-    if value in ("1", "t", "T", "true", "TRUE", "True"):
-        return True
-    if value in ("0", "f", "F", "false", "FALSE", "False"):
-        return False
-    raise argparse.ArgumentTypeError(f"{value!r}: true or false")
 
 
 def _endpoints(value: str) -> list[Any]:
