@@ -12,7 +12,17 @@ the project gets its implementation from load(), nowhere else.
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from typing import TYPE_CHECKING, cast
+
+from dataplane.fastpath.api import Fastpath
+
+if TYPE_CHECKING:
+    # mypy proves each module satisfies the protocol; tests/wire/test_api.py checks the
+    # signatures match at run time, member for member.
+    from dataplane.fastpath import cnative, pyref
+
+    _C: Fastpath = cnative
+    _PYTHON: Fastpath = pyref
 
 IMPLEMENTATIONS = ("c", "python")
 DEFAULT = "c"
@@ -24,11 +34,11 @@ class FastpathUnavailable(RuntimeError):
     pass
 
 
-def load(name: str = DEFAULT) -> ModuleType:
+def load(name: str = DEFAULT) -> Fastpath:
     if name not in _MODULES:
         raise ValueError(f"unknown fastpath {name!r}: choose one of {', '.join(IMPLEMENTATIONS)}")
     try:
-        return importlib.import_module(_MODULES[name])
+        return cast(Fastpath, importlib.import_module(_MODULES[name]))
     except ImportError as exc:
         if name == "c":
             raise FastpathUnavailable(

@@ -12,6 +12,7 @@ import functools
 import importlib
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from dataplane.drops import Direction, Drop
 from dataplane.fastpath.types import (
@@ -39,8 +40,12 @@ from dataplane.fastpath.types import (
 NAME = "c"
 
 # `make test-asan` points this at the AddressSanitizer/UBSan build of the same sources.
-_module = importlib.import_module("dataplane.fastpath." + os.environ.get("DATAPLANE_CMODULE", "_dpc"))
-ffi, lib = _module.ffi, _module.lib
+if TYPE_CHECKING:
+    from dataplane.fastpath._dpc import ffi, lib   # the stub, _dpc.pyi
+else:
+    _module = importlib.import_module(
+        "dataplane.fastpath." + os.environ.get("DATAPLANE_CMODULE", "_dpc"))
+    ffi, lib = _module.ffi, _module.lib
 
 
 def _buf(data: bytes):

@@ -35,6 +35,7 @@ from dataplane.fastpath.types import (
     MAX_UDP_PAYLOAD,
     MODE_VXLAN,
     SPORT_RANGE,
+    TCP_MIN_MSS,
     VNET_F_NEEDS_CSUM,
     VNET_HLEN,
     VXLAN_OVERHEAD,
@@ -334,7 +335,6 @@ def l4_csum_complete(pkt: bytearray) -> None:
     struct.pack_into("!H", pkt, at, check or (0xFFFF if pkt[9] == _PROTO_UDP else 0))
 
 
-TCP_MIN_MSS = 48    # DP_TCP_MIN_MSS: the kernel's tcp_min_snd_mss default
 
 
 def super_gso(pkt: bytes, max_inner: int, udp_gso: int = 0) -> int:

@@ -162,6 +162,8 @@ GRO_TCP = 1                    # dp_gro_coalesce flags
 GRO_UDP = 2
 GRO_FLOWS = 16                 # flows open at once in a coalescing pass; others go alone
 GRO_UDP_MAX_SEGS = 64          # datagrams per UDP_L4 frame
+GRO_HEAD_MAX = 96              # virtio_net_hdr + IPv4 (20) + TCP header (<= 60)
+TCP_MIN_MSS = 48               # the kernel's tcp_min_snd_mss default: no cut below it
 
 _VNET = struct.Struct("<BBHHHH")
 

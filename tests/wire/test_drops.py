@@ -29,17 +29,6 @@ def test_counter_capacity_and_directions():
     assert (lib.DP_EGRESS, lib.DP_INGRESS) == (Direction.EGRESS, Direction.INGRESS)
 
 
-def test_shared_constants_match_the_header():
-    assert (lib.DP_MODE_UDP, lib.DP_MODE_VXLAN) == (types.MODE_UDP, types.MODE_VXLAN)
-    assert (lib.DP_ACT_DROP, lib.DP_ACT_SEND, lib.DP_ACT_TUN) == tuple(types.Action)
-    assert lib.DP_VXLAN_HLEN == types.VXLAN_HLEN == 8
-    assert lib.DP_ETH_HLEN == types.ETH_HLEN == 14
-    assert lib.DP_VXLAN_OVERHEAD == types.VXLAN_OVERHEAD == 22
-    assert lib.DP_OUTER_HLEN == types.OUTER_HLEN == 28
-    assert lib.DP_HEADROOM == types.HEADROOM >= types.VXLAN_OVERHEAD + types.OUTER_HLEN
-    assert lib.DP_ICMP_MAX == types.ICMP_MAX == 20 + 8 + 60 + 8
-
-
 def test_labels_are_kebab_case_and_unique():
     labels = [m.label for m in Drop]
     assert len(set(labels)) == len(labels)
