@@ -37,11 +37,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from dataplane.fastpath import cnative as C                          # noqa: E402
+from dataplane import fastpath                                        # noqa: E402
 from dataplane.fastpath.types import (                               # noqa: E402
     CSUM_PARTIAL, GRO_TCP, GRO_UDP, GSO_TCPV4, GSO_UDP_L4, VNET_HLEN, VnetHdr)
 from dataplane.tun import TUNSETOFFLOAD, open_tun                    # noqa: E402
 from offload_packets import ACK, PSH, SYN, ip_ok, l4_ok, tcp, udp    # noqa: E402
+
+# The implementation under test (test_offload_kernel.py runs each): "c" or "python".
+IMPL = fastpath.load(sys.argv[1] if len(sys.argv) > 1 else "c")
 
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6 = 0x01, 0x02, 0x04, 0x20, 0x40
 UDP_SEGMENT = 103
@@ -127,7 +130,7 @@ def forwarded(sent: bytes) -> bytes:
     b = bytearray(sent)
     b[8] -= 1
     b[10:12] = b"\0\0"
-    b[10:12] = (~C.csum_partial(bytes(b[:20])) & 0xFFFF).to_bytes(2, "big")
+    b[10:12] = (~IMPL.csum_partial(bytes(b[:20])) & 0xFFFF).to_bytes(2, "big")
     return bytes(b)
 
 
@@ -141,7 +144,7 @@ def fwd(tun: Tun, report: dict) -> None:
                 flags=ACK | (PSH if i == 29 else 0), **flow) for i in range(30)]
     dgrams = [udp(body[i * 999:(i + 1) * 999], src=PEER, dst=FWD_DST, sport=40003, dport=9001,
                   ident=900 + i) for i in range(12)]
-    frames = C.gro_coalesce(segs + dgrams, GRO_TCP | GRO_UDP)
+    frames = IMPL.gro_coalesce(segs + dgrams, GRO_TCP | GRO_UDP)
     if [len(f.members) for f in frames] != [30, 12]:
         raise Failed("fwd: the packets did not coalesce into two frames")
     for f in frames:
@@ -210,7 +213,7 @@ def rx_tcp(tun: Tun, report: dict) -> None:
                             **flow))
             sent, room, ident = sent + n, room - n, ident + 1
         if segs:
-            for f in C.gro_coalesce(segs, GRO_TCP):
+            for f in IMPL.gro_coalesce(segs, GRO_TCP):
                 tun.write(f.data)
                 frames += 1
             segments += len(segs)
@@ -247,7 +250,7 @@ def rx_udp(tun: Tun, report: dict) -> None:
     dgrams = [udp(body[i * 1200:(i + 1) * 1200], src=PEER, dst=LOCAL, sport=40001, dport=6000,
                   ident=i) for i in range(19)]
     dgrams.append(udp(body[:333], src=PEER, dst=LOCAL, sport=40001, dport=6000, ident=19))
-    frames = C.gro_coalesce(dgrams, GRO_UDP)
+    frames = IMPL.gro_coalesce(dgrams, GRO_UDP)
     if len(frames) != 1 or VnetHdr.parse(frames[0].data).gso_type != GSO_UDP_L4:
         raise Failed("rx-udp: the datagrams did not coalesce")
     tun.write(frames[0].data)
@@ -286,7 +289,7 @@ def tx_tcp(tun: Tun, report: dict) -> None:
             "gso_sizes": set()}
     while have < len(data):
         hdr, pkt = tun.read(lambda h, p: (t := tcp_of(p)) is not None and t["dport"] == 7000)
-        res = C.gso_segment(hdr, pkt)
+        res = IMPL.gso_segment(hdr, pkt)
         if res.drop:
             raise Failed(f"tx-tcp: gso_segment refused a kernel frame: {res.drop.name} {hdr}")
         seen["frames"] += 1
@@ -323,7 +326,7 @@ def tx_udp(tun: Tun, report: dict) -> None:
     body = random.Random(4).randbytes(10 * 1000 + 10)
     s.sendto(body, (PEER_S, 8000))
     hdr, pkt = tun.read(lambda h, p: p[9] == 17 and p[22:24] == b"\x1f\x40")
-    res = C.gso_segment(hdr, pkt)
+    res = IMPL.gso_segment(hdr, pkt)
     if res.drop or hdr.gso_type != GSO_UDP_L4:
         raise Failed(f"tx-udp: not a USO frame or refused: {hdr} {res.drop.name}")
     if [seg[28:] for seg in res.segments] != [body[i:i + 1000] for i in range(0, len(body), 1000)]:
@@ -349,7 +352,7 @@ def partial(tun: Tun, report: dict) -> None:
                 csum="partial")
     before = snmp("Udp", "InCsumErrors")
     tun.send(dgram)                              # no header: what we wrote before
-    [frame] = C.gro_coalesce([dgram], GRO_UDP, csum=[CSUM_PARTIAL])
+    [frame] = IMPL.gro_coalesce([dgram], GRO_UDP, csum=[CSUM_PARTIAL])
     tun.write(frame.data)
     if s.recv(65536) != dgram[28:]:
         raise Failed("partial: the datagram differs")
@@ -375,8 +378,8 @@ def partial(tun: Tun, report: dict) -> None:
     data = random.Random(6).randbytes(30_000)
     sup = tcp(data, seq=iss + 1, ack=ack, window=65535, flags=ACK | PSH, csum="partial",
               ident=9, **flow)
-    gso = C.super_gso(sup, 1450)
-    tun.write(C.super_vnet(sup, gso) + sup)
+    gso = IMPL.super_gso(sup, 1450)
+    tun.write(IMPL.super_vnet(sup, gso) + sup)
     got = bytearray()
     _recv_all(conn, got, len(data))
     if bytes(got) != data:

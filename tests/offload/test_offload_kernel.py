@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from dataplane import fastpath
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
@@ -25,11 +27,13 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def report():
+@pytest.fixture(scope="module", params=fastpath.IMPLEMENTATIONS)
+def report(request):
+    """kernel_peer.py's findings with one implementation (segmentation and coalescing)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run(["unshare", "--net", sys.executable, str(HERE / "kernel_peer.py")],
+    proc = subprocess.run(["unshare", "--net", sys.executable, str(HERE / "kernel_peer.py"),
+                           request.param],
                           capture_output=True, text=True, timeout=120, env=env)
     lines = proc.stdout.strip().splitlines()
     assert lines, f"kernel_peer.py printed nothing: {proc.stderr[-2000:]}"
