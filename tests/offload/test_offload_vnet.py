@@ -1,4 +1,4 @@
-"""virtio_net_hdr layout (the constants and drop reasons of C and Python: tests/wire/test_api.py)."""
+"""virtio_net_hdr layout (C and Python constants and drop reasons: tests/wire/test_api.py)."""
 
 from __future__ import annotations
 

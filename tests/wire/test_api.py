@@ -79,7 +79,7 @@ def test_classes_have_the_protocol_methods(module, cls, proto):
     mine = {n for n in vars(klass) if not n.startswith("_") or n == "__len__"}
     declared = members(proto)
     # attributes the protocol declares may be set in __init__; methods must be on the class
-    assert mine <= declared, f"{module.NAME}.{cls} has {sorted(mine - declared)} beyond the protocol"
+    assert mine <= declared, f"{module.NAME}.{cls}: {sorted(mine - declared)} not in the protocol"
     for name in declared:
         spec = getattr(proto, name, None)
         if inspect.isfunction(spec):
