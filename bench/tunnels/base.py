@@ -96,8 +96,10 @@ class Tunnel:
     def start(self, node: TunnelNode, lab: Any, logfile: Path) -> subprocess.Popen[bytes] | None:
         """Start this node's end; a daemon returned is stopped by `Running.down`."""
         with open(logfile, "wb") as out:
-            return lab.popen(node.netns, self.argv(node), stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env=tunnel_env())
+            proc: subprocess.Popen[bytes] = lab.popen(
+                node.netns, self.argv(node), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=tunnel_env())
+        return proc
 
     def stop(self, node: TunnelNode) -> None:
         """Undo `start` where stopping the daemon is not enough."""
@@ -122,7 +124,7 @@ def ns_run(netns: str, argv: Sequence[str], *, check: bool = True,
            input: str | None = None, timeout: float = 20.0
            ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
-                          input=input, timeout=timeout)
+                          input=input, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise TunnelError(f"{netns}: `{' '.join(argv)}` failed: "
                           f"{(proc.stderr or proc.stdout).strip()}")

@@ -65,7 +65,7 @@ def ask_overhead(path: str) -> int:
     """`PATH overhead`, checked: the bytes each pod packet gains."""
     try:
         proc = subprocess.run([path, "overhead"], capture_output=True, text=True, timeout=20,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         raise TunnelError(f"`{path} overhead` did not run: {exc}") from None
     text = proc.stdout.strip()
@@ -110,7 +110,7 @@ class CommandTunnel(Tunnel):
                                        *script_argv(self.path, action, node)],
                                       stdout=out, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, env=script_env(node),
-                                      timeout=STEP_TIMEOUT)
+                                      timeout=STEP_TIMEOUT, check=False)
             except subprocess.TimeoutExpired:
                 raise TunnelError(f"`{self.path} {action}` on {node.name} took more than "
                                   f"{STEP_TIMEOUT:g} s") from None
@@ -128,6 +128,6 @@ class CommandTunnel(Tunnel):
             if out.returncode != 0:
                 continue
             listed = subprocess.run(["ip", "netns", "pids", node.netns], capture_output=True,
-                                    text=True).stdout.split()
+                                    text=True, check=False).stdout.split()
             pids += sorted(int(p) for p in listed if p.isdigit())[:1]
         return pids

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench.tunnels.base import Tunnel, TunnelNode
+from bench.tunnels.base import Tunnel, TunnelError, TunnelNode
 
 PORT = 51820
 SOCKET_DIR = "/var/run/wireguard"     # wireguard-go's UAPI sockets: shared by all namespaces
+SOCKET_TIMEOUT = 10.0
 
 
 def setconf(private_key: str, peer_public: str, node: TunnelNode) -> str:
@@ -73,6 +75,14 @@ class WireguardGo(Tunnel):
         return ["wireguard-go", "-f", device_name(node)]
 
     def configure(self, node: TunnelNode, run: Any) -> None:
+        # The TUN device appears before the UAPI socket; without the socket `wg` falls back
+        # to the kernel's netlink family, which does not exist here.
+        sock = os.path.join(SOCKET_DIR, device_name(node) + ".sock")
+        deadline = time.monotonic() + SOCKET_TIMEOUT
+        while not os.path.exists(sock):
+            if time.monotonic() > deadline:
+                raise TunnelError(f"wireguard-go made no socket {sock} in {SOCKET_TIMEOUT:g} s")
+            time.sleep(0.05)
         run(node.netns, ["wg", "setconf", device_name(node), str(node.workdir / "wg.conf")])
 
     def cleanup(self, node: TunnelNode) -> None:
