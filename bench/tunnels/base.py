@@ -76,6 +76,7 @@ class Tunnel:
     note = ""
     method = ""                 # the options used, for the report's method section
     slug = "tunnel"             # file names in the node's work directory
+    encrypts = False            # the report's rows say so for one that does
 
     def available(self) -> str | None:
         from shutil import which

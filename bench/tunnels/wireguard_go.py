@@ -40,6 +40,7 @@ class WireguardGo(Tunnel):
     package = "wireguard-go"
     program = "wireguard-go"
     mtu = 1420
+    encrypts = True
     overhead = 60
     note = "wireguard-go + wg, MTU 1420: ENCRYPTS (ChaCha20-Poly1305), unlike the others"
     method = ("wireguard-go: `wireguard-go -f <dev>` (userspace TUN: no kernel module here), "

@@ -110,7 +110,8 @@ def test_json_is_complete(run):
 
 def test_report_has_a_row_per_dataplane(run):
     text = (run["out"] / "report.md").read_text()
-    names = [d["name"] for d in run["doc"]["dataplanes"]]
+    names = [d["name"] + (" (encrypts)" if d.get("encrypts") else "")
+             for d in run["doc"]["dataplanes"]]
     lines = text.splitlines()
     header = next(i for i, ln in enumerate(lines) if ln.startswith("| dataplane | TCP 1 stream"))
     rows = [ln for ln in lines[header + 2:header + 2 + len(names)]]

@@ -92,6 +92,7 @@ def test_tunnel_mtus_fit_the_underlay():
         assert t.mtu + t.overhead <= 1500, t.name
         assert t.method and t.note
     assert "ENCRYPTS" in ladder.BY_NAME["wireguard-go"].note
+    assert [t.name for t in tunnels.TOOLS if t.encrypts] == ["wireguard-go"]
 
 
 def test_missing_package_is_unavailable_not_an_error(monkeypatch):
