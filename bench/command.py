@@ -8,6 +8,7 @@ import shlex
 import shutil
 import signal
 import sys
+import textwrap
 from pathlib import Path
 
 from bench import ladder, machine, report, results, runner, topology
@@ -26,9 +27,10 @@ TOOLS = ("iperf3", "sockperf", "ss", "taskset", "ip")
 
 def configure(p: argparse.ArgumentParser) -> None:
     names = ", ".join(dp.name for dp in ladder.LADDER)
-    p.epilog = (f"Dataplanes, in run order: {names}. {ladder.BASELINE} is always run: every "
-                "figure is also given as a ratio to it. Needs root (network namespaces). "
-                + CMD_HELP)
+    p.epilog = textwrap.fill(
+        f"Dataplanes, in run order: {names}. {ladder.BASELINE} is always run: every figure is "
+        "also given as a ratio to it. A tunnel whose Debian package is missing is listed as "
+        "unavailable (`--list`). Needs root (network namespaces).", 92) + CMD_HELP
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--dataplanes", metavar="LIST", type=_names,
                    help="comma-separated subset (default: every one this build can run); "
@@ -140,9 +142,8 @@ def _sizes(text: str) -> tuple[int, ...]:
 def choose(args: argparse.Namespace) -> tuple[list[ladder.Dataplane], list[dict]]:
     """The dataplanes to run and those left out with the reason; explicit requests for one
     this build cannot run are an error, the default list just leaves it out."""
-    from dataplane.cli import CommandError
-
     from bench.tunnels import TunnelError
+    from dataplane.cli import CommandError
 
     requested = (args.dataplanes or []) + list(getattr(args, "extra_dataplanes", []))
     if requested and not args.dataplanes:      # --dataplane alone adds to the whole ladder

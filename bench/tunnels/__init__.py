@@ -12,7 +12,7 @@ from bench.tunnels.openvpn import OpenVPN
 from bench.tunnels.tinc import Tinc
 from bench.tunnels.wireguard_go import WireguardGo
 
-__all__ = ["CMD_PREFIX", "TOOLS", "Tunnel", "TunnelError", "command_tunnel", "method_lines"]
+__all__ = ["CMD_PREFIX", "TOOLS", "Tunnel", "TunnelError", "command_tunnel"]
 
 TOOLS: tuple[Tunnel, ...] = (Fastd(), OpenVPN(), Tinc(), WireguardGo())
 
@@ -24,8 +24,3 @@ def command_tunnel(spec: str) -> CommandTunnel:
     if reason is not None:
         raise TunnelError(reason)
     return CommandTunnel(path, ask_overhead(path))
-
-
-def method_lines(tunnels: list[Tunnel]) -> list[str]:
-    """The options each tunnel rung was run with, for the report's method section."""
-    return [f"- {t.method}" for t in tunnels]

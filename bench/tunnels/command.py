@@ -118,9 +118,6 @@ class CommandTunnel(Tunnel):
             raise TunnelError(f"`{self.path} {action}` on {node.name} exited "
                               f"{proc.returncode}: {log_tail(logfile)}")
 
-    def pod_mtu(self, nodes: Sequence[TunnelNode]) -> int:
-        return self.mtu
-
     def daemon_pids(self, nodes: Sequence[TunnelNode]) -> list[int]:
         pids = []
         for node in nodes:
