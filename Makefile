@@ -11,10 +11,13 @@ PIP := PIP_ROOT_USER_ACTION=ignore $(VPY) -m pip --disable-pip-version-check --q
 # iptables and nftables for flanneld's NAT and FORWARD rules (the daemon runs their tools);
 # clang for the libFuzzer targets (tests/fuzz).
 APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump iptables nftables clang
+# Only for `make bench`: the userspace tunnels it compares us with (bench/tunnels; a rung whose
+# package is missing is listed as unavailable, never a failure).
+BENCH_APT_PACKAGES := fastd openvpn tinc wireguard-go wireguard-tools
 # (= not :=: gcc may only be installed by the toolchain step)
 ASAN_RT = $(shell gcc -print-file-name=libasan.so)
 
-.PHONY: all deps apt-deps toolchain venv py-deps build test test-asan fuzz bench bench-quick bench-micro demo clean
+.PHONY: all deps apt-deps bench-apt-deps toolchain venv py-deps build test test-asan fuzz bench bench-quick bench-micro demo clean
 
 all: build
 
@@ -24,6 +27,9 @@ apt-deps:
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+bench-apt-deps:
+	@$(MAKE) --no-print-directory apt-deps APT_PACKAGES="$(BENCH_APT_PACKAGES)"
 
 # The toolchain the venv and the C build need: gcc, and for an interpreter of the distribution
 # its venv module (python3-venv: ensurepip) and headers (python3-dev: Python.h).
@@ -76,7 +82,7 @@ fuzz: deps
 
 # The comparison: every dataplane in one interleaved run; report, plots and raw JSON in
 # bench/results/<UTC time>/, then the C vs Python micro-benchmarks.
-bench: deps build
+bench: deps bench-apt-deps build
 	$(VPY) -m dataplane bench
 	$(MAKE) bench-micro
 

@@ -8,6 +8,7 @@ import shlex
 import shutil
 import signal
 import sys
+import textwrap
 from pathlib import Path
 
 from bench import ladder, machine, report, results, runner, topology
@@ -26,10 +27,17 @@ TOOLS = ("iperf3", "sockperf", "ss", "taskset", "ip")
 
 def configure(p: argparse.ArgumentParser) -> None:
     names = ", ".join(dp.name for dp in ladder.LADDER)
-    p.epilog = (f"Dataplanes, in run order: {names}. {ladder.BASELINE} is always run: every "
-                "figure is also given as a ratio to it. Needs root (network namespaces).")
+    p.epilog = textwrap.fill(
+        f"Dataplanes, in run order: {names}. {ladder.BASELINE} is always run: every figure is "
+        "also given as a ratio to it. A tunnel whose Debian package is missing is listed as "
+        "unavailable (`--list`). Needs root (network namespaces).", 92) + CMD_HELP
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--dataplanes", metavar="LIST", type=_names,
-                   help="comma-separated subset (default: every one this build can run)")
+                   help="comma-separated subset (default: every one this build can run); "
+                        "cmd:PATH entries add your own tunnel program (see below)")
+    p.add_argument("--dataplane", metavar="cmd:PATH", dest="extra_dataplanes",
+                   action="append", default=[],
+                   help="add one more dataplane, e.g. cmd:/path/to/your-tunnel (repeatable)")
     p.add_argument("--rounds", type=_positive(int), help=f"rounds (default {DEFAULTS['rounds']})")
     p.add_argument("--duration", type=_positive(int), metavar="SECONDS",
                    help=f"whole seconds per test (iperf3 and sockperf take no fractions; "
@@ -77,6 +85,22 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "results.json (no root needed)")
 
 
+CMD_HELP = """
+
+Your own dataplane: --dataplane cmd:PATH (or cmd:PATH in --dataplanes) runs PATH, as root:
+  PATH overhead           once, on the host: print the bytes each pod packet gains on the
+                          underlay (an integer); the pods' MTU is 1500 minus it
+  PATH up   N L P LS PS   in node N's network namespace (N = 1 or 2; L, P: this and the
+  PATH down N L P LS PS   peer node's underlay IPv4 on eth0; LS, PS: their pod subnets)
+`up` exits 0 once PS is routed through a layer-3 tunnel to the peer (the lab's own route to
+PS is deleted first); daemons it leaves running are measured as the rung's daemons. `down`
+runs at teardown, also after a failed `up`; anything still running in the namespace is then
+killed. Environment: DATAPLANE_TUNNEL_DIR (a private directory, removed afterwards),
+DATAPLANE_UNDERLAY_DEV (eth0), DATAPLANE_UNDERLAY_MTU (1500), DATAPLANE_TUNNEL_TAG (unique
+per lab, for names shared between namespaces). An example over kernel VXLAN:
+dataplane/deploy/bench-tunnel-vxlan.sh."""
+
+
 def _positive(kind):
     def parse(text: str):
         try:
@@ -118,19 +142,27 @@ def _sizes(text: str) -> tuple[int, ...]:
 def choose(args: argparse.Namespace) -> tuple[list[ladder.Dataplane], list[dict]]:
     """The dataplanes to run and those left out with the reason; explicit requests for one
     this build cannot run are an error, the default list just leaves it out."""
+    from bench.tunnels import TunnelError
     from dataplane.cli import CommandError
 
+    requested = (args.dataplanes or []) + list(getattr(args, "extra_dataplanes", []))
+    if requested and not args.dataplanes:      # --dataplane alone adds to the whole ladder
+        requested = [dp.name for dp in ladder.LADDER] + requested
     try:
-        wanted = ladder.select(args.dataplanes)
+        wanted = ladder.select(requested or None)
     except KeyError as exc:
         names = ", ".join(dp.name for dp in ladder.LADDER)
-        raise CommandError(f"unknown dataplane {exc.args[0]!r}: choose from {names}") from None
+        raise CommandError(f"unknown dataplane {exc.args[0]!r}: choose from {names} "
+                           "or cmd:PATH") from None
+    except TunnelError as exc:
+        raise CommandError(f"--dataplane cmd:PATH: {exc}") from None
     chosen, skipped = [], []
     for dp in wanted:
         reason = topology.available(dp)
         if reason is None:
             chosen.append(dp)
-        elif args.dataplanes and dp.name in args.dataplanes or dp.name == ladder.BASELINE:
+        elif (args.dataplanes and dp.name in args.dataplanes or dp.name == ladder.BASELINE
+              or dp.name.startswith("cmd:")):
             raise CommandError(f"{dp.name} cannot run in this build: {reason}")
         else:
             skipped.append({"name": dp.name, "reason": reason})
@@ -139,7 +171,7 @@ def choose(args: argparse.Namespace) -> tuple[list[ladder.Dataplane], list[dict]
 
 def settings_from(args: argparse.Namespace, dataplanes: list[ladder.Dataplane]) -> Settings:
     quick = QUICK if args.quick else {}
-    largest = 1500 - max(dp.overhead for dp in dataplanes) - IP_UDP
+    largest = min(dp.pod_mtu() for dp in dataplanes) - IP_UDP
     sizes = args.udp_sizes or ((64, largest) if args.quick else (64, 512, largest))
     if max(sizes) > largest:
         from dataplane.cli import CommandError

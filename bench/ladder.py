@@ -8,7 +8,9 @@ explain`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from bench import tunnels
 from bench.overhead import overhead
 
 BASELINE = "kernel-vxlan"        # every figure is also given as a ratio to this one
@@ -23,6 +25,7 @@ class Dataplane:
     daemon_args: tuple[str, ...] = ()   # extra `dataplane run` flags of this rung
     note: str = ""
     pin_daemons: bool = True      # False for a rung whose daemon spreads over the cores itself
+    tunnel: Any = None            # a bench.tunnels.Tunnel carrying a host-gw lab's pod routes
 
     @property
     def runs_daemon(self) -> bool:
@@ -31,7 +34,12 @@ class Dataplane:
     @property
     def overhead(self) -> int:
         """Bytes each inner IP packet gains on the underlay."""
-        return overhead(self.encap)
+        return self.tunnel.overhead if self.tunnel is not None else overhead(self.encap)
+
+    def pod_mtu(self, underlay_mtu: int = 1500) -> int:
+        """A tunnel's pods get its device's MTU (not always underlay - overhead: wireguard-go
+        keeps room for an IPv6 underlay)."""
+        return self.tunnel.mtu if self.tunnel is not None else underlay_mtu - self.overhead
 
 
 # The batched C rungs are pinned to what DESIGN.md calls step 3 (one call per batch, one
@@ -53,18 +61,26 @@ LADDER: tuple[Dataplane, ...] = (
               note="TUN super-packets, UDP GSO/GRO, one worker"),
     Dataplane("vxlan/c+offload+mq", "vxlan", "vxlan", "c", ("--offload", "on", "--workers", "2"),
               pin_daemons=False, note="offloads and a worker per core (multi-queue TUN)"),
-)
+) + tuple(Dataplane(t.name, "host-gw", None, note=t.note, tunnel=t) for t in tunnels.TOOLS)
 
 BY_NAME = {dp.name: dp for dp in LADDER}
 
 
+def command_rung(spec: str) -> Dataplane:
+    """`cmd:PATH`: the rung of a program of yours (bench.tunnels.command); TunnelError if
+    PATH cannot be one."""
+    t = tunnels.command_tunnel(spec)
+    return Dataplane(t.name, "host-gw", None, note=t.note, tunnel=t)
+
+
 def select(names: list[str] | None) -> list[Dataplane]:
-    """The named rungs in ladder order, the baseline always among them; unknown names raise
-    KeyError with the name."""
+    """The named rungs in ladder order, the baseline always among them, then any `cmd:PATH`
+    rungs in the order given; unknown names raise KeyError with the name."""
     if not names:
         return list(LADDER)
+    commands = [n for n in names if n.startswith(tunnels.CMD_PREFIX)]
     for name in names:
-        if name not in BY_NAME:
+        if name not in BY_NAME and name not in commands:
             raise KeyError(name)
     wanted = set(names) | {BASELINE}
-    return [dp for dp in LADDER if dp.name in wanted]
+    return [dp for dp in LADDER if dp.name in wanted] + [command_rung(n) for n in commands]

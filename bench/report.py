@@ -86,7 +86,7 @@ def results_section(results: dict) -> list[str]:
                                   for k in metrics]
         rows = []
         for n in names:
-            row = [n]
+            row = [_label(results, n)]
             for k in metrics:
                 f = summary["metrics"][n][k.key]
                 scale = SCALE.get(k.key, 1.0)
@@ -95,6 +95,12 @@ def results_section(results: dict) -> list[str]:
             rows.append(row)
         lines += [f"### {title}", ""] + _table(header, rows) + [""]
     return lines
+
+
+def _label(results: dict, name: str) -> str:
+    """A row's name; a rung that encrypts (wireguard-go) says so beside the unencrypted."""
+    enc = any(d["name"] == name and d.get("encrypts") for d in results["dataplanes"])
+    return f"{name} (encrypts)" if enc else name
 
 
 def efficiency_section(results: dict) -> list[str]:
@@ -115,10 +121,11 @@ def efficiency_section(results: dict) -> list[str]:
         header += [f"{p + overhead.IP_UDP} B: theory", "measured", "Mbit/s"]
     rows = []
     for dp in dps:
-        row = [dp["name"], str(dp["overhead_bytes"])]
+        row = [_label(results, dp["name"]), str(dp["overhead_bytes"])]
         for p in payloads:
             fig = next((f for f in sweep.get(dp["name"], []) if f["payload"] == p), {})
-            row += [f"{overhead.efficiency(p + overhead.IP_UDP, dp['encap']):.3f}",
+            inner = p + overhead.IP_UDP       # theory from the rung's own header bytes
+            row += [f"{inner / (inner + dp['overhead_bytes']):.3f}",
                     _num(fig.get("efficiency"), 3),
                     cell(fig.get("goodput_mbps"), fig.get("goodput_ratio"), 0)]
         rows.append(row)
@@ -229,6 +236,12 @@ def method_section(results: dict) -> list[str]:
         f"- Pinning: {pin}{_unpinned_daemons(results)}.",
         "- Daemon memory: VmRSS of each daemon after its lab came up and after each round.",
     ]
+    tunnels = [d for d in results["dataplanes"] if d.get("tunnel_method")]
+    if tunnels:         # bench.tunnels: host-gw labs whose pod routes go through the tool
+        lines.append("- Userspace tunnels (their processes count as the rung's daemons): a "
+                     "host-gw lab whose routes to the peer's pod subnet go through the "
+                     "tool's tun device instead, the pods at the device's MTU:")
+        lines += [f"  - {d['tunnel_method']}" for d in tunnels]
     if results.get("pcap"):
         p = results["pcap"]
         lines.append(f"- Capture: after the rounds, an unmeasured 1 s pass of each test per "

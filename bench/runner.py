@@ -188,7 +188,9 @@ def _bring_up(plan: Plan, progress: Progress, topos: dict, results: dict) -> Non
             "daemon_args": list(dp.daemon_args), "overhead_bytes": dp.overhead,
             "underlay_mtu": topo.underlay_mtu, "pod_mtu": topo.pod_mtu, "lab": topo.prefix,
             "daemons": len(pids), "daemons_pinned": bool(pids) and plan.settings.pin
-            and dp.pin_daemons, "note": dp.note})
+            and dp.pin_daemons, "note": dp.note,
+            "tunnel_method": dp.tunnel.method if dp.tunnel is not None else None,
+            "encrypts": dp.tunnel is not None and dp.tunnel.encrypts})
 
 
 def _gist(exc: Exception) -> str:

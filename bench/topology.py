@@ -42,6 +42,8 @@ def available(dp: Dataplane) -> str | None:
     from dataplane.lab.flannel import BACKENDS
     if dp.backend not in BACKENDS:
         return f"the lab has no {dp.backend} backend"
+    if dp.tunnel is not None:
+        return dp.tunnel.available()
     if dp.runs_daemon:
         try:
             import dataplane.daemon.node  # noqa: F401  (the daemon and all it imports)
@@ -90,15 +92,24 @@ class Topology:
                            state_root=STATE_ROOT)
         self.client: Endpoint | None = None
         self.server: Endpoint | None = None
+        self.tunnel = None          # bench.tunnels.base.Running, once a tunnel rung is up
 
     def up(self) -> None:
         self.lab.up()
+        if self.dp.tunnel is not None:
+            from bench.tunnels.base import Running, bring_up
+            self.tunnel = Running(self.dp.tunnel, [])
+            bring_up(self.dp.tunnel, self.lab, self.prefix, self.tunnel)
         c, s = self.lab.pod(1, 1), self.lab.pod(2, 1)
         self.client = Endpoint(c.netns, str(c.ip), self.lab.node(1).netns)
         self.server = Endpoint(s.netns, str(s.ip), self.lab.node(2).netns)
 
     def down(self) -> None:
-        self.lab.down()
+        try:
+            if self.tunnel is not None:
+                self.tunnel.down()
+        finally:
+            self.lab.down()
 
     @property
     def underlay_mtu(self) -> int:
@@ -106,7 +117,7 @@ class Topology:
 
     @property
     def pod_mtu(self) -> int:
-        return UNDERLAY_MTU - self.dp.overhead
+        return self.dp.pod_mtu(UNDERLAY_MTU)
 
     @property
     def underlay_netns(self) -> str:
@@ -118,7 +129,10 @@ class Topology:
         return naming.UNDERLAY_BRIDGE
 
     def daemon_pids(self) -> list[int]:
-        """Our daemons, node 1's first; empty for the kernel dataplanes."""
+        """Our daemons (or a tunnel's processes), node 1's first; empty for the kernel
+        dataplanes."""
+        if self.tunnel is not None:
+            return self.tunnel.pids()
         pids = self.lab.daemon_pids()
         return [pids[n.name] for n in self.lab.nodes if n.name in pids]
 
