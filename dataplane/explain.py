@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from dataplane import fastpath
 from dataplane.backends import BACKENDS
+from dataplane.errors import CommandError
 from dataplane.layouts import ETHERNET, IPV4, TCP, UDP, VXLAN, Layout
 
 HELP = "print one encapsulated packet layer by layer, with the overhead and MTU it forces"
@@ -115,7 +116,6 @@ def render(backend: str, mtu: int, segments: list[Segment]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dataplane.cli import CommandError
 
     overhead = BACKENDS[args.backend].overhead
     if not 68 + overhead <= args.mtu <= 65535:

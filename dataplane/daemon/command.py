@@ -11,7 +11,7 @@ import re
 import signal
 
 from dataplane import __version__, fastpath, subnetenv
-from dataplane.cli import CommandError
+from dataplane.errors import CommandError
 from dataplane.netfilter.options import add_netfilter_arguments, netfilter_options
 from dataplane.store.options import add_store_arguments, open_store
 from dataplane.tun import TUN_PATH

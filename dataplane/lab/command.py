@@ -7,6 +7,7 @@ import json
 import textwrap
 
 from dataplane.backends import UDP, VXLAN
+from dataplane.errors import CommandError
 from dataplane.lab import naming
 from dataplane.lab.errors import LabError
 from dataplane.lab.flannel import BACKENDS
@@ -112,7 +113,6 @@ def _prefix(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dataplane.cli import CommandError
 
     try:
         return {"up": _up, "status": _status, "down": _down}[args.lab_command](args)
@@ -145,10 +145,9 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from dataplane.lab import paths as traffic_paths
     from dataplane.lab.lab import Lab
     from dataplane.lab.status import render
-
-    from dataplane.lab import paths as traffic_paths
 
     lab = Lab.load(args.prefix)
     status = lab.status()
