@@ -15,7 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dataplane.fastpath.types import OUTER_HLEN, VXLAN_OVERHEAD, format_mac, parse_mac
+from dataplane.fastpath.types import (
+    MODE_UDP,
+    MODE_VXLAN,
+    OUTER_HLEN,
+    VXLAN_OVERHEAD,
+    format_mac,
+    parse_mac,
+)
 
 if TYPE_CHECKING:
     from dataplane.lease import Lease
@@ -30,6 +37,7 @@ class Backend:
     port: int                   # the default Backend.Port
     overhead: int               # bytes of encapsulation: the TUN's MTU is the underlay's less
     lease_type: str | None      # BackendType in our lease (flannel's udp backend writes none)
+    mode: int                   # the forwarder's MODE_*
 
     def device(self, vni: int) -> str:
         """The TUN's name, as flanneld names its device."""
@@ -48,8 +56,8 @@ class Backend:
         return parse_mac(lease.vtep_mac)
 
 
-UDP = Backend("udp", 8285, OUTER_HLEN, None)
-VXLAN = Backend("vxlan", 8472, OUTER_HLEN + VXLAN_OVERHEAD, "vxlan")
+UDP = Backend("udp", 8285, OUTER_HLEN, None, MODE_UDP)
+VXLAN = Backend("vxlan", 8472, OUTER_HLEN + VXLAN_OVERHEAD, "vxlan", MODE_VXLAN)
 BACKENDS = {b.name: b for b in (UDP, VXLAN)}
 
 

@@ -37,8 +37,8 @@ from dataplane.daemon.directroutes import DirectRoutes, KernelRoutes
 from dataplane.daemon.errors import BindError
 from dataplane.daemon.ownlease import OwnWrites
 from dataplane.daemon.peers import Peers, Tunnels
-from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
-                                      MODE_VXLAN, Counters, ForwarderConfig, format_mac)
+from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, Counters,
+                                      ForwarderConfig, format_mac)
 from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import NetworkConfig
 from dataplane.netfilter import NetfilterOptions, TrafficManager
@@ -224,7 +224,7 @@ class Node:
                                 str(cfg.network), TXQUEUELEN)
 
         config = ForwarderConfig(
-            mode=MODE_VXLAN if backend == "vxlan" else MODE_UDP,
+            mode=backend_named(backend).mode,
             local_subnet=str(lease.subnet), port=cfg.port, vni=cfg.vni,
             mac=self.mac or b"\0" * 6, max_inner=self.tun_mtu, io_flags=self.io_flags)
         self.fwds = self.tunnels.fwds = [impl.Forwarder(config) for _ in range(workers)]
@@ -330,26 +330,28 @@ class Node:
         return Counters.total([fwd.counters() for fwd in self.fwds]) if self.fwds else None
 
     async def _follow_leases(self) -> None:
+        peers = self.peers
+        assert peers is not None, "_start made them"
         self._lost = False
         while not self._stop.is_set():
             try:
                 async for events in self.store.watch_leases(self._cursor):
-                    self._own_leases(self.peers.update(events))
+                    self._own_leases(peers.update(events))
                     if self._lost:
                         await self._reacquire()
                 return                                    # the store was closed
             except StoreUnavailable as exc:
                 self.store_errors += 1
                 log.warning("lease watch broke (%s); forwarding goes on with %d known peers",
-                            exc, len(self.peers))
+                            exc, len(peers))
             listing = await self._retry("list leases", self.store.list_leases)
             if listing is None:
                 return
             leases, self._cursor = listing
-            self._own_leases(self.peers.reset(leases))
+            self._own_leases(peers.reset(leases))
             if self._lost:
                 await self._reacquire()
-            log.info("lease watch resumed: %d peers", len(self.peers))
+            log.info("lease watch resumed: %d peers", len(peers))
 
     async def _reacquire(self) -> None:
         """An operator (or expiry) removed our lease: take the same subnet back."""
@@ -367,7 +369,8 @@ class Node:
             raise LeaseLost(f"lease {subnet} was taken by another node: {exc}") from None
         if lease is not None:
             self.lease = lease
-            self.peers.remember(lease)
+            if self.peers is not None:                # always, once we follow the leases
+                self.peers.remember(lease)
 
     def _hold(self, lease: Lease) -> None:
         self.lease = lease
