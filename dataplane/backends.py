@@ -39,8 +39,8 @@ class Backend:
     lease_type: str | None      # BackendType in our lease (flannel's udp backend writes none)
     mode: int                   # the forwarder's MODE_*
 
-    def device(self, vni: int) -> str:
-        """The TUN's name, as flanneld names its device."""
+    def device(self, vni: int | str) -> str:
+        """The TUN's name, as flanneld names its device (a str VNI: a placeholder for help)."""
         return "flannel0" if self is UDP else f"flannel.{vni}"
 
     def backend_data(self, vni: int, mac: bytes) -> dict[str, Any] | None:
