@@ -58,8 +58,4 @@ class Backend:
 
 UDP = Backend("udp", 8285, OUTER_HLEN, None, MODE_UDP)
 VXLAN = Backend("vxlan", 8472, OUTER_HLEN + VXLAN_OVERHEAD, "vxlan", MODE_VXLAN)
-BACKENDS = {b.name: b for b in (UDP, VXLAN)}
-
-
-def backend(name: str) -> Backend:
-    return BACKENDS[name]
+BACKENDS = {b.name: b for b in (UDP, VXLAN)}    # by Backend.Type

@@ -30,7 +30,7 @@ from datetime import timedelta
 from typing import Awaitable, Callable, TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
-from dataplane.backends import backend as backend_named
+from dataplane.backends import BACKENDS
 from dataplane.daemon.datapath import (SOL_UDP, UDP_GRO, Datapath, Worker, close_sockets,
                                        open_worker_sockets, socket_buffers, udp_offloads)
 from dataplane.daemon.directroutes import DirectRoutes, KernelRoutes
@@ -182,7 +182,7 @@ class Node:
         if cfg.mtu is not None and cfg.mtu > ul.mtu:
             log.warning("Backend.MTU %d is above %s's MTU %d: larger tunnel packets will be "
                         "fragmented or refused", cfg.mtu, ul.ifname, ul.mtu)
-        self.tun_mtu = (cfg.mtu or ul.mtu) - backend_named(backend).overhead
+        self.tun_mtu = (cfg.mtu or ul.mtu) - BACKENDS[backend].overhead
         self.mac = vtep_mac(ul.address, cfg.vni, cfg.mac_prefix) if backend == "vxlan" else b""
         if cfg.direct_routing:
             self.direct = DirectRoutes(KernelRoutes(ul, cfg.network), self.tunnels)
@@ -211,7 +211,7 @@ class Node:
         log.info("lease %s for %s (%s backend, store %s)", lease.subnet, ul.address, backend,
                  self.store.location)
 
-        self.tun_name = opts.tun_name or backend_named(backend).device(cfg.vni)
+        self.tun_name = opts.tun_name or BACKENDS[backend].device(cfg.vni)
         offload = opts.offload and opts.fastpath == "c"
         tun = open_tun(self.tun_name, queues=workers, vnet_hdr=offload)
         stack.callback(tun.close)
@@ -224,7 +224,7 @@ class Node:
                                 str(cfg.network), TXQUEUELEN)
 
         config = ForwarderConfig(
-            mode=backend_named(backend).mode,
+            mode=BACKENDS[backend].mode,
             local_subnet=str(lease.subnet), port=cfg.port, vni=cfg.vni,
             mac=self.mac or b"\0" * 6, max_inner=self.tun_mtu, io_flags=self.io_flags)
         self.fwds = self.tunnels.fwds = [impl.Forwarder(config) for _ in range(workers)]
@@ -232,7 +232,7 @@ class Node:
         if listing is None:
             return False
         leases, self._cursor = listing
-        self.peers = Peers(lease.subnet, backend_named(backend), self.direct)
+        self.peers = Peers(lease.subnet, BACKENDS[backend], self.direct)
         self.direct.adopt()
         self._own_leases(self.peers.reset(leases))
         self.direct.prune()
@@ -292,7 +292,7 @@ class Node:
         return flags
 
     def _lease_attrs(self) -> LeaseAttrs:
-        backend = backend_named(self.config.backend_type)
+        backend = BACKENDS[self.config.backend_type]
         return LeaseAttrs(self.underlay.address, backend.lease_type,
                           backend.backend_data(self.config.vni, self.mac))
 
