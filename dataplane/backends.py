@@ -38,24 +38,27 @@ class Backend:
     overhead: int               # bytes of encapsulation: the TUN's MTU is the underlay's less
     lease_type: str | None      # BackendType in our lease (flannel's udp backend writes none)
     mode: int                   # the forwarder's MODE_*
+    device_name: str            # flanneld's name for its device; {vni} stands for the VNI
+    vtep: bool                  # a node is reached at a MAC too: its lease's VtepMAC
 
     def device(self, vni: int | str) -> str:
         """The TUN's name, as flanneld names its device (a str VNI: a placeholder for help)."""
-        return "flannel0" if self is UDP else f"flannel.{vni}"
+        return self.device_name.format(vni=vni)
 
     def backend_data(self, vni: int, mac: bytes) -> dict[str, Any] | None:
         """BackendData of our lease."""
-        return {VNI_KEY: vni, VTEP_MAC_KEY: format_mac(mac)} if self is VXLAN else None
+        return {VNI_KEY: vni, VTEP_MAC_KEY: format_mac(mac)} if self.vtep else None
 
     def peer_mac(self, lease: Lease) -> bytes:
         """The MAC a peer's packets are sent to; ValueError if its lease has none usable."""
-        if self is not VXLAN:
+        if not self.vtep:
             return NO_MAC
-        if lease.backend_type != VXLAN.lease_type or lease.vtep_mac is None:
-            raise ValueError("not a vxlan lease")
+        if lease.backend_type != self.lease_type or lease.vtep_mac is None:
+            raise ValueError(f"not a {self.name} lease")
         return parse_mac(lease.vtep_mac)
 
 
-UDP = Backend("udp", 8285, OUTER_HLEN, None, MODE_UDP)
-VXLAN = Backend("vxlan", 8472, OUTER_HLEN + VXLAN_OVERHEAD, "vxlan", MODE_VXLAN)
+UDP = Backend("udp", 8285, OUTER_HLEN, None, MODE_UDP, "flannel0", vtep=False)
+VXLAN = Backend("vxlan", 8472, OUTER_HLEN + VXLAN_OVERHEAD, "vxlan", MODE_VXLAN, "flannel.{vni}",
+                vtep=True)
 BACKENDS = {b.name: b for b in (UDP, VXLAN)}    # by Backend.Type
