@@ -17,6 +17,7 @@ from bench.overhead import IP_UDP
 from bench.progress import Progress, fmt_seconds
 from bench.stats import LogHistogram
 from bench.summary import summarize
+from dataplane.errors import CommandError
 
 HELP = "benchmark every dataplane side by side: throughput, packet rate, latency, CPU, memory"
 
@@ -143,7 +144,6 @@ def choose(args: argparse.Namespace) -> tuple[list[ladder.Dataplane], list[dict]
     """The dataplanes to run and those left out with the reason; explicit requests for one
     this build cannot run are an error, the default list just leaves it out."""
     from bench.tunnels import TunnelError
-    from dataplane.cli import CommandError
 
     requested = (args.dataplanes or []) + list(getattr(args, "extra_dataplanes", []))
     if requested and not args.dataplanes:      # --dataplane alone adds to the whole ladder
@@ -174,7 +174,6 @@ def settings_from(args: argparse.Namespace, dataplanes: list[ladder.Dataplane]) 
     largest = min(dp.pod_mtu() for dp in dataplanes) - IP_UDP
     sizes = args.udp_sizes or ((64, largest) if args.quick else (64, 512, largest))
     if max(sizes) > largest:
-        from dataplane.cli import CommandError
         raise CommandError(f"UDP payload {max(sizes)} does not fit every pod MTU: at most "
                            f"{largest} bytes")
     extra = {k: v for k, v in quick.items() if k in ("echo_count", "echo_interval")}
@@ -214,7 +213,6 @@ def write_outputs(doc: dict, out_dir: str) -> tuple[str, str]:
 
 
 def render(out_dir: str) -> int:
-    from dataplane.cli import CommandError
 
     try:
         doc = results.load(out_dir)
@@ -243,7 +241,6 @@ def run_scale(args: argparse.Namespace) -> int:
     from dataplane.store.etcd_server import find_etcd
 
     if find_etcd() is None:
-        from dataplane.cli import CommandError
         raise CommandError("--scale needs etcd (Debian: etcd-server)")
     s = scale.QUICK if args.quick else scale.ScaleSettings()
     s = replace(s, **{k: v for k, v in (("etcd_counts", args.scale_leases),
@@ -292,7 +289,6 @@ def run_soak(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dataplane.cli import CommandError
 
     if args.list:
         for dp in ladder.LADDER:

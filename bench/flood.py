@@ -23,6 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from dataplane.backends import VXLAN
 from dataplane.daemon.metrics import parse_metrics
 from dataplane.lab import netns
 
@@ -36,7 +37,7 @@ rate = RATE
 print("FLOODING", flush=True)
 start, sent = time.monotonic(), 0
 while True:
-    s.sendmsg([run], cmsg, 0, ("10.99.0.1", 8472))
+    s.sendmsg([run], cmsg, 0, ("10.99.0.1", PORT))
     sent += 1
     if rate and sent % 20 == 0:
         time.sleep(max(0.0, start + sent / rate - time.monotonic()))
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                     flood = None
                     if kind == "flooded":
                         flood = in_ns(names["c"], sys.executable, "-c",
-                                      FLOOD.replace("RATE", str(args.flood_rate)),
+                                      FLOOD.replace("RATE", str(args.flood_rate))
+                                      .replace("PORT", str(VXLAN.port)),
                                       stdout=subprocess.PIPE)
                         assert flood.stdout.readline().strip() == "FLOODING"
                         time.sleep(0.5)

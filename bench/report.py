@@ -9,6 +9,7 @@ from __future__ import annotations
 from bench import overhead
 from bench.stats import median
 from bench.summary import SCALE, TABLES, rss_overview
+from dataplane.backends import UDP, VXLAN
 
 ENCAP_TITLES = {None: "host-gw (routing)", "udp": "udp (flannel)", "vxlan": "VXLAN"}
 UDP_SMALL = 64
@@ -248,7 +249,8 @@ def method_section(results: dict) -> list[str]:
                      f"dataplane with tcpdump on the lab's underlay bridge (at most "
                      f"{p['packets_per_test']} packets per test, {p['snaplen']}-byte snap "
                      f"length): {p['records']} packets in `{p['path']}` (in Wireshark, "
-                     "Decode As… VXLAN for UDP port 8472; flannel's udp backend on 8285 "
+                     f"Decode As… VXLAN for UDP port {VXLAN.port}; flannel's udp backend on "
+                     f"{UDP.port} "
                      "carries the pod's IPv4 packet bare).")
     return lines + [""]
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from bench import procstat, results, topology
 from bench.progress import Progress
+from dataplane.backends import VNI_KEY, VTEP_MAC_KEY, VXLAN
 
 SCHEMA = "dataplane-bench-scale/1"
 NETWORK = IPv4Network("10.128.0.0/10")        # 16,384 /24 subnets: room for 5,000 and churn
@@ -170,7 +171,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def lease_json(public_ip: str) -> bytes:
     from dataplane.lease import LeaseAttrs
-    return LeaseAttrs(public_ip, "vxlan", {"VNI": 1, "VtepMAC": vtep_mac(public_ip)}).to_json()
+    return LeaseAttrs(public_ip, VXLAN.lease_type,
+                      {VNI_KEY: 1, VTEP_MAC_KEY: vtep_mac(public_ip)}).to_json()
 
 
 class EtcdWriter:

@@ -21,6 +21,7 @@ import sys
 from typing import Mapping
 
 from dataplane import __version__
+from dataplane.errors import CommandError
 
 # name -> (module implementing it, one line of help; the module's HELP says the same)
 COMMANDS = {
@@ -41,10 +42,6 @@ COMMANDS = {
               "benchmark every dataplane side by side: throughput, packet rate, latency, CPU, "
               "memory"),
 }
-
-
-class CommandError(Exception):
-    """An error for the user: printed as one line, exit status 1, no traceback."""
 
 
 def _chosen(argv: list[str]) -> str | None:

@@ -11,6 +11,8 @@ import struct
 from dataclasses import dataclass
 
 from dataplane import fastpath
+from dataplane.backends import BACKENDS
+from dataplane.errors import CommandError
 from dataplane.layouts import ETHERNET, IPV4, TCP, UDP, VXLAN, Layout
 
 HELP = "print one encapsulated packet layer by layer, with the overhead and MTU it forces"
@@ -18,13 +20,11 @@ HELP = "print one encapsulated packet layer by layer, with the overhead and MTU 
 POD_SRC, POD_DST = "10.244.1.2", "10.244.2.3"
 NODE_SRC, NODE_DST = "10.99.0.1", "10.99.0.2"
 SRC_MAC, DST_MAC = "02:00:0a:63:00:01", "02:00:0a:63:00:02"
-PORTS = {"udp": 8285, "vxlan": 8472}
-OVERHEAD = {"udp": 28, "vxlan": 50}
 UNDERLAY_ETH = 14          # the underlay's own Ethernet header, not part of any MTU
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("udp", "vxlan"), default="vxlan")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="vxlan")
     p.add_argument("--mtu", type=int, default=1500, help="underlay MTU (default %(default)s)")
     p.add_argument("--payload", type=int, default=None, metavar="BYTES",
                    help="TCP payload size (default: the largest that fits the pod MTU)")
@@ -58,16 +58,17 @@ def inner_tcp_packet(fp, payload_len: int) -> bytes:
 
 def build(backend: str, mtu: int, payload: int | None, vni: int, impl: str) -> list[Segment]:
     fp = fastpath.load(impl)
-    pod_mtu = mtu - OVERHEAD[backend]
+    facts = BACKENDS[backend]
+    pod_mtu = mtu - facts.overhead
     if payload is None:
         payload = pod_mtu - 40
     inner = inner_tcp_packet(fp, payload)
     if backend == "udp":
-        udp_payload, sport = inner, PORTS["udp"]
+        udp_payload, sport = inner, facts.port
     else:
         udp_payload = fp.vxlan_encap(inner, vni, DST_MAC, SRC_MAC)
         sport = fp.flow_sport(inner)
-    wire = fp.outer_udp4(udp_payload, NODE_SRC, NODE_DST, sport, PORTS[backend])
+    wire = fp.outer_udp4(udp_payload, NODE_SRC, NODE_DST, sport, facts.port)
     layers: list[tuple[Layout | None, str, int]] = [(IPV4, "outer IPv4", 20), (UDP, "outer UDP", 8)]
     if backend == "vxlan":
         layers += [(VXLAN, "VXLAN", 8), (ETHERNET, "inner Ethernet", 14)]
@@ -85,8 +86,9 @@ def render(backend: str, mtu: int, segments: list[Segment]) -> str:
     lines = []
     total = sum(len(s.data) for s in segments)
     payload = len(segments[-1].data)
-    title = {"udp": "flannel udp backend (raw IPv4 in UDP, port 8285)",
-             "vxlan": "VXLAN backend (RFC 7348 as Linux speaks it, port 8472)"}[backend]
+    title = {"udp": "flannel udp backend (raw IPv4 in UDP",
+             "vxlan": "VXLAN backend (RFC 7348 as Linux speaks it"}[backend]
+    title += f", port {BACKENDS[backend].port})"
     lines.append(f"{title}: pod {POD_SRC} -> pod {POD_DST}, "
                  f"node {NODE_SRC} -> node {NODE_DST}\n")
     for seg in segments:
@@ -100,7 +102,7 @@ def render(backend: str, mtu: int, segments: list[Segment]) -> str:
             raw = seg.data[f.offset:f.offset + nbytes].hex(" ")
             lines.append(f"  {seg.offset + f.offset:>6}  {f.name:<14} {f.render(seg.data):<28} {raw}")
         lines.append("")
-    overhead = OVERHEAD[backend]
+    overhead = BACKENDS[backend].overhead
     parts = "outer IPv4 20 + UDP 8" + (" + VXLAN 8 + inner Ethernet 14" if backend == "vxlan" else "")
     lines.append(f"overhead: {overhead} bytes per packet ({parts})")
     lines.append(f"MTU: underlay {mtu} -> pod MTU {mtu - overhead} "
@@ -114,9 +116,8 @@ def render(backend: str, mtu: int, segments: list[Segment]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dataplane.cli import CommandError
 
-    overhead = OVERHEAD[args.backend]
+    overhead = BACKENDS[args.backend].overhead
     if not 68 + overhead <= args.mtu <= 65535:
         raise CommandError(f"--mtu {args.mtu}: must be between {68 + overhead} and 65535")
     if args.payload is not None and not 0 <= args.payload <= args.mtu - overhead - 40:

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from ipaddress import IPv4Network
 from typing import Any, Iterable, Iterator
 
+from dataplane.backends import VTEP_MAC_KEY
 from dataplane.netconf import NetworkConfig
 
 # flannel's allocator picks at random among the first this-many free subnets, so that nodes
@@ -131,7 +132,7 @@ class Lease:
     def vtep_mac(self) -> str | None:
         """The VXLAN tunnel endpoint MAC a vxlan node publishes, if any."""
         data = self.backend_data or {}
-        mac = _get(data, "VtepMAC")
+        mac = _get(data, VTEP_MAC_KEY)
         return mac if isinstance(mac, str) else None
 
     def expired(self, now: datetime | None = None) -> bool:

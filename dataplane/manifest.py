@@ -25,7 +25,7 @@ import sys
 from importlib import resources
 from typing import Any
 
-from dataplane.cli import CommandError
+from dataplane.errors import CommandError
 
 HELP = "print deployment files: a Kubernetes DaemonSet manifest, the systemd unit"
 

@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-BACKEND_TYPES = ("udp", "vxlan")
-DEFAULT_PORTS = {"udp": 8285, "vxlan": 8472}
+from dataplane.backends import BACKENDS, VXLAN
+
+BACKEND_TYPES = tuple(BACKENDS)
 DEFAULT_VNI = 1
 MAX_VNI = (1 << 24) - 1
-VXLAN_OVERHEAD = 50
-MIN_MTU = 68 + VXLAN_OVERHEAD      # Backend.MTU: room for the smallest IPv4 packet inside
+MIN_MTU = 68 + VXLAN.overhead      # Backend.MTU: room for the smallest IPv4 packet inside
 MAX_MTU = 65535
 
 # flannel's Config (pkg/subnet/config.go): every top-level key it decodes.
@@ -272,11 +272,11 @@ class _Checker:
 
         key, port = _lookup(backend, "Port")
         if key is None or port is None:
-            port = DEFAULT_PORTS[btype]
+            port = BACKENDS[btype].port
         else:
             port = self.integer((bkey, key), port)
             if port == 0 and btype == "vxlan":
-                port = DEFAULT_PORTS[btype]      # flannel leaves 0 to the kernel: 8472
+                port = VXLAN.port        # flannel leaves 0 to the kernel: 8472
             elif not 1 <= port <= 65535:
                 raise self.fail((bkey, key), f"{port} is not a UDP port (1-65535)")
         options: dict[str, Any] = {}
@@ -303,7 +303,7 @@ class _Checker:
             mtu = self.integer((bkey, key), value)
             if not MIN_MTU <= mtu <= MAX_MTU:
                 raise self.fail((bkey, key), f"{mtu} is not a usable underlay MTU "
-                                             f"({MIN_MTU}-{MAX_MTU}: it carries {VXLAN_OVERHEAD}"
+                                             f"({MIN_MTU}-{MAX_MTU}: it carries {VXLAN.overhead}"
                                              " bytes of VXLAN and at least 68 of IPv4 inside)")
             options["mtu"] = mtu
         key, value = _lookup(backend, "MacPrefix")

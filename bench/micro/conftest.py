@@ -11,6 +11,7 @@ import struct
 import pytest
 
 from dataplane import fastpath
+from dataplane.backends import VXLAN
 from dataplane.fastpath.types import MODE_UDP, MODE_VXLAN, ForwarderConfig
 
 BATCH = 64
@@ -44,7 +45,7 @@ def mode(request):
     return request.param
 
 
-def forwarder(impl, mode: str, port: int = 8472):
+def forwarder(impl, mode: str, port: int = VXLAN.port):
     fwd = impl.Forwarder(ForwarderConfig(mode=MODES[mode], local_subnet=LOCAL, port=port,
                                          mac=OWN_MAC))
     fwd.set_peer(PEER_SUBNET, PEER_IP, PEER_MAC)
@@ -60,7 +61,7 @@ def ingress_batch(impl, mode: str) -> list[tuple[str, int, bytes]]:
     for i in range(BATCH):
         pkt = ipv4_udp("10.244.2.7", "10.244.1.5", tag=i)
         payload = impl.vxlan_encap(pkt, 1, OWN_MAC, PEER_MAC) if mode == "vxlan" else pkt
-        out.append((PEER_IP, 8472, payload))
+        out.append((PEER_IP, VXLAN.port, payload))
     return out
 
 

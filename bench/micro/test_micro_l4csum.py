@@ -11,6 +11,7 @@ import struct
 
 import pytest
 
+from dataplane.backends import VXLAN
 from dataplane.fastpath.types import IO_VNET, MODE_VXLAN, ForwarderConfig
 
 from .conftest import BATCH, LOCAL, OWN_MAC, PEER_IP, PEER_MAC, PEER_SUBNET, SIZE, ipv4_udp
@@ -41,7 +42,7 @@ def batch(cimpl, csum: str) -> list[bytes]:
     return [cimpl.vxlan_encap(udp_with(csum, i), 1, OWN_MAC, PEER_MAC) for i in range(BATCH)]
 
 
-def forwarder(cimpl, io_flags: int = 0, port: int = 8472):
+def forwarder(cimpl, io_flags: int = 0, port: int = VXLAN.port):
     fwd = cimpl.Forwarder(ForwarderConfig(mode=MODE_VXLAN, local_subnet=LOCAL, port=port,
                                           mac=OWN_MAC, io_flags=io_flags))
     fwd.set_peer(PEER_SUBNET, PEER_IP, PEER_MAC)

@@ -11,7 +11,8 @@ import re
 import signal
 
 from dataplane import __version__, fastpath, subnetenv
-from dataplane.cli import CommandError
+from dataplane.backends import UDP, VXLAN
+from dataplane.errors import CommandError
 from dataplane.netfilter.options import add_netfilter_arguments, netfilter_options
 from dataplane.store.options import add_store_arguments, open_store
 from dataplane.tun import TUN_PATH
@@ -64,7 +65,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     node.add_argument("--subnet-file", default=subnetenv.DEFAULT_PATH, metavar="PATH",
                       help="where to write subnet.env for the CNI plugin (default %(default)s)")
     node.add_argument("--tun-name", metavar="NAME",
-                      help="TUN device name (default flannel0 for udp, flannel.<VNI> for vxlan)")
+                      help=f"TUN device name (default {UDP.device(1)} for udp, "
+                           f"{VXLAN.device('<VNI>')} for vxlan)")
     node.add_argument("--lease-ttl", type=_positive, default=24 * 3600, metavar="SECONDS",
                       help="lease lifetime (default 24 h, flanneld's)")
     node.add_argument("--subnet-lease-renew-margin", type=int, metavar="MINUTES",

@@ -32,7 +32,7 @@ import logging
 from typing import Callable, Protocol, TypeVar
 
 from dataplane import hostnet
-from dataplane.lease import Lease
+from dataplane.daemon.peers import Peer, PeerSink
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,13 @@ class KernelRoutes:
 
 
 class DirectRoutes:
-    """The peers we route directly: {subnet: gateway}. Disabled, it routes none."""
+    """The PeerSink in front of the tunnels: the peers it routes directly, {subnet: gateway},
+    and the others passed on to `tunnels`. Disabled, it routes none."""
 
-    def __init__(self, table: RouteTable | None, *, threaded: bool = True) -> None:
+    def __init__(self, table: RouteTable | None, tunnels: PeerSink, *,
+                 threaded: bool = True) -> None:
         self.table = table
+        self.tunnels = tunnels
         self.routes: dict[ipaddress.IPv4Network, str] = {}
         self._stale: dict[ipaddress.IPv4Network, str] = {}
         self._pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netlink")
@@ -104,12 +107,36 @@ class DirectRoutes:
             if subnet not in self.routes:
                 self._delete(subnet, gateway, "its peer left while we were stopped")
 
-    def place(self, lease: Lease) -> bool:
+    # ---- PeerSink: a peer is routed directly or tunnelled, never both -----------------------
+
+    def add_peer(self, peer: Peer) -> None:
+        if not self.place(peer):
+            self.tunnels.add_peer(peer)
+
+    def change_peer(self, old: Peer, new: Peer) -> None:
+        """Decided again at every write of its lease (as flannel does): a renewal too, since
+        the route to its public IP may have changed meanwhile."""
+        was_direct = old.subnet in self.routes
+        if self.place(new):
+            if not was_direct:
+                self.tunnels.remove_peer(old)
+        elif was_direct:
+            self.tunnels.add_peer(new)
+        else:
+            self.tunnels.change_peer(old, new)
+
+    def remove_peer(self, peer: Peer) -> None:
+        if not self.forget(peer.subnet):
+            self.tunnels.remove_peer(peer)
+
+    # ---- the routes ------------------------------------------------------------------------
+
+    def place(self, peer: Peer) -> bool:
         """Route this peer directly if it is on our underlay subnet; True if it now is (keep it
         out of the forwarder), False to tunnel it (and any direct route it had is removed)."""
         if not self.enabled:
             return False
-        subnet, gateway = lease.subnet, lease.public_ip
+        subnet, gateway = peer.subnet, peer.public_ip
         try:
             direct = self._call(self.table.reaches_directly, gateway)
         except Exception as exc:            # netlink trouble: tunnelling works regardless

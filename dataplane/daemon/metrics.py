@@ -119,10 +119,10 @@ def render_metrics(node: Node) -> str:
                  [({}, c.icmp_suppressed)])
     w.metric("dataplane_peers", "gauge",
              "Peers (other nodes' leases): tunnelled, or routed directly (DirectRouting).",
-             [({}, len(node.peers))])
+             [({}, len(node.peers) if node.peers else 0)])
     w.metric("dataplane_leases_refused", "gauge",
              "Leases kept out of the forwarding table: they overlap our lease or a peer's.",
-             [({}, len(node.refused))])
+             [({}, len(node.peers.refused) if node.peers else 0)])
     if node.lease is not None and node.lease.expiration is not None:
         w.metric("dataplane_lease_expiry_timestamp_seconds", "gauge",
                  "When our subnet lease expires unless renewed (Unix time).",

@@ -30,27 +30,26 @@ from datetime import timedelta
 from typing import Awaitable, Callable, TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
+from dataplane.backends import BACKENDS
 from dataplane.daemon.datapath import (SOL_UDP, UDP_GRO, Datapath, Worker, close_sockets,
                                        open_worker_sockets, socket_buffers, udp_offloads)
 from dataplane.daemon.directroutes import DirectRoutes, KernelRoutes
 from dataplane.daemon.errors import BindError
-from dataplane.daemon.overlaps import SubnetIndex
 from dataplane.daemon.ownlease import OwnWrites
-from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
-                                      MODE_VXLAN, Counters, ForwarderConfig, format_mac,
-                                      parse_mac)
+from dataplane.daemon.peers import Peers, Tunnels
+from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, Counters,
+                                      ForwarderConfig, format_mac)
 from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import NetworkConfig
 from dataplane.netfilter import NetfilterOptions, TrafficManager
 from dataplane.store.base import (ConfigNotFound, LeaseEvent, StoreUnavailable, SubnetStore,
-                                  SubnetTaken, diff_leases, renewal_delay)
+                                  SubnetTaken, renewal_delay)
 from dataplane.tun import (OFFLOAD_CHOICES, TUN_F_USO4, describe_offload, open_tun,
                            set_offload)
 
 log = logging.getLogger(__name__)
 
 SO_NO_CHECK = 11                            # asm-generic/socket.h: no UDP checksums sent
-OVERHEAD = {"udp": 28, "vxlan": 50}        # outer IPv4 + UDP (+ VXLAN + inner Ethernet)
 TXQUEUELEN = 5000                           # the default 500 drops the bursts a batch makes
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
 
@@ -106,11 +105,9 @@ class Node:
         self.tun_name = ""
         self.tun_mtu = 0
         self.mac = b""
-        self.leases: dict[ipaddress.IPv4Network, Lease] = {}   # the store as we last saw it
-        self.peers: dict[ipaddress.IPv4Network, Lease] = {}    # tunnelled or routed directly
-        self.direct = DirectRoutes(None)     # DirectRouting peers: not in the forwarder
-        self.refused: dict[ipaddress.IPv4Network, Lease] = {}  # overlapping ours or a peer's
-        self._index = SubnetIndex()          # self.peers' subnets, for the overlap check
+        self.tunnels = Tunnels()             # the forwarders, as the peers see them
+        self.direct = DirectRoutes(None, self.tunnels)   # DirectRouting peers: not tunnelled
+        self.peers: Peers | None = None      # the leases and peers, once we hold a lease
         self.ready = asyncio.Event()
         self.started = time.time()
         self.store_errors = 0
@@ -185,10 +182,10 @@ class Node:
         if cfg.mtu is not None and cfg.mtu > ul.mtu:
             log.warning("Backend.MTU %d is above %s's MTU %d: larger tunnel packets will be "
                         "fragmented or refused", cfg.mtu, ul.ifname, ul.mtu)
-        self.tun_mtu = (cfg.mtu or ul.mtu) - OVERHEAD[backend]
+        self.tun_mtu = (cfg.mtu or ul.mtu) - BACKENDS[backend].overhead
         self.mac = vtep_mac(ul.address, cfg.vni, cfg.mac_prefix) if backend == "vxlan" else b""
         if cfg.direct_routing:
-            self.direct = DirectRoutes(KernelRoutes(ul, cfg.network))
+            self.direct = DirectRoutes(KernelRoutes(ul, cfg.network), self.tunnels)
             log.info("DirectRouting: peers on %s's own subnet are routed, not tunnelled",
                      ul.ifname)
             stack.callback(self.direct.close)
@@ -214,7 +211,7 @@ class Node:
         log.info("lease %s for %s (%s backend, store %s)", lease.subnet, ul.address, backend,
                  self.store.location)
 
-        self.tun_name = opts.tun_name or ("flannel0" if backend == "udp" else f"flannel.{cfg.vni}")
+        self.tun_name = opts.tun_name or BACKENDS[backend].device(cfg.vni)
         offload = opts.offload and opts.fastpath == "c"
         tun = open_tun(self.tun_name, queues=workers, vnet_hdr=offload)
         stack.callback(tun.close)
@@ -227,16 +224,17 @@ class Node:
                                 str(cfg.network), TXQUEUELEN)
 
         config = ForwarderConfig(
-            mode=MODE_VXLAN if backend == "vxlan" else MODE_UDP,
+            mode=BACKENDS[backend].mode,
             local_subnet=str(lease.subnet), port=cfg.port, vni=cfg.vni,
             mac=self.mac or b"\0" * 6, max_inner=self.tun_mtu, io_flags=self.io_flags)
-        self.fwds = [impl.Forwarder(config) for _ in range(workers)]
+        self.fwds = self.tunnels.fwds = [impl.Forwarder(config) for _ in range(workers)]
         listing = await self._retry("list leases", self.store.list_leases)
         if listing is None:
             return False
         leases, self._cursor = listing
+        self.peers = Peers(lease.subnet, BACKENDS[backend], self.direct)
         self.direct.adopt()
-        self._resync(leases)
+        self._own_leases(self.peers.reset(leases))
         self.direct.prune()
 
         paths = [Datapath(fwd, fd, recv, send)
@@ -245,7 +243,7 @@ class Node:
             paths[0].start()
             stack.callback(paths[0].stop)
         else:
-            self.workers = [Worker(i, path) for i, path in enumerate(paths)]
+            self.workers = self.tunnels.workers = [Worker(i, path) for i, path in enumerate(paths)]
             for worker in self.workers:
                 worker.start()
                 stack.callback(worker.stop)
@@ -294,10 +292,9 @@ class Node:
         return flags
 
     def _lease_attrs(self) -> LeaseAttrs:
-        if self.config.backend_type == "vxlan":
-            return LeaseAttrs(self.underlay.address, "vxlan",
-                              {"VNI": self.config.vni, "VtepMAC": format_mac(self.mac)})
-        return LeaseAttrs(self.underlay.address)
+        backend = BACKENDS[self.config.backend_type]
+        return LeaseAttrs(self.underlay.address, backend.lease_type,
+                          backend.backend_data(self.config.vni, self.mac))
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]],
                      also: tuple[type[Exception], ...] = ()) -> T | None:
@@ -317,108 +314,44 @@ class Node:
 
     # ---- peers ------------------------------------------------------------------------------
 
-    def _resync(self, leases: list[Lease]) -> None:
-        """Apply the difference between what we knew and a fresh listing."""
-        current = {lease.subnet: lease for lease in leases}
-        for event in diff_leases(self.leases, current):
-            self._apply(event)
+    def _own_leases(self, events: list[LeaseEvent]) -> None:
+        """The events about our own subnet, which the peers leave to us."""
+        for event in events:
+            self._own_lease(event)
 
-    def _apply(self, event: LeaseEvent) -> None:
-        lease = event.lease
+    def _own_lease(self, event: LeaseEvent) -> None:
         if event.kind == "removed":
-            self.leases.pop(lease.subnet, None)
-        else:
-            self.leases[lease.subnet] = lease
-        if lease.subnet == self.lease.subnet:
-            if event.kind == "removed" and not self._stop.is_set():
+            if not self._stop.is_set():
                 self._lost = True
-            elif event.kind == "added":
-                self.own.seen(lease)
-            return
-        if event.kind == "removed":
-            self.refused.pop(lease.subnet, None)
-            if self.peers.pop(lease.subnet, None) is not None:
-                self._index.discard(lease.subnet)
-                if not self.direct.forget(lease.subnet):
-                    self._each_forwarder("del_peer", str(lease.subnet))
-                log.info("peer %s (%s) left", lease.subnet, lease.public_ip)
-                for waiting in list(self.refused.values()):   # one may fit now
-                    self._apply(LeaseEvent("added", waiting))
-            return
-        if self._refuse(lease):
-            return
-        mac = b"\0" * 6
-        if self.config.backend_type == "vxlan":
-            try:
-                if lease.backend_type != "vxlan" or lease.vtep_mac is None:
-                    raise ValueError("not a vxlan lease")
-                mac = parse_mac(lease.vtep_mac)
-            except ValueError as exc:
-                log.warning("ignoring lease %s of %s: %s", lease.subnet, lease.public_ip, exc)
-                return
-        known = self.peers.get(lease.subnet)
-        self.peers[lease.subnet] = lease
-        self._index.add(lease.subnet)
-        tunnelled = known is not None and lease.subnet not in self.direct
-        if self.direct.place(lease):
-            if tunnelled:
-                self._each_forwarder("del_peer", str(lease.subnet))
         else:
-            self._each_forwarder("set_peer", str(lease.subnet), lease.public_ip, mac)
-        if known is None or (known.public_ip, known.vtep_mac) != (lease.public_ip, lease.vtep_mac):
-            log.info("peer %s at %s%s", lease.subnet, lease.public_ip,
-                     f" VtepMAC {lease.vtep_mac}" if lease.vtep_mac else "")
-
-    def _refuse(self, lease: Lease) -> bool:
-        """A lease overlapping ours or a peer's is kept out of the forwarder (it would let its
-        holder speak for those pods, e.g. a /16 left over from an older SubnetLen); logged
-        once, admitted when what it overlaps goes away."""
-        other = self._index.overlapping(lease.subnet)
-        clash = (f"our own {self.lease.subnet}" if lease.subnet.overlaps(self.lease.subnet) else
-                 f"peer {other} ({self.peers[other].public_ip})" if other else None)
-        if clash is None:
-            self.refused.pop(lease.subnet, None)
-            return False
-        if lease.subnet not in self.refused:
-            log.warning("refusing lease %s of %s: it overlaps %s", lease.subnet,
-                        lease.public_ip, clash)
-        self.refused[lease.subnet] = lease
-        return True
-
-    def _each_forwarder(self, method: str, *args) -> None:
-        """Apply a peer change to every worker's forwarder, on that worker's own thread."""
-        if self.workers:
-            for worker, fwd in zip(self.workers, self.fwds):
-                worker.call(getattr(fwd, method), *args)
-        else:
-            for fwd in self.fwds:
-                getattr(fwd, method)(*args)
+            self.own.seen(event.lease)
 
     def counters(self) -> Counters | None:
         return Counters.total([fwd.counters() for fwd in self.fwds]) if self.fwds else None
 
     async def _follow_leases(self) -> None:
+        peers = self.peers
+        assert peers is not None, "_start made them"
         self._lost = False
         while not self._stop.is_set():
             try:
                 async for events in self.store.watch_leases(self._cursor):
-                    for event in events:
-                        self._apply(event)
+                    self._own_leases(peers.update(events))
                     if self._lost:
                         await self._reacquire()
                 return                                    # the store was closed
             except StoreUnavailable as exc:
                 self.store_errors += 1
                 log.warning("lease watch broke (%s); forwarding goes on with %d known peers",
-                            exc, len(self.peers))
+                            exc, len(peers))
             listing = await self._retry("list leases", self.store.list_leases)
             if listing is None:
                 return
             leases, self._cursor = listing
-            self._resync(leases)
+            self._own_leases(peers.reset(leases))
             if self._lost:
                 await self._reacquire()
-            log.info("lease watch resumed: %d peers", len(self.peers))
+            log.info("lease watch resumed: %d peers", len(peers))
 
     async def _reacquire(self) -> None:
         """An operator (or expiry) removed our lease: take the same subnet back."""
@@ -436,7 +369,8 @@ class Node:
             raise LeaseLost(f"lease {subnet} was taken by another node: {exc}") from None
         if lease is not None:
             self.lease = lease
-            self.leases[lease.subnet] = lease
+            if self.peers is not None:                # always, once we follow the leases
+                self.peers.remember(lease)
 
     def _hold(self, lease: Lease) -> None:
         self.lease = lease

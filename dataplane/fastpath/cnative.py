@@ -29,6 +29,7 @@ from dataplane.fastpath.types import (
     ForwarderConfig,
     GroFrame,
     GsoResult,
+    Subnet,
     Verdict,
     VnetHdr,
     int_to_ip,
@@ -216,11 +217,11 @@ class Forwarder:
             raise MemoryError
         self._headroom = lib.DP_VXLAN_OVERHEAD if config.mode == MODE_VXLAN else 0
 
-    def set_peer(self, subnet: str, public_ip: str, mac: bytes | str = b"\0" * 6) -> None:
+    def set_peer(self, subnet: Subnet, public_ip: str, mac: bytes | str = b"\0" * 6) -> None:
         prefix, plen = parse_net(subnet)
         _check(lib.dp_fwd_set_peer(self._f, prefix, plen, ip_to_int(public_ip), parse_mac(mac)))
 
-    def del_peer(self, subnet: str) -> None:
+    def del_peer(self, subnet: Subnet) -> None:
         prefix, plen = parse_net(subnet)
         if lib.dp_fwd_del_peer(self._f, prefix, plen) == -errno.ENOENT:
             raise KeyError(subnet)

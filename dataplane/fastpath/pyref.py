@@ -44,6 +44,7 @@ from dataplane.fastpath.types import (
     ForwarderConfig,
     GroFrame,
     GsoResult,
+    Subnet,
     Verdict,
     VnetHdr,
     int_to_ip,
@@ -413,7 +414,7 @@ class Forwarder:
         self._icmp_suppressed = 0
 
     # peers
-    def set_peer(self, subnet: str, public_ip: str, mac: bytes | str = b"\0" * 6) -> None:
+    def set_peer(self, subnet: Subnet, public_ip: str, mac: bytes | str = b"\0" * 6) -> None:
         """Add or replace; a subnet overlapping ours or another peer's is refused (EEXIST)."""
         key = parse_net(subnet)
         ip = ip_to_int(public_ip)
@@ -428,7 +429,7 @@ class Forwarder:
         self._by_ip[ip] = self._by_ip.get(ip, 0) + 1
         self._routes._set(key[0], key[1], 0)
 
-    def del_peer(self, subnet: str) -> None:
+    def del_peer(self, subnet: Subnet) -> None:
         key = parse_net(subnet)
         old = self._peers.pop(key, None)
         if old is None:

@@ -124,7 +124,10 @@ def int_to_ip(value: int) -> str:
     return str(ipaddress.IPv4Address(value))
 
 
-def parse_net(cidr: str | ipaddress.IPv4Network) -> tuple[int, int]:
+Subnet = str | ipaddress.IPv4Network   # the daemon passes IPv4Network; tests may write a str
+
+
+def parse_net(cidr: Subnet) -> tuple[int, int]:
     """'10.244.1.0/24' -> (prefix as int, length); host bits are cleared."""
     net = ipaddress.IPv4Network(cidr, strict=False)
     return int(net.network_address), net.prefixlen

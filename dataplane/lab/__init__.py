@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Lab", "LabError", "Node", "Pod", "TransferResult", "teardown", "STATE_ROOT"]
+__all__ = ["Lab", "LabError", "LabNode", "Pod", "TransferResult", "teardown", "STATE_ROOT"]
 
 _HOMES = {"Lab": "lab", "TransferResult": "traffic", "teardown": "cleanup",
-          "STATE_ROOT": "state", "LabError": "errors", "Node": "state", "Pod": "state"}
+          "STATE_ROOT": "state", "LabError": "errors", "LabNode": "state", "Pod": "state"}
 
 
 def __getattr__(name: str) -> Any:

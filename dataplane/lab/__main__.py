@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dataplane.cli import CommandError, setup_logging
+from dataplane.cli import setup_logging
+from dataplane.errors import CommandError
 from dataplane.lab import command
 
 

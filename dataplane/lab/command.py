@@ -6,6 +6,8 @@ import argparse
 import json
 import textwrap
 
+from dataplane.backends import UDP, VXLAN
+from dataplane.errors import CommandError
 from dataplane.lab import naming
 from dataplane.lab.errors import LabError
 from dataplane.lab.flannel import BACKENDS
@@ -24,9 +26,9 @@ SCHEME = textwrap.dedent("""\
     State (state.json, store, subnet.env, daemon logs, CNI data): /run/dataplane-lab/P/
     Run anything inside: ip netns exec P-n1-p1 <command>""")
 
-BACKEND_HELP = textwrap.dedent("""\
-    udp           our daemon, flannel's udp backend (TUN flannel0, port 8285)
-    vxlan         our daemon, kernel-compatible VXLAN (VNI 1, port 8472)
+BACKEND_HELP = textwrap.dedent(f"""\
+    udp           our daemon, flannel's udp backend (TUN {UDP.device(1)}, port {UDP.port})
+    vxlan         our daemon, kernel-compatible VXLAN (VNI 1, port {VXLAN.port})
     kernel-vxlan  the kernel's vxlan device, programmed exactly as flanneld does
     host-gw       plain routes <peer subnet> via <peer underlay IP>""")
 
@@ -48,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="every node's backend (default kernel-vxlan; see below)")
     up.add_argument("--kernel-nodes", type=int, default=0, metavar="K",
                     help="mixed lab, with --backend vxlan only: the last K nodes are "
-                         "kernel-vxlan nodes (flannel.1), the others run our vxlan daemon")
+                         f"kernel-vxlan nodes ({VXLAN.device(1)}), the others run our vxlan daemon")
     up.add_argument("--fastpath", choices=("c", "python"),
                     help="our daemon's hot path implementation (default: the daemon's)")
     up.add_argument("--network", default="10.244.0.0/16",
@@ -57,7 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="MTU of the underlay links (default 1500); overlays subtract "
                          "their overhead")
     up.add_argument("--port", type=int,
-                    help="overlay UDP port (default 8285 for udp, 8472 for vxlan)")
+                    help=f"overlay UDP port (default {UDP.port} for udp, {VXLAN.port} for vxlan)")
     up.add_argument("--vni", type=int, default=1, help="VXLAN network identifier (default 1)")
     up.add_argument("--direct-routing", action="store_true",
                     help="vxlan labs: Backend.DirectRouting, so nodes on one underlay subnet "
@@ -111,7 +113,6 @@ def _prefix(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dataplane.cli import CommandError
 
     try:
         return {"up": _up, "status": _status, "down": _down}[args.lab_command](args)
@@ -144,10 +145,9 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from dataplane.lab import paths as traffic_paths
     from dataplane.lab.lab import Lab
     from dataplane.lab.status import render
-
-    from dataplane.lab import paths as traffic_paths
 
     lab = Lab.load(args.prefix)
     status = lab.status()

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from dataplane.lab import netns
 from dataplane.lab.errors import LabError
-from dataplane.lab.state import Node
+from dataplane.lab.state import LabNode
 
 # Every daemon serves /metrics on its node's own loopback at this port (namespaces keep them
 # apart): the lab waits on it for the peers to converge, and the benchmark reads counters.
@@ -20,7 +20,7 @@ def default_program() -> list[str]:
     return netns.python_argv("dataplane")
 
 
-def argv(node: Node, store_args: Sequence[str], *, program: Sequence[str] | None = None,
+def argv(node: LabNode, store_args: Sequence[str], *, program: Sequence[str] | None = None,
          fastpath: str | None = None, ip_masq: bool = False,
          extra: Sequence[str] = ()) -> list[str]:
     """The daemon's command line (the contract with dataplane.daemon.command); `program`
@@ -37,7 +37,7 @@ def argv(node: Node, store_args: Sequence[str], *, program: Sequence[str] | None
             "--healthz-port", str(METRICS_PORT)]
 
 
-def decommission(node: Node, store_args: Sequence[str], timeout: float = 20.0) -> str:
+def decommission(node: LabNode, store_args: Sequence[str], timeout: float = 20.0) -> str:
     """Give the node's subnet back as an operator would, once its daemon has stopped (a stop
     keeps the lease and subnet.env): `dataplane leases release --subnet-file` in the node's
     namespace, so clean-up steps that act on the node's network (rules) act on this one.
@@ -56,7 +56,7 @@ def decommission(node: Node, store_args: Sequence[str], timeout: float = 20.0) -
     return result.stdout.strip()
 
 
-def start(node: Node, command: Sequence[str]) -> subprocess.Popen[bytes]:
+def start(node: LabNode, command: Sequence[str]) -> subprocess.Popen[bytes]:
     """Spawn the daemon in the node's namespace, in its own session so that it outlives a
     `dataplane lab up` that has returned, with stdout and stderr in the node's log."""
     node.subnet_file.unlink(missing_ok=True)     # readiness is this file appearing
@@ -69,7 +69,7 @@ def start(node: Node, command: Sequence[str]) -> subprocess.Popen[bytes]:
                                 start_new_session=True)
 
 
-def wait_converged(nodes: Sequence[Node], peers: int, timeout: float) -> None:
+def wait_converged(nodes: Sequence[LabNode], peers: int, timeout: float) -> None:
     """Wait until every daemon knows `peers` peers: a node that started before another learns
     of it from the store's watch, a moment after both are ready. Asked of each daemon's
     /metrics on its own loopback, from a thread inside its namespace."""
@@ -108,7 +108,7 @@ def _poll_peers(want: int, timeout: float) -> int:
         time.sleep(0.05)
 
 
-def log_tail(node: Node, lines: int = 20) -> str:
+def log_tail(node: LabNode, lines: int = 20) -> str:
     try:
         text = node.log_file.read_text(errors="replace")
     except FileNotFoundError:
@@ -116,7 +116,7 @@ def log_tail(node: Node, lines: int = 20) -> str:
     return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "(empty log)"
 
 
-def wait_ready(procs: dict[str, tuple[Node, subprocess.Popen[bytes]]], timeout: float) -> None:
+def wait_ready(procs: dict[str, tuple[LabNode, subprocess.Popen[bytes]]], timeout: float) -> None:
     """Wait until every daemon has written its subnet.env; fail fast if one exits."""
     deadline = time.monotonic() + timeout
     pending = dict(procs)

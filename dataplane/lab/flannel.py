@@ -13,6 +13,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from dataplane.backends import BACKENDS as OUR_BACKENDS
+from dataplane.backends import UDP, VNI_KEY, VTEP_MAC_KEY, VXLAN
 from dataplane.lab.errors import LabError
 from dataplane.lease import LeaseAttrs
 
@@ -23,8 +25,9 @@ DAEMON_BACKENDS = ("udp", "vxlan")
 
 # Backend.Type in flannel's network config for each lab backend.
 FLANNEL_TYPE = {"udp": "udp", "vxlan": "vxlan", "kernel-vxlan": "vxlan", "host-gw": "host-gw"}
-DEFAULT_PORT = {"udp": 8285, "vxlan": 8472}    # flannel's defaults (vxlan: the Linux default)
-ENCAP_OVERHEAD = {"udp": 28, "vxlan": 50, "host-gw": 0}  # bytes, what FLANNEL_MTU gives up
+DEFAULT_PORT = {name: b.port for name, b in OUR_BACKENDS.items()}   # flannel's defaults
+# bytes, what FLANNEL_MTU gives up (host-gw: plain routes, nothing)
+ENCAP_OVERHEAD = {name: b.overhead for name, b in OUR_BACKENDS.items()} | {"host-gw": 0}
 
 
 def net_conf(network: IPv4Network, flannel_type: str, *, vni: int = 1,
@@ -55,8 +58,10 @@ def lease_attrs(public_ip: IPv4Address, flannel_type: str, *, vni: int = 1,
     if flannel_type == "vxlan":
         if not vtep_mac:
             raise ValueError("a vxlan lease needs the node's VtepMAC")
-        return LeaseAttrs(str(public_ip), "vxlan", {"VNI": vni, "VtepMAC": vtep_mac})
-    return LeaseAttrs(str(public_ip), None if flannel_type == "udp" else flannel_type)
+        return LeaseAttrs(str(public_ip), VXLAN.lease_type,
+                          {VNI_KEY: vni, VTEP_MAC_KEY: vtep_mac})
+    return LeaseAttrs(str(public_ip),
+                      UDP.lease_type if flannel_type == UDP.name else flannel_type)
 
 
 @dataclass(frozen=True)

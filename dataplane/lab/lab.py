@@ -33,10 +33,10 @@ from dataplane.lab.flannel import (BACKENDS, DAEMON_BACKENDS, DEFAULT_PORT, ENCA
                                    FLANNEL_TYPE, SubnetEnv, config_json, lease_attrs, net_conf)
 from dataplane.lab.labetcd import LabEtcd
 from dataplane.lab.labstore import EtcdLabStore, LabStore
-from dataplane.lab.state import STATE_ROOT, LabState, Node, Pod
+from dataplane.lab.state import STATE_ROOT, LabState, LabNode, Pod
 from dataplane.lab.traffic import TransferResult
 
-__all__ = ["Lab", "LabError", "Node", "Pod", "STATE_ROOT", "TransferResult", "plan_backends",
+__all__ = ["Lab", "LabError", "LabNode", "Pod", "STATE_ROOT", "TransferResult", "plan_backends",
            "preflight", "teardown"]
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ STORES = ("directory", "etcd")
 # "pod:<name>"), to prove that `down` cleans up after a crash at any point.
 FAILPOINT_ENV = "DATAPLANE_LAB_FAILPOINT"
 
-NsLike = Node | Pod | str | None
+NsLike = LabNode | Pod | str | None
 
 
 def plan_backends(backend: str, nodes: int, kernel_nodes: int = 0,
@@ -136,8 +136,8 @@ class Lab:
             self.store = EtcdLabStore(self.etcd.endpoints, self.underlay_ns)
         else:
             self.store = LabStore(self.dir / "store")
-        self.nodes: list[Node] = [
-            Node(name=naming.node_ns(self.prefix, i), index=i, backend=b,
+        self.nodes: list[LabNode] = [
+            LabNode(name=naming.node_ns(self.prefix, i), index=i, backend=b,
                  underlay_ip=naming.underlay_ip(i), subnet=naming.node_subnet(self.network, i),
                  dir=self.dir / naming.node_ns(self.prefix, i))
             for i, b in enumerate(self.backends, start=1)]
@@ -189,7 +189,7 @@ class Lab:
 
     # --- lookups -----------------------------------------------------------------------------
 
-    def node(self, key: int | str) -> Node:
+    def node(self, key: int | str) -> LabNode:
         for n in self.nodes:
             if key in (n.index, n.name):
                 return n
@@ -203,8 +203,8 @@ class Lab:
                 return p
         raise LabError(f"no pod {name!r} in lab {self.prefix}")
 
-    def pods_on(self, node: Node | str | int) -> list[Pod]:
-        name = node.name if isinstance(node, Node) else self.node(node).name
+    def pods_on(self, node: LabNode | str | int) -> list[Pod]:
+        name = node.name if isinstance(node, LabNode) else self.node(node).name
         return [p for p in self.pods if p.node == name]
 
     # --- building ----------------------------------------------------------------------------
@@ -298,7 +298,7 @@ class Lab:
             self._add_pods(node)
         self._enter("ready")
 
-    def _program_kernel_node(self, node: Node) -> None:
+    def _program_kernel_node(self, node: LabNode) -> None:
         """What flanneld does on start for a kernel node: device, lease, subnet.env."""
         mtu = self.underlay_mtu - ENCAP_OVERHEAD[self.flannel_type]
         if node.backend == "kernel-vxlan":
@@ -322,7 +322,7 @@ class Lab:
             daemon.wait_converged([n for n, _ in started.values()], len(self.nodes) - 1,
                                   self.daemon_timeout)
 
-    def _spawn_daemon(self, node: Node, fastpath: str | None) -> subprocess.Popen[bytes]:
+    def _spawn_daemon(self, node: LabNode, fastpath: str | None) -> subprocess.Popen[bytes]:
         proc = daemon.start(node, daemon.argv(node, self.store.daemon_args(),
                                               program=self.daemon_program, fastpath=fastpath,
                                               ip_masq=self.ip_masq, extra=self.daemon_args))
@@ -331,10 +331,10 @@ class Lab:
         self._save()
         return proc
 
-    def stop_daemon(self, node: Node | str | int) -> None:
+    def stop_daemon(self, node: LabNode | str | int) -> None:
         """SIGTERM one node's daemon (SIGKILL after 5 s); its lease stays in the store and
         its subnet.env in place, as flanneld leaves them (decommission() gives them back)."""
-        n = node if isinstance(node, Node) else self.node(node)
+        n = node if isinstance(node, LabNode) else self.node(node)
         proc = self._procs.pop(n.name, None)
         if proc is not None:
             _stop([proc])
@@ -343,20 +343,20 @@ class Lab:
         n.pid = n.pid_start = None
         self._save()
 
-    def decommission(self, node: Node | str | int) -> str:
+    def decommission(self, node: LabNode | str | int) -> str:
         """Stop one node's daemon and give its subnet back (`dataplane leases release
         --subnet-file`): the other nodes see it leave, and a later start_daemon is a new node
         to them. Returns what was done."""
-        n = node if isinstance(node, Node) else self.node(node)
+        n = node if isinstance(node, LabNode) else self.node(node)
         self.stop_daemon(n)
         return daemon.decommission(n, self.store.daemon_args())
 
-    def start_daemon(self, node: Node | str | int, *, fastpath: str | None = None,
+    def start_daemon(self, node: LabNode | str | int, *, fastpath: str | None = None,
                      wait: bool = True) -> int:
         """(Re)start one node's daemon, e.g. with another fast path, and (unless wait=False)
         wait until it is ready again; returns its pid. Kernel nodes keep what they learnt at
         `up`: call sync_peers() if the daemon came back with a new VtepMAC."""
-        n = node if isinstance(node, Node) else self.node(node)
+        n = node if isinstance(node, LabNode) else self.node(node)
         if not n.runs_daemon:
             raise LabError(f"{n.name} is a {n.backend} node: it runs no daemon")
         if n.name in self.daemon_pids():
@@ -407,7 +407,7 @@ class Lab:
                                                direct_routing=self.direct_routing)
         self._save()
 
-    def _add_pods(self, node: Node) -> None:
+    def _add_pods(self, node: LabNode) -> None:
         env = SubnetEnv.read(node.subnet_file)
         delegate = cni.derive_delegate(cni.flannel_netconf(node.cni_dir / "ipam"), env)
         for j in range(1, self.pods_per_node + 1):
@@ -552,7 +552,7 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 5.0) -> None:
 
 
 def _ns_name(ns: NsLike) -> str | None:
-    return ns.netns if isinstance(ns, (Node, Pod)) else ns
+    return ns.netns if isinstance(ns, (LabNode, Pod)) else ns
 
 
 def _failpoint(step: str) -> None:

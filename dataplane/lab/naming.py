@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from ipaddress import IPv4Address, IPv4Network
 
+from dataplane.backends import VXLAN
 from dataplane.lab.errors import LabError
 
 DEFAULT_PREFIX = "dpl"
@@ -67,7 +68,7 @@ def underlay_port(i: int) -> str:
 
 
 def vxlan_device(vni: int) -> str:
-    return f"flannel.{vni}"    # flannel's name; "flannel.1" for the default VNI
+    return VXLAN.device(vni)   # flannel's name; "flannel.1" for the default VNI
 
 
 def underlay_ip(i: int) -> IPv4Address:

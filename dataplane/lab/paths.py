@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from dataplane.backends import UDP
 from dataplane.lab import naming
 from dataplane.lab.nsthread import call_in_netns
 
@@ -67,7 +68,7 @@ def probe(lab: Lab, *, timeout: float = 1.0) -> list[PathResult]:
     node = lab.node(src.node)
     others_here = [p for p in pods if p.node == src.node and p is not src]
     elsewhere = [p for p in pods if p.node != src.node]
-    tunnel = {"udp": "flannel0", "vxlan": naming.vxlan_device(lab.vni),
+    tunnel = {"udp": UDP.device(lab.vni), "vxlan": naming.vxlan_device(lab.vni),
               "kernel-vxlan": naming.vxlan_device(lab.vni), "host-gw": "eth0 (host routes)"}
     targets = [("loopback", src.netns, "127.0.0.1", "lo")]
     if others_here:

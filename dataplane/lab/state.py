@@ -19,7 +19,10 @@ STATE_ROOT = Path("/run/dataplane-lab")    # one directory per lab prefix; tmpfs
 
 
 @dataclass
-class Node:
+class LabNode:
+    """One node of a lab as state.json records it: a namespace, its backend and addresses (not
+    the daemon's dataplane.daemon.node.Node, which may run inside it)."""
+
     name: str                  # also its network namespace
     index: int                 # 1-based; fixes its underlay IP and subnet
     backend: str               # udp | vxlan | kernel-vxlan | host-gw
@@ -100,7 +103,7 @@ class LabState:
     options: dict[str, Any]            # the Lab(...) arguments, to reattach with Lab.load
     phase: str = "new"
     namespaces: list[str] = field(default_factory=list)
-    nodes: list[Node] = field(default_factory=list)
+    nodes: list[LabNode] = field(default_factory=list)
     pods: list[Pod] = field(default_factory=list)
     etcd: list[EtcdMember] = field(default_factory=list)
     created: float = field(default_factory=time.time)
@@ -119,7 +122,7 @@ class LabState:
     @classmethod
     def from_json(cls, text: str) -> LabState:
         raw = json.loads(text)
-        nodes = [Node(**{**n, "underlay_ip": IPv4Address(n["underlay_ip"]),
+        nodes = [LabNode(**{**n, "underlay_ip": IPv4Address(n["underlay_ip"]),
                          "subnet": IPv4Network(n["subnet"]), "dir": Path(n["dir"])})
                  for n in raw["nodes"]]
         pods = [Pod(**{**p, "ip": IPv4Address(p["ip"]) if p["ip"] else None})

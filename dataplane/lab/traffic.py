@@ -106,14 +106,14 @@ def reachability(lab: Lab, pods: list[Pod], *, count: int, timeout: float
             procs[src.name] = lab.popen(src, _ping_argv(count, timeout, targets),
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True)
-    by_ip = {str(p.ip): p.name for p in pods}
+    pod_at_address = {str(p.ip): p.name for p in pods}   # ping reports addresses
     matrix: dict[tuple[str, str], bool] = {}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=count + timeout + 20)
         if proc.returncode != 0:
             raise LabError(f"ping probe in {name} failed: {err.strip()}")
         for ip, ok in json.loads(out).items():
-            matrix[(name, by_ip[ip])] = ok
+            matrix[(name, pod_at_address[ip])] = ok
     return matrix
 
 

@@ -13,7 +13,7 @@ from ipaddress import IPv4Network
 from typing import Any
 
 from dataplane import subnetenv
-from dataplane.cli import CommandError
+from dataplane.errors import CommandError
 from dataplane.lease import Lease
 from dataplane.netconf import ConfigError
 from dataplane.store.base import StoreError, format_duration

@@ -12,10 +12,10 @@
 from __future__ import annotations
 
 import argparse
-
 from typing import Any
 
 from dataplane.cli import go_bool
+from dataplane.errors import CommandError
 from dataplane.store.base import SubnetStore
 from dataplane.store.directory import DEFAULT_STORE_DIR, DirectoryStore
 
@@ -94,13 +94,11 @@ def open_store(args: argparse.Namespace) -> SubnetStore:
     if getattr(args, "kube_subnet_mgr", False):
         etcd_only = [f"--etcd-{name}" for name, value in security.items() if value]
         if etcd_only:
-            from dataplane.cli import CommandError
             raise CommandError(f"{etcd_only[0]} applies to the etcd store, not "
                                "--kube-subnet-mgr")
         return _kube_store(args)
     given = [name for name in KUBE_ONLY if getattr(args, name, None) is not None]
     if given:
-        from dataplane.cli import CommandError
         raise CommandError(f"--{given[0].replace('_', '-')} applies to the Kubernetes API "
                            "store: give --kube-subnet-mgr too")
     if endpoints:
@@ -110,7 +108,6 @@ def open_store(args: argparse.Namespace) -> SubnetStore:
                          password=security["password"])
     etcd_only = [f"--etcd-{name}" for name, value in security.items() if value]
     if prefix or etcd_only:
-        from dataplane.cli import CommandError
         raise CommandError(f"{(['--etcd-prefix'] if prefix else etcd_only)[0]} applies to the "
                            "etcd store: give --etcd-endpoints too")
     return DirectoryStore(args.store_dir or DEFAULT_STORE_DIR)
@@ -119,7 +116,6 @@ def open_store(args: argparse.Namespace) -> SubnetStore:
 def _tls(endpoints: list[Any], security: dict[str, str | None]) -> Any:
     """The ssl context for https:// endpoints; CommandError for a bad file, or TLS files
     given for plain http:// endpoints (they would be silently unused)."""
-    from dataplane.cli import CommandError
     files = {name: security[name] for name in ("cafile", "certfile", "keyfile")}
     if not any(e.tls for e in endpoints):
         given = [f"--etcd-{name}" for name, value in files.items() if value]
@@ -135,7 +131,6 @@ def _tls(endpoints: list[Any], security: dict[str, str | None]) -> Any:
 
 
 def _kube_store(args: argparse.Namespace) -> SubnetStore:
-    from dataplane.cli import CommandError
     from dataplane.store.kube import KubeStore
     if getattr(args, "etcd_prefix", None):
         raise CommandError("--etcd-prefix applies to the etcd store, not --kube-subnet-mgr")

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from bench import command, ladder
-from dataplane.cli import CommandError
+from dataplane.errors import CommandError
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from dataplane import subnetenv
-from dataplane.cli import CommandError
 from dataplane.daemon import decommission as dec
+from dataplane.errors import CommandError
 from dataplane.lease import LeaseAttrs
 from dataplane.store import command
 from dataplane.store.base import StoreUnavailable

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network
 
+from dataplane.backends import VXLAN
 from dataplane.daemon.directroutes import DirectRoutes
-from dataplane.daemon.node import Node, NodeOptions, vtep_mac
+from dataplane.daemon.node import vtep_mac
+from dataplane.daemon.peers import Peers, Tunnels
 from dataplane.lease import Lease
-from dataplane.netconf import parse_network_config
 from dataplane.store.base import LeaseEvent
 
 ON_LINK = "10.99.0."          # the fake underlay subnet: these addresses are reached directly
@@ -41,7 +42,7 @@ def lease(subnet: str, ip: str, mac: str = "0e:00:00:00:00:02") -> Lease:
 
 def test_same_subnet_peer_is_routed_and_others_are_not() -> None:
     table = FakeTable()
-    direct = DirectRoutes(table, threaded=False)
+    direct = DirectRoutes(table, Tunnels(), threaded=False)
     assert direct.place(lease("10.244.2.0/24", "10.99.0.2"))
     assert not direct.place(lease("10.244.3.0/24", "10.98.0.3"))
     assert table.routes == {"10.244.2.0/24": "10.99.0.2"}
@@ -51,7 +52,7 @@ def test_same_subnet_peer_is_routed_and_others_are_not() -> None:
 
 def test_changes_replace_and_moves_away_remove_the_route() -> None:
     table = FakeTable()
-    direct = DirectRoutes(table, threaded=False)
+    direct = DirectRoutes(table, Tunnels(), threaded=False)
     direct.place(lease("10.244.2.0/24", "10.99.0.2"))
     direct.place(lease("10.244.2.0/24", "10.99.0.2"))           # unchanged: no netlink call
     assert table.calls == [("replace", "10.244.2.0/24", "10.99.0.2")]
@@ -63,7 +64,7 @@ def test_changes_replace_and_moves_away_remove_the_route() -> None:
 
 def test_forget_and_withdraw_all() -> None:
     table = FakeTable()
-    direct = DirectRoutes(table, threaded=False)
+    direct = DirectRoutes(table, Tunnels(), threaded=False)
     direct.place(lease("10.244.2.0/24", "10.99.0.2"))
     direct.place(lease("10.244.4.0/24", "10.99.0.4"))
     assert direct.forget(IPv4Network("10.244.2.0/24"))
@@ -75,7 +76,7 @@ def test_forget_and_withdraw_all() -> None:
 
 def test_a_restart_adopts_its_routes_and_prunes_departed_peers() -> None:
     table = FakeTable({"10.244.2.0/24": "10.99.0.2", "10.244.5.0/24": "10.99.0.5"})
-    direct = DirectRoutes(table, threaded=False)
+    direct = DirectRoutes(table, Tunnels(), threaded=False)
     direct.adopt()
     direct.place(lease("10.244.2.0/24", "10.99.0.2"))     # still there
     direct.prune()                                         # 10.244.5.0/24 left meanwhile
@@ -88,20 +89,20 @@ def test_netlink_failure_falls_back_to_tunnelling() -> None:
         def replace(self, subnet: str, gateway: str) -> None:
             raise OSError("EPERM")
 
-    direct = DirectRoutes(Broken(), threaded=False)
+    direct = DirectRoutes(Broken(), Tunnels(), threaded=False)
     assert not direct.place(lease("10.244.2.0/24", "10.99.0.2"))
     assert direct.routes == {}
 
 
 def test_disabled_routes_nothing() -> None:
-    direct = DirectRoutes(None)
+    direct = DirectRoutes(None, Tunnels())
     assert not direct.place(lease("10.244.2.0/24", "10.99.0.2"))
     assert not direct.forget(IPv4Network("10.244.2.0/24"))
 
 
 def test_the_threaded_path_runs_netlink_off_the_caller() -> None:
     table = FakeTable()
-    direct = DirectRoutes(table)
+    direct = DirectRoutes(table, Tunnels())
     try:
         assert direct.place(lease("10.244.2.0/24", "10.99.0.2"))
     finally:
@@ -113,33 +114,39 @@ class FakeForwarder:
     def __init__(self) -> None:
         self.peers: dict[str, tuple] = {}
 
-    def set_peer(self, subnet: str, ip: str, mac: bytes) -> None:
-        self.peers[subnet] = (ip, mac)
+    def set_peer(self, subnet: IPv4Network, ip: str, mac: bytes) -> None:
+        self.peers[str(subnet)] = (ip, mac)
 
-    def del_peer(self, subnet: str) -> None:
-        self.peers.pop(subnet)          # KeyError if the node deletes what it never set
+    def del_peer(self, subnet: IPv4Network) -> None:
+        self.peers.pop(str(subnet))     # KeyError if the node deletes what it never set
 
 
-def node_with(direct: DirectRoutes) -> tuple[Node, FakeForwarder]:
-    node = Node(NodeOptions(store=None))
-    node.config = parse_network_config('{"Network": "10.244.0.0/16", "Backend": '
-                                       '{"Type": "vxlan", "DirectRouting": true}}')
-    node.lease = lease("10.244.1.0/24", "10.99.0.1")
-    fwd = FakeForwarder()
-    node.fwds = [fwd]
-    node.direct = direct
-    return node, fwd
+class PeersNode:
+    """What of a node the peers touch: its reconciler in front of DirectRouting's routes."""
+
+    def __init__(self, table: FakeTable) -> None:
+        self.fwd = FakeForwarder()
+        self.direct = DirectRoutes(table, Tunnels([self.fwd]), threaded=False)
+        self.peers = Peers(IPv4Network("10.244.1.0/24"), VXLAN, self.direct)
+
+    def _apply(self, event: LeaseEvent) -> None:
+        self.peers.update([event])
+
+
+def node_with(table: FakeTable) -> tuple[PeersNode, FakeForwarder]:
+    node = PeersNode(table)
+    return node, node.fwd
 
 
 def test_node_keeps_direct_peers_out_of_the_forwarder() -> None:
     table = FakeTable()
-    node, fwd = node_with(DirectRoutes(table, threaded=False))
+    node, fwd = node_with(table)
     near, far = lease("10.244.2.0/24", "10.99.0.2"), lease("10.244.3.0/24", "10.98.0.3")
     node._apply(LeaseEvent("added", near))
     node._apply(LeaseEvent("added", far))
     assert set(fwd.peers) == {"10.244.3.0/24"}
     assert table.routes == {"10.244.2.0/24": "10.99.0.2"}
-    assert set(node.peers) == {near.subnet, far.subnet}     # both count as peers
+    assert set(node.peers.admitted) == {near.subnet, far.subnet}     # both count as peers
 
     # the far peer moves onto our subnet: out of the forwarder, routed
     node._apply(LeaseEvent("added", lease("10.244.3.0/24", "10.99.0.3")))
@@ -151,12 +158,12 @@ def test_node_keeps_direct_peers_out_of_the_forwarder() -> None:
 
     node._apply(LeaseEvent("removed", lease("10.244.3.0/24", "10.99.0.3")))
     node._apply(LeaseEvent("removed", lease("10.244.2.0/24", "10.98.0.2")))
-    assert fwd.peers == {} and table.routes == {} and node.peers == {}
+    assert fwd.peers == {} and table.routes == {} and node.peers.admitted == {}
 
 
 def test_our_own_lease_is_never_routed() -> None:
     table = FakeTable()
-    node, fwd = node_with(DirectRoutes(table, threaded=False))
+    node, fwd = node_with(table)
     node._apply(LeaseEvent("added", lease("10.244.1.0/24", "10.99.0.1")))
     assert table.calls == [] and fwd.peers == {}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dataplane.cli import CommandError
+from dataplane.errors import CommandError
 from dataplane.lease import LeaseAttrs
 from dataplane.store import command
 from dataplane.store.directory import DirectoryStore

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from dataplane.cli import CommandError
+from dataplane.errors import CommandError
 from dataplane.lease import LeaseAttrs
 from dataplane.store.base import StoreUnavailable
 from dataplane.store.etcd import EtcdStore

@@ -21,7 +21,7 @@ from ipaddress import IPv4Network
 from typing import Any
 
 from dataplane.daemon.metrics import parse_metrics
-from dataplane.lab import Lab, Node, daemon, naming, netns
+from dataplane.lab import Lab, LabNode, daemon, naming, netns
 from dataplane.lab.errors import LabError
 from dataplane.lab.labstore import LabStore
 from dataplane.lab.nsthread import call_in_netns
@@ -85,7 +85,7 @@ class KubeLab(Lab):
         self.api = StandinApiServer(host=API_IP, port=API_PORT, netns=self.underlay_ns)
         self.store = KubeLabStore(self)
 
-    def _spawn_daemon(self, node: Node, fastpath: str | None):
+    def _spawn_daemon(self, node: LabNode, fastpath: str | None):
         program = ["env", f"NODE_NAME={node.name}", *daemon.default_program()]
         proc = daemon.start(node, daemon.argv(node, self.store.daemon_args(), program=program,
                                               fastpath=fastpath, ip_masq=self.ip_masq,
@@ -102,7 +102,7 @@ class KubeLab(Lab):
             self.api.down()
 
 
-def metrics(node: Node) -> dict[str, float]:
+def metrics(node: LabNode) -> dict[str, float]:
     def get() -> str:
         url = f"http://127.0.0.1:{daemon.METRICS_PORT}/metrics"
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -110,14 +110,14 @@ def metrics(node: Node) -> dict[str, float]:
     return parse_metrics(call_in_netns(node.netns, get))
 
 
-def peers(node: Node) -> float:
+def peers(node: LabNode) -> float:
     try:
         return metrics(node)["dataplane_peers"]
     except (OSError, urllib.error.URLError, LabError):
         return -1
 
 
-def wait_peers(nodes: list[Node], count: int, timeout: float = 20.0) -> None:
+def wait_peers(nodes: list[LabNode], count: int, timeout: float = 20.0) -> None:
     """Until every one of `nodes` forwards to exactly `count` peers (its C peer table)."""
     for node in nodes:
         deadline = time.monotonic() + timeout

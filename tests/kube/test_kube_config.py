@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dataplane.cli import CommandError
+from dataplane.errors import CommandError
 from dataplane.store import command as leases_command
 from dataplane.store import kube as kube_store
 from dataplane.store import kube_annotations, kube_client, options

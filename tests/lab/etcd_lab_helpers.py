@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from dataplane.daemon.metrics import parse_metrics
-from dataplane.lab import Lab, Node
+from dataplane.lab import Lab, LabNode
 from dataplane.lab.daemon import METRICS_PORT
 from dataplane.lab.nsthread import call_in_netns
 from dataplane.store.etcd_server import INSTALL_HINT, find_etcd
@@ -36,7 +36,7 @@ def _etcd_missing() -> str | None:
 ETCD_MISSING = _etcd_missing()
 
 
-def http_get(node: Node, path: str) -> tuple[int, str]:
+def http_get(node: LabNode, path: str) -> tuple[int, str]:
     """GET http://127.0.0.1:HEALTHZ_PORT<path> from inside the node's namespace."""
     def get() -> tuple[int, str]:
         url = f"http://127.0.0.1:{HEALTHZ_PORT}{path}"
@@ -48,13 +48,13 @@ def http_get(node: Node, path: str) -> tuple[int, str]:
     return call_in_netns(node.netns, get)
 
 
-def metrics(node: Node) -> dict[str, float]:
+def metrics(node: LabNode) -> dict[str, float]:
     status, text = http_get(node, "/metrics")
     assert status == 200, text
     return parse_metrics(text)
 
 
-def ready(node: Node) -> bool:
+def ready(node: LabNode) -> bool:
     return http_get(node, "/readyz")[0] == 200
 
 
@@ -70,7 +70,7 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str,
         time.sleep(interval)
 
 
-def wait_peers(nodes: Iterable[Node], count: int, timeout: float = 15.0) -> None:
+def wait_peers(nodes: Iterable[LabNode], count: int, timeout: float = 15.0) -> None:
     """Until every one of `nodes` forwards to exactly `count` peers."""
     for node in nodes:
         wait_for(lambda: metrics(node)["dataplane_peers"] == count, timeout,
@@ -93,5 +93,5 @@ def granted_ttl(lab: Lab, lease_id: int) -> int:
     return int(json.loads(out)["granted-ttl"])
 
 
-def lease_key(node: Node) -> str:
+def lease_key(node: LabNode) -> str:
     return f"{PREFIX}/subnets/{node.subnet.network_address}-{node.subnet.prefixlen}"

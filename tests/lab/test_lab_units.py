@@ -16,7 +16,7 @@ from dataplane.lab.flannel import SubnetEnv, config_json, lease_attrs, net_conf
 from dataplane.lab.labstore import LabStore
 from dataplane.lab.lab import Lab, plan_backends
 from dataplane.lab.probe import _checksum, _echo_request
-from dataplane.lab.state import LabState, Node, Pod
+from dataplane.lab.state import LabState, LabNode, Pod
 
 
 def test_names_and_addresses() -> None:
@@ -102,7 +102,7 @@ def test_cni_delegate_is_what_flannels_plugin_derives(tmp_path: Path) -> None:
 
 def test_state_roundtrip(tmp_path: Path) -> None:
     state = LabState(prefix="ab", options={"nodes": 1}, phase="pods", namespaces=["ab-ul"],
-                     nodes=[Node("ab-n1", 1, "kernel-vxlan", IPv4Address("10.99.0.1"),
+                     nodes=[LabNode("ab-n1", 1, "kernel-vxlan", IPv4Address("10.99.0.1"),
                                  IPv4Network("10.244.1.0/24"), tmp_path / "ab-n1",
                                  vtep_mac="0e:00:00:00:00:01", pid=12, pid_start=34)],
                      pods=[Pod("ab-n1-p1", "ab-n1", 1, IPv4Address("10.244.1.2")),

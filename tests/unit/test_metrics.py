@@ -10,7 +10,9 @@ import types
 import pytest
 
 from dataplane import fastpath
+from dataplane.backends import UDP
 from dataplane.daemon.metrics import MetricsServer, render_metrics
+from dataplane.daemon.peers import Peers, Tunnels
 from dataplane.fastpath.types import MODE_UDP, ForwarderConfig
 from dataplane.lease import Lease
 from dataplane.netconf import parse_network_config
@@ -21,13 +23,14 @@ SAMPLE = re.compile(r'^([a-z_]+)(\{[^}]*\})? (\S+)$')
 def fake_node(impl: str):
     fwd = fastpath.load(impl).Forwarder(ForwarderConfig(mode=MODE_UDP,
                                                         local_subnet="10.244.1.0/24", port=8285))
-    fwd.set_peer("10.244.2.0/24", "10.99.0.2")
+    peers = Peers(ipaddress.IPv4Network("10.244.1.0/24"), UDP, Tunnels([fwd]))
+    peers.reset([Lease(ipaddress.IPv4Network("10.244.2.0/24"), "10.99.0.2"),
+                 Lease(ipaddress.IPv4Network("10.244.0.0/16"), "10.99.0.9")])   # refused
     fwd.egress([b"\x60" * 20, b""])             # two drops: IPv6, truncated
     fwd.ingress([("10.99.0.77", 8285, b"x")])    # unknown peer
     lease = Lease(ipaddress.IPv4Network("10.244.1.0/24"), "10.99.0.1")
     return types.SimpleNamespace(
-        counters=fwd.counters, peers={ipaddress.IPv4Network("10.244.2.0/24"): None}, lease=lease,
-        refused={ipaddress.IPv4Network("10.244.0.0/16"): None},
+        counters=fwd.counters, peers=peers, lease=lease,
         store_errors=3, ready=asyncio.Event(), started=1.0,
         config=parse_network_config('{"Network": "10.244.0.0/16"}'),
         opts=types.SimpleNamespace(fastpath=impl),

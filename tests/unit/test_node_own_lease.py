@@ -36,14 +36,14 @@ def warnings(caplog) -> list[str]:
 
 
 def test_our_own_write_coming_back_is_not_a_warning(node, caplog):
-    node._apply(LeaseEvent("added", lease(expires=T0 + timedelta(microseconds=300))))
+    node._own_lease(LeaseEvent("added", lease(expires=T0 + timedelta(microseconds=300))))
     assert warnings(caplog) == []
 
 
 def test_another_writer_a_second_apart_is_still_seen(node, caplog):
     """Two nodes started within a second of each other: their expiries differ by less than
     etcd's whole-second TTLs, but not by less than a millisecond."""
-    node._apply(LeaseEvent("added", lease(expires=T0 + timedelta(milliseconds=900))))
+    node._own_lease(LeaseEvent("added", lease(expires=T0 + timedelta(milliseconds=900))))
     assert len(warnings(caplog)) == 1
 
 
@@ -51,31 +51,31 @@ def test_an_older_write_of_ours_arriving_late_is_ours(node, caplog):
     async def renew() -> Lease:
         return lease(expires=T0 + timedelta(hours=1))
     asyncio.run(node.own.write(renew, node._hold))
-    node._apply(LeaseEvent("added", lease(expires=T0)))    # the first write's event, late
+    node._own_lease(LeaseEvent("added", lease(expires=T0)))    # the first write's event, late
     assert warnings(caplog) == []
 
 
 def test_a_renewal_by_another_node_with_our_public_ip_is_named(node, caplog):
-    node._apply(LeaseEvent("added", lease(expires=T0 + timedelta(minutes=7))))
+    node._own_lease(LeaseEvent("added", lease(expires=T0 + timedelta(minutes=7))))
     (message,) = warnings(caplog)
     for word in ("10.244.1.0/24", "10.99.0.1", "another node",
                  (T0 + timedelta(minutes=7)).astimezone().isoformat(timespec="seconds"),
                  T0.astimezone().isoformat(timespec="seconds")):
         assert word in message, message
     # the same foreign write seen again (a resync) is not repeated
-    node._apply(LeaseEvent("added", lease(expires=T0 + timedelta(minutes=7))))
+    node._own_lease(LeaseEvent("added", lease(expires=T0 + timedelta(minutes=7))))
     assert len(warnings(caplog)) == 1
 
 
 def test_a_lease_taken_by_another_public_ip_is_the_renewal_s_business(node, caplog):
-    node._apply(LeaseEvent("added", lease("10.99.0.2", T0 + timedelta(minutes=7))))
+    node._own_lease(LeaseEvent("added", lease("10.99.0.2", T0 + timedelta(minutes=7))))
     assert warnings(caplog) == []
 
 
 def test_events_during_our_own_write_wait_for_its_result(node, caplog):
     async def go(result: Lease, seen: Lease) -> None:
         async def write() -> Lease:
-            node._apply(LeaseEvent("added", seen))   # the watch reports it before we return
+            node._own_lease(LeaseEvent("added", seen))   # the watch reports it before we return
             return result
         await node.own.write(write, node._hold)
 

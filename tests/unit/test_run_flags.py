@@ -14,6 +14,7 @@ import pytest
 from dataplane import __version__
 from dataplane.cli import QuietLibraries, apply_env, build_parser, env_name
 from dataplane.daemon.command import renew_margin
+from dataplane.errors import CommandError
 from tests import netns
 
 
@@ -149,7 +150,6 @@ def test_renew_margin_in_minutes_as_flanneld():
     (["--lease-ttl", "600", "--subnet-lease-renew-margin", "10"], ["below --lease-ttl 600"]),
 ])
 def test_renew_margin_out_of_range_is_refused(argv, words):
-    from dataplane.cli import CommandError
     with pytest.raises(CommandError) as exc:
         _margin(*argv)
     assert all(w in str(exc.value) for w in words) and "--subnet-lease-renew-margin" in \
