@@ -165,11 +165,6 @@ def find_underlay(public_ip: str | None = None, iface: str | None = None, *,
                         local="" if address == public else address)
 
 
-def link_exists(name: str) -> bool:
-    with IPRoute() as ipr:
-        return bool(ipr.link_lookup(ifname=name))
-
-
 def configure_tun(name: str, address: str, mtu: int, network: str, txqueuelen: int) -> None:
     """address/32 on the TUN, its MTU and queue length, link up, and one route for the whole
     pod network through it (the TUN is layer 3: no per-peer routes or neighbours)."""
@@ -199,29 +194,6 @@ def _disable_ipv6(name: str) -> None:
             f.write("1")
     except OSError:
         pass                    # no IPv6 in this kernel or namespace: nothing to silence
-
-
-def remove_route(network: str, name: str) -> None:
-    net = ipaddress.IPv4Network(network, strict=False)
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=name)
-        if not index:
-            return
-        try:
-            ipr.route("del", dst=str(net.network_address), dst_len=net.prefixlen, oif=index[0])
-        except NetlinkError:
-            pass      # already gone with the link
-
-
-def delete_link(name: str) -> None:
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=name)
-        if index:
-            try:
-                ipr.link("del", index=index[0])
-            except NetlinkError as exc:
-                if exc.code != 19:      # ENODEV: went away meanwhile
-                    raise
 
 
 # ---- DirectRouting: plain routes to peers on the underlay's own subnet -------------------------

@@ -214,7 +214,6 @@ class Forwarder:
         self._f = ffi.gc(lib.dp_fwd_new(cfg), lib.dp_fwd_free)
         if self._f == ffi.NULL:
             raise MemoryError
-        self._headroom = lib.DP_VXLAN_OVERHEAD if config.mode == MODE_VXLAN else 0
 
     def set_peer(self, subnet: str, public_ip: str, mac: bytes | str = b"\0" * 6) -> None:
         prefix, plen = parse_net(subnet)

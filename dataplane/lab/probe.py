@@ -7,8 +7,8 @@
                            (etcd stopped, a leader killed) for loss; prints FLOWING once the
                            first reply is back, then {"sent", "received", "lost"}
 
-In Python rather than iputils' ping: the Debian package is not among the lab's dependencies,
-and one process pinging every destination keeps a reachability matrix at one process per pod.
+In Python rather than iputils' ping (which the lab installs, for people): one process pinging
+every destination keeps a reachability matrix at one process per pod, and prints JSON.
 Imports stay light (no pyroute2): a probe runs on every `lab status`.
 """
 
