@@ -18,7 +18,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from dataplane import __version__
 

@@ -98,10 +98,12 @@ def render(backend: str, mtu: int, segments: list[Segment]) -> str:
         for f in seg.layout.fields:
             nbytes = (f.bits + f.shift + 7) // 8
             raw = seg.data[f.offset:f.offset + nbytes].hex(" ")
-            lines.append(f"  {seg.offset + f.offset:>6}  {f.name:<14} {f.render(seg.data):<28} {raw}")
+            lines.append(f"  {seg.offset + f.offset:>6}  {f.name:<14} "
+                         f"{f.render(seg.data):<28} {raw}")
         lines.append("")
     overhead = OVERHEAD[backend]
-    parts = "outer IPv4 20 + UDP 8" + (" + VXLAN 8 + inner Ethernet 14" if backend == "vxlan" else "")
+    parts = "outer IPv4 20 + UDP 8" + (" + VXLAN 8 + inner Ethernet 14" if backend == "vxlan"
+                                       else "")
     lines.append(f"overhead: {overhead} bytes per packet ({parts})")
     lines.append(f"MTU: underlay {mtu} -> pod MTU {mtu - overhead} "
                  f"(the TUN and cni0 must be {overhead} bytes smaller than the underlay)")

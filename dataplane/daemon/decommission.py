@@ -28,7 +28,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
-from typing import Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
 
 from dataplane import subnetenv
 from dataplane.lease import Lease
@@ -49,7 +49,7 @@ class Decommission:
     done: list[str] = field(default_factory=list)    # what was done, for the report
 
 
-CleanupStep = Callable[[Decommission], Optional[Awaitable[None]]]
+CleanupStep = Callable[[Decommission], Awaitable[None] | None]
 
 def remove_netfilter_rules(job: Decommission) -> None:
     from dataplane.netfilter import remove_rules

@@ -29,7 +29,8 @@ from __future__ import annotations
 import concurrent.futures
 import ipaddress
 import logging
-from typing import Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from dataplane import hostnet
 from dataplane.lease import Lease

@@ -13,7 +13,8 @@ from __future__ import annotations
 import collections
 import logging
 from datetime import datetime, timedelta
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from dataplane.lease import Lease
 

@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from ipaddress import IPv4Network
 from typing import Any
 
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
         leases = asyncio.run(_fetch(args))
     except (StoreError, ConfigError) as exc:
         raise CommandError(str(exc)) from None
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if args.json:
         text = json.dumps([lease_to_dict(lease, now) for lease in leases], indent=2)
     else:

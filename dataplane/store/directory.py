@@ -42,10 +42,11 @@ import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
 
 from dataplane.lease import (Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key,
                              validate_subnet)
@@ -66,7 +67,7 @@ POLL_INTERVAL = 0.5                # without inotify: how often the watch looks 
 RESCAN_INTERVAL = 5.0              # with inotify: a full look now and then all the same
 BURST = 0.01                       # after an inotify wake-up: let a burst of writes land
 EXPIRY_SLACK = 0.05                # look just after a lease's expiry, not just before
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
 
 
@@ -166,7 +167,7 @@ class DirectoryStore(SubnetStore):
                         loop.add_reader(watch.fd, on_inotify)
                 try:
                     await asyncio.wait_for(woken.wait(), self._wait(soonest, watch is not None))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 if self._closed.is_set():
                     return

@@ -42,9 +42,10 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from ipaddress import IPv4Network
-from typing import Any, AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from dataplane.lease import (Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key,
                              validate_subnet)
@@ -366,7 +367,7 @@ class EtcdStore(SubnetStore):
     async def _expiration(self, lease_id: int) -> Any:
         if lease_id == 0:
             return None
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         cached = self._expiry.get(lease_id)
         if cached is not None and cached > now:
             return cached
@@ -450,7 +451,7 @@ class EtcdStore(SubnetStore):
 
     async def _grant(self, seconds: int) -> tuple[int, datetime]:
         """A new etcd lease and when it ends (counted from before we asked: never late)."""
-        start = datetime.now(timezone.utc)
+        start = datetime.now(UTC)
         lease_id, granted = await self._call(self.client.lease_grant(seconds))
         expiration = start + timedelta(seconds=granted)
         self._expiry[lease_id] = expiration

@@ -59,7 +59,8 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import h11
@@ -520,8 +521,7 @@ class EtcdClient:
                                        [("Authorization", token)] if token else [])
         except _ServerSaid as said:
             raise EtcdUnavailable(f"{endpoint}: {said.error.message}") from None
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-                _ProtocolError) as exc:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, _ProtocolError) as exc:
             raise EtcdUnavailable(f"{endpoint}: {_describe(exc, timeout, self.tls)}") from None
 
     async def watch(self, key: bytes, range_end: bytes | None = None, *, start_revision: int = 0,
@@ -647,8 +647,7 @@ class EtcdClient:
                         raise said.error from None
                     failures[endpoint.url] = said.error.message
                     continue
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-                        _ProtocolError) as exc:
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, _ProtocolError) as exc:
                     failures[endpoint.url] = _describe(exc, timeout, self.tls)
                     if (not endpoint.tls and isinstance(exc, asyncio.IncompleteReadError)
                             and not exc.partial):
@@ -700,7 +699,7 @@ class EtcdClient:
         try:
             return await asyncio.wait_for(_Connection.open(endpoint, self.tls),
                                           self.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise OSError(errno.ETIMEDOUT, f"connect timed out after "
                                            f"{self.connect_timeout:g} s") from None
 
@@ -771,7 +770,7 @@ class Watch:
                 raise self._broken("watch message too large")
             try:
                 data = await asyncio.wait_for(self._conn.read_data(), self.client.idle_check)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self._check_member()
                 continue
             except asyncio.IncompleteReadError:

@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 ETCD = "/usr/bin/etcd"
 INSTALL_HINT = "apt-get install etcd-server"
