@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import struct
 from dataclasses import dataclass
+from types import ModuleType
 
 from dataplane import fastpath
 from dataplane.layouts import ETHERNET, IPV4, TCP, UDP, VXLAN, Layout
@@ -41,7 +42,7 @@ class Segment:
     data: bytes
 
 
-def inner_tcp_packet(fp, payload_len: int) -> bytes:
+def inner_tcp_packet(fp: ModuleType, payload_len: int) -> bytes:
     """A pod's TCP segment, checksums included, built with the fast path's checksum."""
     payload = bytes((i * 7) & 0xFF for i in range(payload_len))
     total = 40 + payload_len

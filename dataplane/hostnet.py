@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -56,7 +57,7 @@ class Selection:
         return ", ".join(parts)
 
 
-def _links(ipr: IPRoute) -> dict[int, dict]:
+def _links(ipr: IPRoute) -> dict[int, Any]:        # pyroute2's messages are untyped
     return {link["index"]: link for link in ipr.get_links()}
 
 
@@ -244,7 +245,7 @@ def delete_direct_route(subnet: str, gateway: str, ifindex: int) -> None:
                 raise HostNetError(f"route {net} via {gateway}: {exc}") from None
 
 
-def _blackholes(ipr: IPRoute, net: ipaddress.IPv4Network) -> list:
+def _blackholes(ipr: IPRoute, net: ipaddress.IPv4Network) -> list[Any]:
     return [r for r in ipr.get_routes(family=AF_INET, table=254)
             if r["type"] == RTN_BLACKHOLE and r["dst_len"] == net.prefixlen
             and r.get_attr("RTA_DST") == str(net.network_address)]

@@ -105,14 +105,14 @@ async def decommission(store: SubnetStore, subnet: IPv4Network | None = None,
     DecommissionError: no lease on an explicitly named subnet, subnet.env unreadable or naming
     another subnet. Store errors (StoreUnavailable, ...) propagate. With subnet_file, a lease
     already gone (expired, released) is no error: the rest of the node is still cleaned up."""
-    if subnet is None and subnet_file is None:
-        raise DecommissionError("name the subnet to release, or give --subnet-file")
     if subnet_file is not None:
         named = subnet_from_file(subnet_file)
         if subnet is not None and named != subnet:
             raise DecommissionError(f"{subnet_file} names {named}, not {subnet}: give one of "
                                     "them")
         subnet = named
+    elif subnet is None:
+        raise DecommissionError("name the subnet to release, or give --subnet-file")
     leases, _ = await store.list_leases()
     lease = next((l for l in leases if l.subnet == subnet), None)
     if lease is None and subnet_file is None:

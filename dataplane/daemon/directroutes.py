@@ -87,14 +87,14 @@ class DirectRoutes:
     def __contains__(self, subnet: ipaddress.IPv4Network) -> bool:
         return subnet in self.routes
 
-    def _call(self, fn: Callable[..., T], *args) -> T:
+    def _call(self, fn: Callable[..., T], *args: object) -> T:
         if self._pool is None:
             return fn(*args)
         return self._pool.submit(fn, *args).result(NETLINK_TIMEOUT)
 
     def adopt(self) -> None:
         """Take over the routes a previous run left; prune() removes those not confirmed."""
-        if self.enabled:
+        if self.table is not None:
             self._stale = {ipaddress.IPv4Network(s): g
                            for s, g in self._call(self.table.ours).items()}
 
@@ -108,7 +108,7 @@ class DirectRoutes:
     def place(self, lease: Lease) -> bool:
         """Route this peer directly if it is on our underlay subnet; True if it now is (keep it
         out of the forwarder), False to tunnel it (and any direct route it had is removed)."""
-        if not self.enabled:
+        if self.table is None:
             return False
         subnet, gateway = lease.subnet, lease.public_ip
         try:
@@ -147,6 +147,7 @@ class DirectRoutes:
             self.forget(subnet)
 
     def _delete(self, subnet: ipaddress.IPv4Network, gateway: str, why: str) -> None:
+        assert self.table is not None            # there are routes only while enabled
         try:
             self._call(self.table.delete, str(subnet), gateway)
             log.info("removed direct route %s via %s: %s", subnet, gateway, why)

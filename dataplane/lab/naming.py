@@ -53,7 +53,7 @@ def node_ns(prefix: str, i: int) -> str:
     return f"{prefix}-n{i}"
 
 
-def pod_ns(prefix: str, i: int, j: int) -> str:
+def pod_ns(prefix: str, i: int | str, j: int) -> str:
     return f"{prefix}-n{i}-p{j}"
 
 

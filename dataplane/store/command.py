@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def release_main(args: argparse.Namespace) -> int:
-    from dataplane.daemon.decommission import DecommissionError, decommission
+    from dataplane.daemon.decommission import Decommission, DecommissionError, decommission
     from dataplane.hostnet import HostNetError
     from dataplane.netfilter import NetfilterError
 
@@ -88,7 +88,7 @@ def release_main(args: argparse.Namespace) -> int:
         raise CommandError("release: name the SUBNET to release, or give --subnet-file PATH "
                            "(decommission the node that wrote it)")
 
-    async def go():
+    async def go() -> Decommission:
         async with open_store(args) as store:
             return await decommission(store, args.subnet, args.subnet_file)
     try:

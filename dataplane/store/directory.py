@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, UTC
 from ipaddress import IPv4Network
 from pathlib import Path
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TypeVar
 
 from dataplane.lease import (Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key,
@@ -144,11 +144,11 @@ class DirectoryStore(SubnetStore):
         woken = asyncio.Event()
         self._wakers.add(woken)
         loop = asyncio.get_running_loop()
-        watch = None
+        watch: DirWatch | None = None
         touched: set[str] | None = set()       # names inotify told of; None: look at all
         soonest = _soonest(known.values())     # the earliest expiry among them (or earlier)
 
-        def on_inotify() -> None:
+        def on_inotify(watch: DirWatch) -> None:
             # Read at once: the descriptor is level-triggered, and left unread it would make
             # the loop call us again and again until the watch gets to it.
             nonlocal touched
@@ -164,7 +164,7 @@ class DirectoryStore(SubnetStore):
                 if watch is None and self.inotify:
                     watch = await self._open_watch()
                     if watch is not None:
-                        loop.add_reader(watch.fd, on_inotify)
+                        loop.add_reader(watch.fd, on_inotify, watch)
                 try:
                     await asyncio.wait_for(woken.wait(), self._wait(soonest, watch is not None))
                 except TimeoutError:
@@ -252,7 +252,7 @@ class DirectoryStore(SubnetStore):
             if entry is None:
                 self._cache.pop(name, None)
             live = entry is not None and entry.lease is not None and entry.expiration > now
-            out.append((subnet, entry.lease if live else None))
+            out.append((subnet, entry.lease if live and entry is not None else None))
         return out
 
     async def close(self) -> None:
@@ -489,7 +489,7 @@ class DirectoryStore(SubnetStore):
         return Lease.from_attrs(subnet, attrs, expiration)
 
 
-def _soonest(items) -> datetime | None:
+def _soonest(items: Iterable[Lease | datetime | None]) -> datetime | None:
     """The earliest expiration among leases (and datetimes, or None for none)."""
     times = [x.expiration if isinstance(x, Lease) else x for x in items if x is not None]
     return min((t for t in times if t is not None), default=None)

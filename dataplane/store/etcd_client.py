@@ -59,8 +59,8 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass
-from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import h11
@@ -402,6 +402,11 @@ def _error_from(endpoint: Endpoint, path: str, status: int, body: bytes) -> _Ser
     return _ServerSaid(EtcdRequestError(endpoint.url, path, code, message), retryable)
 
 
+_T = TypeVar("_T")
+# One try on one endpoint, given how long it may take and the headers to send.
+_Attempt = Callable[[Endpoint, float, Sequence[tuple[str, str]]], Awaitable[_T]]
+
+
 # -- the client --------------------------------------------------------------------------------
 
 class EtcdClient:
@@ -533,7 +538,9 @@ class EtcdClient:
         if start_revision:
             request["start_revision"] = str(start_revision)
         payload = json.dumps({"create_request": request}).encode()
-        conn, head = await self._authed("/v3/watch", payload, stream=True)
+        conn, head = await self._authed(
+            lambda endpoint, timeout, headers: self._open_stream(endpoint, "/v3/watch", payload,
+                                                                 timeout, headers))
         watch = Watch(self, conn, head)
         self._watches.add(watch)
         return watch
@@ -551,17 +558,20 @@ class EtcdClient:
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST body to path on the first endpoint that serves it; the decoded answer."""
-        return await self._authed(path, json.dumps(body).encode())
+        payload = json.dumps(body).encode()
+        return await self._authed(
+            lambda endpoint, timeout, headers: self._attempt(endpoint, path, payload, timeout,
+                                                             headers))
 
     # -- authentication -----------------------------------------------------------------------
 
-    async def _authed(self, path: str, payload: bytes, stream: bool = False) -> Any:
+    async def _authed(self, attempt: _Attempt[_T]) -> _T:
         """_failover with our token; a token etcd no longer takes is replaced once."""
         for again in (True, False):
             token = await self._ensure_token()
             headers = [("Authorization", token)] if token else []
             try:
-                return await self._failover(path, payload, stream=stream, headers=headers)
+                return await self._failover(attempt, headers)
             except EtcdRequestError as exc:
                 if again and token and _stale_token(exc):
                     self._forget_token(token)
@@ -584,7 +594,9 @@ class EtcdClient:
     async def _authenticate(self) -> str:
         body = json.dumps({"name": self.username, "password": self.password}).encode()
         try:
-            doc = await self._failover("/v3/auth/authenticate", body)
+            doc = await self._failover(
+                lambda endpoint, timeout, headers: self._attempt(
+                    endpoint, "/v3/auth/authenticate", body, timeout, headers))
         except EtcdRequestError as exc:
             if exc.code == GRPC_FAILED_PRECONDITION and "not enabled" in exc.message:
                 return ""                 # auth is off: etcd takes every call as it is
@@ -615,8 +627,9 @@ class EtcdClient:
 
     # -- machinery, continued -------------------------------------------------------------------
 
-    async def _failover(self, path: str, payload: bytes, stream: bool = False,
-                        headers: Sequence[tuple[str, str]] = ()) -> Any:
+    async def _failover(self, attempt: _Attempt[_T],
+                        headers: Sequence[tuple[str, str]] = ()) -> _T:
+        """attempt() on each endpoint in turn until one answers, within the call's deadline."""
         if self._closed:
             raise EtcdError("etcd client is closed")
         loop = asyncio.get_running_loop()
@@ -636,12 +649,7 @@ class EtcdClient:
                     break
                 timeout = min(left, self.attempt_timeout)
                 try:
-                    if stream:
-                        result = await self._open_stream(endpoint, path, payload, timeout,
-                                                         headers)
-                    else:
-                        result = await self._attempt(endpoint, path, payload, timeout,
-                                                     headers)
+                    result = await attempt(endpoint, timeout, headers)
                 except _ServerSaid as said:
                     if not said.retryable:
                         raise said.error from None
@@ -796,7 +804,8 @@ class Watch:
         except ValueError:
             raise self._broken(f"not a JSON message: {line[:80]!r}") from None
         if isinstance(doc, dict) and isinstance(doc.get("result"), dict):
-            return doc["result"]
+            result: dict[str, Any] = doc["result"]
+            return result
         error = doc.get("error") if isinstance(doc, dict) else None
         if isinstance(error, dict):
             message = str(error.get("message") or error.get("error") or error)

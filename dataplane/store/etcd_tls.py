@@ -69,8 +69,8 @@ class TLSFiles:
                     f"{not_before:%Y-%m-%d %H:%M} UTC")
         return None
 
-    def _files_stamp(self) -> tuple:
-        stamp = []
+    def _files_stamp(self) -> tuple[tuple[int, int, int] | str | None, ...]:
+        stamp: list[tuple[int, int, int] | str | None] = []
         for path in (self.cafile, self.certfile, self.keyfile):
             try:
                 st = os.stat(path) if path else None

@@ -125,7 +125,7 @@ def _load_client_cert(ctx: ssl.SSLContext, cfg: KubeConfig) -> None:
     temporary files, removed at once."""
     made: list[str] = []
     try:
-        paths = []
+        paths: list[str | None] = []
         for path, data in ((cfg.cert_file, cfg.cert_data), (cfg.key_file, cfg.key_data)):
             if data is not None:
                 fd, path = tempfile.mkstemp(prefix="dataplane-kube-")
@@ -133,7 +133,9 @@ def _load_client_cert(ctx: ssl.SSLContext, cfg: KubeConfig) -> None:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
             paths.append(path)
-        ctx.load_cert_chain(paths[0], paths[1])
+        certfile, keyfile = paths
+        assert certfile is not None       # the caller comes here only with a certificate
+        ctx.load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as exc:
         raise KubeConfigError(f"{cfg.source}: cannot load the client certificate and key: "
                               f"{exc}") from None
