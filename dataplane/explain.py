@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import struct
 from dataclasses import dataclass
-from types import ModuleType
 
 from dataplane import fastpath
+from dataplane.fastpath.api import Fastpath
+from dataplane.fastpath.types import parse_mac
 from dataplane.layouts import ETHERNET, IPV4, TCP, UDP, VXLAN, Layout
 
 HELP = "print one encapsulated packet layer by layer, with the overhead and MTU it forces"
@@ -42,7 +43,7 @@ class Segment:
     data: bytes
 
 
-def inner_tcp_packet(fp: ModuleType, payload_len: int) -> bytes:
+def inner_tcp_packet(fp: Fastpath, payload_len: int) -> bytes:
     """A pod's TCP segment, checksums included, built with the fast path's checksum."""
     payload = bytes((i * 7) & 0xFF for i in range(payload_len))
     total = 40 + payload_len
@@ -66,7 +67,7 @@ def build(backend: str, mtu: int, payload: int | None, vni: int, impl: str) -> l
     if backend == "udp":
         udp_payload, sport = inner, PORTS["udp"]
     else:
-        udp_payload = fp.vxlan_encap(inner, vni, DST_MAC, SRC_MAC)
+        udp_payload = fp.vxlan_encap(inner, vni, parse_mac(DST_MAC), parse_mac(SRC_MAC))
         sport = fp.flow_sport(inner)
     wire = fp.outer_udp4(udp_payload, NODE_SRC, NODE_DST, sport, PORTS[backend])
     layers: list[tuple[Layout | None, str, int]] = [(IPV4, "outer IPv4", 20), (UDP, "outer UDP", 8)]

@@ -21,7 +21,6 @@ from dataplane.fastpath.types import (
     HEADROOM,
     ICMP_MAX,
     MAX_UDP_PAYLOAD,
-    MODE_VXLAN,
     SPORT_RANGE,
     VNET_HLEN,
     Action,
