@@ -40,14 +40,14 @@ NAME = "c"
 
 # `make test-asan` points this at the AddressSanitizer/UBSan build of the same sources.
 if TYPE_CHECKING:
-    from dataplane.fastpath._dpc import ffi, lib   # the stub, _dpc.pyi
+    from dataplane.fastpath._dpc import CData, ffi, lib   # the stub, _dpc.pyi
 else:
     _module = importlib.import_module(
         "dataplane.fastpath." + os.environ.get("DATAPLANE_CMODULE", "_dpc"))
     ffi, lib = _module.ffi, _module.lib
 
 
-def _buf(data: bytes):
+def _buf(data: bytes) -> CData:
     return ffi.from_buffer(data)
 
 
@@ -243,7 +243,7 @@ class Forwarder:
         """The clock of the ICMP rate limit for egress()/ingress() calls (drains read it)."""
         lib.dp_fwd_set_clock(self._f, now_ms)
 
-    def _batch(self, payloads: list[bytes]):
+    def _batch(self, payloads: list[bytes]) -> tuple[CData, CData]:
         """Copy payloads into slots with headroom in front and room for an ICMP error."""
         n = len(payloads)
         slot = HEADROOM + max([ICMP_MAX] + [len(p) for p in payloads])
@@ -257,7 +257,7 @@ class Forwarder:
         return arena, pkts
 
     @staticmethod
-    def _verdict(p) -> Verdict:
+    def _verdict(p: CData) -> Verdict:
         # Enum members by index and cached address strings: building the result is most of
         # what this method costs, the C decision itself is tens of nanoseconds.
         action = _ACTIONS[p.action]
