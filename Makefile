@@ -17,7 +17,7 @@ BENCH_APT_PACKAGES := fastd openvpn tinc wireguard-go wireguard-tools
 # (= not :=: gcc may only be installed by the toolchain step)
 ASAN_RT = $(shell gcc -print-file-name=libasan.so)
 
-.PHONY: all deps apt-deps bench-apt-deps toolchain venv py-deps build test test-asan fuzz bench bench-quick bench-micro demo clean
+.PHONY: all deps apt-deps bench-apt-deps toolchain venv py-deps build lint test test-asan fuzz bench bench-quick bench-micro demo clean
 
 all: build
 
@@ -62,7 +62,12 @@ deps: apt-deps py-deps
 build: py-deps
 	$(VPY) -m dataplane.fastpath._build_ffi
 
-test: deps build
+# Style and bug rules on all Python ([tool.ruff]), types strict on dataplane/ ([tool.mypy]).
+lint: py-deps
+	$(VPY) -m ruff check dataplane bench tests
+	$(VPY) -m mypy
+
+test: lint deps build
 	$(VPY) -m pytest -q tests
 	$(MAKE) test-asan
 

@@ -49,8 +49,9 @@ def overlay_section(underlay_mtu: int) -> list[str]:
         "`dataplane explain --backend udp|vxlan`.", "",
     ]
     sizes = (UDP_SMALL + overhead.IP_UDP, underlay_mtu)
-    header = ["mode", "headers in front of the pod's packet", "bytes", f"pod MTU (underlay {underlay_mtu})",
-              f"share for the pod packet at {sizes[0]} B", f"at a full {underlay_mtu} B underlay packet"]
+    header = ["mode", "headers in front of the pod's packet", "bytes",
+              f"pod MTU (underlay {underlay_mtu})", f"share for the pod packet at {sizes[0]} B",
+              f"at a full {underlay_mtu} B underlay packet"]
     rows = []
     for encap in (None, "udp", "vxlan"):
         hs = overhead.headers(encap, underlay_mtu)

@@ -40,13 +40,13 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 SCHEMA = "dataplane-bench/1"
 
 
 def default_out_dir(base: str = os.path.join("bench", "results")) -> str:
-    return os.path.join(base, datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    return os.path.join(base, datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
 
 
 def write_json(results: dict, out_dir: str) -> str:

@@ -28,7 +28,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
@@ -426,11 +426,11 @@ def execute(s: ScaleSettings, progress: Progress, log_dir: Path | None = None
             ) -> dict[str, Any]:
     topology.remove_stale_labs()
     prefixes = topology.prefixes(2)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     stores = [run_store("etcd", s.etcd_counts, s, prefixes[0], progress, log_dir),
               run_store("directory", s.directory_counts, s, prefixes[1], progress, log_dir)]
     return {"schema": SCHEMA, "started": started.isoformat(timespec="seconds"),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "settings": {"etcd_counts": list(s.etcd_counts),
                          "directory_counts": list(s.directory_counts),
                          "churn_rate": s.churn_rate, "churn_seconds": s.churn_seconds,

@@ -22,7 +22,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from bench import procstat, results, topology
@@ -137,7 +137,7 @@ def execute(s: SoakSettings, progress: Progress) -> dict[str, Any]:
     (prefix,) = topology.prefixes(1)
     lab = lab_mod.Lab(prefix, nodes=3, pods=1, backend="vxlan", store="etcd",
                       etcd_members=3, state_root=topology.STATE_ROOT, daemon_timeout=60.0)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     doc: dict[str, Any] = {"schema": SCHEMA, "started": started.isoformat(timespec="seconds"),
                            "settings": vars(s) | {"sample_every": SAMPLE_EVERY,
                                                   "flow_interval": flow_interval(s.seconds)},
@@ -228,7 +228,7 @@ def execute(s: SoakSettings, progress: Progress) -> dict[str, Any]:
                 proc.communicate()
         progress.status("soak", "lab down")
         lab.down()
-    doc["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    doc["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     doc["verdict"] = verdict(doc)
     return doc
 

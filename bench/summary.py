@@ -78,7 +78,7 @@ def _sweep(by_dp: dict[str, list[dict]], baseline: str) -> dict:
         out[name] = [{"payload": payload, **{f: median(p.get(f) for p in ps)
                                              for f in SWEEP_FIGURES}}
                      for payload, ps in sorted(points.items())]
-    for name, points in out.items():
+    for points in out.values():
         for figures in points:
             base = next((b for b in out.get(baseline, []) if b["payload"] == figures["payload"]),
                         {})

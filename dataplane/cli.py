@@ -18,7 +18,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from dataplane import __version__
 from dataplane.errors import CommandError
@@ -73,7 +73,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             module = importlib.import_module(module_name)
             module.configure(p)
             p.set_defaults(_main=module.main, _env_prefix=getattr(module, "ENV_PREFIX", None))
-            parser._chosen_parser = p          # for apply_env
+            # for apply_env; argparse has no slot for it
+            parser._chosen_parser = p  # type: ignore[attr-defined]
     return parser
 
 

@@ -28,7 +28,7 @@ class Drop(enum.IntEnum):
     OVERSIZE = 15          # larger than a buffer slot / the device MTU
     TX_ERROR = 16          # the UDP socket refused the datagram
     TUN_WRITE_ERROR = 17   # the TUN device refused the packet
-    BAD_VNET_HDR = 18      # virtio_net_hdr disagrees with the packet (GSO type, gso_size, csum fields)
+    BAD_VNET_HDR = 18      # virtio_net_hdr disagrees with the packet (GSO type, gso_size, csum)
     BAD_L4_HEADER = 19     # TCP data offset < 5 or UDP length != IP payload length
     IPV6_UNSUPPORTED = 20  # an IPv6 packet: the overlay carries IPv4 only
     BAD_L4_CHECKSUM = 21   # ingress: TCP/UDP checksum neither right nor a partial (kernel) sum

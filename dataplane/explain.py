@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from dataplane import fastpath
 from dataplane.backends import BACKENDS
 from dataplane.errors import CommandError
+from dataplane.fastpath.api import Fastpath
+from dataplane.fastpath.types import parse_mac
 from dataplane.layouts import ETHERNET, IPV4, TCP, UDP, VXLAN, Layout
 
 HELP = "print one encapsulated packet layer by layer, with the overhead and MTU it forces"
@@ -41,7 +43,7 @@ class Segment:
     data: bytes
 
 
-def inner_tcp_packet(fp, payload_len: int) -> bytes:
+def inner_tcp_packet(fp: Fastpath, payload_len: int) -> bytes:
     """A pod's TCP segment, checksums included, built with the fast path's checksum."""
     payload = bytes((i * 7) & 0xFF for i in range(payload_len))
     total = 40 + payload_len
@@ -66,7 +68,7 @@ def build(backend: str, mtu: int, payload: int | None, vni: int, impl: str) -> l
     if backend == "udp":
         udp_payload, sport = inner, facts.port
     else:
-        udp_payload = fp.vxlan_encap(inner, vni, DST_MAC, SRC_MAC)
+        udp_payload = fp.vxlan_encap(inner, vni, parse_mac(DST_MAC), parse_mac(SRC_MAC))
         sport = fp.flow_sport(inner)
     wire = fp.outer_udp4(udp_payload, NODE_SRC, NODE_DST, sport, facts.port)
     layers: list[tuple[Layout | None, str, int]] = [(IPV4, "outer IPv4", 20), (UDP, "outer UDP", 8)]
@@ -100,10 +102,12 @@ def render(backend: str, mtu: int, segments: list[Segment]) -> str:
         for f in seg.layout.fields:
             nbytes = (f.bits + f.shift + 7) // 8
             raw = seg.data[f.offset:f.offset + nbytes].hex(" ")
-            lines.append(f"  {seg.offset + f.offset:>6}  {f.name:<14} {f.render(seg.data):<28} {raw}")
+            lines.append(f"  {seg.offset + f.offset:>6}  {f.name:<14} "
+                         f"{f.render(seg.data):<28} {raw}")
         lines.append("")
     overhead = BACKENDS[backend].overhead
-    parts = "outer IPv4 20 + UDP 8" + (" + VXLAN 8 + inner Ethernet 14" if backend == "vxlan" else "")
+    parts = "outer IPv4 20 + UDP 8" + (" + VXLAN 8 + inner Ethernet 14" if backend == "vxlan"
+                                       else "")
     lines.append(f"overhead: {overhead} bytes per packet ({parts})")
     lines.append(f"MTU: underlay {mtu} -> pod MTU {mtu - overhead} "
                  f"(the TUN and cni0 must be {overhead} bytes smaller than the underlay)")

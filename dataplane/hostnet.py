@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -56,7 +57,7 @@ class Selection:
         return ", ".join(parts)
 
 
-def _links(ipr: IPRoute) -> dict[int, dict]:
+def _links(ipr: IPRoute) -> dict[int, Any]:        # pyroute2's messages are untyped
     return {link["index"]: link for link in ipr.get_links()}
 
 
@@ -165,11 +166,6 @@ def find_underlay(public_ip: str | None = None, iface: str | None = None, *,
                         local="" if address == public else address)
 
 
-def link_exists(name: str) -> bool:
-    with IPRoute() as ipr:
-        return bool(ipr.link_lookup(ifname=name))
-
-
 def configure_tun(name: str, address: str, mtu: int, network: str, txqueuelen: int) -> None:
     """address/32 on the TUN, its MTU and queue length, link up, and one route for the whole
     pod network through it (the TUN is layer 3: no per-peer routes or neighbours)."""
@@ -199,29 +195,6 @@ def _disable_ipv6(name: str) -> None:
             f.write("1")
     except OSError:
         pass                    # no IPv6 in this kernel or namespace: nothing to silence
-
-
-def remove_route(network: str, name: str) -> None:
-    net = ipaddress.IPv4Network(network, strict=False)
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=name)
-        if not index:
-            return
-        try:
-            ipr.route("del", dst=str(net.network_address), dst_len=net.prefixlen, oif=index[0])
-        except NetlinkError:
-            pass      # already gone with the link
-
-
-def delete_link(name: str) -> None:
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=name)
-        if index:
-            try:
-                ipr.link("del", index=index[0])
-            except NetlinkError as exc:
-                if exc.code != 19:      # ENODEV: went away meanwhile
-                    raise
 
 
 # ---- DirectRouting: plain routes to peers on the underlay's own subnet -------------------------
@@ -272,7 +245,7 @@ def delete_direct_route(subnet: str, gateway: str, ifindex: int) -> None:
                 raise HostNetError(f"route {net} via {gateway}: {exc}") from None
 
 
-def _blackholes(ipr: IPRoute, net: ipaddress.IPv4Network) -> list:
+def _blackholes(ipr: IPRoute, net: ipaddress.IPv4Network) -> list[Any]:
     return [r for r in ipr.get_routes(family=AF_INET, table=254)
             if r["type"] == RTN_BLACKHOLE and r["dst_len"] == net.prefixlen
             and r.get_attr("RTA_DST") == str(net.network_address)]

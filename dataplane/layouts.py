@@ -7,7 +7,7 @@ in the tests, so the tables cannot drift from the bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 
 @dataclass(frozen=True)

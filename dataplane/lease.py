@@ -19,9 +19,10 @@ import ipaddress
 import json
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from ipaddress import IPv4Network
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from dataplane.backends import VTEP_MAC_KEY
 from dataplane.netconf import NetworkConfig
@@ -138,7 +139,7 @@ class Lease:
     def expired(self, now: datetime | None = None) -> bool:
         if self.expiration is None:
             return False
-        return self.expiration <= (now or datetime.now(timezone.utc))
+        return self.expiration <= (now or datetime.now(UTC))
 
 
 def go_json(value: Any) -> bytes:

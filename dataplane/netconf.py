@@ -206,11 +206,12 @@ class _Checker:
                                 f"{network} is too small: flannel needs at least a /28 network")
             subnet_len = 24 if network.prefixlen <= 22 else network.prefixlen + 2
         elif subnet_len > 30:
-            raise self.fail((key,), f"{subnet_len} is too large: at most 30 (each node needs "
-                                    "room for a gateway and pods)")
+            raise self.fail((key or "SubnetLen",), f"{subnet_len} is too large: at most 30 "
+                            "(each node needs room for a gateway and pods)")
         elif subnet_len < network.prefixlen + 2:
-            raise self.fail((key,), f"{subnet_len} is too small for {network}: at least "
-                                    f"{network.prefixlen + 2}, so the network holds four subnets")
+            raise self.fail((key or "SubnetLen",), f"{subnet_len} is too small for {network}: "
+                            f"at least {network.prefixlen + 2}, so the network holds four "
+                            "subnets")
         size = 1 << (32 - subnet_len)
         net_first = int(network.network_address)
         net_last = net_first + network.num_addresses - size
@@ -236,14 +237,16 @@ class _Checker:
         backend, btype, port, vni, options = self.backend(doc)
         key, nft = _lookup(doc, "EnableNFTables")
         if nft is not None and not isinstance(nft, bool):
-            raise self.fail((key,), f"must be true or false, got {_json_type(nft)} "
-                                    f"{json.dumps(nft)}")
+            raise self.fail((key or "EnableNFTables",),
+                            f"must be true or false, got {_json_type(nft)} "
+                            f"{json.dumps(nft)}")
         return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=subnet_min,
                              subnet_max=subnet_max, backend_type=btype, port=port, vni=vni,
                              backend=backend, **options, warnings=tuple(self.warnings),
                              enable_nftables=bool(nft))
 
-    def backend(self, doc: dict[str, Any]) -> tuple[dict[str, Any], str, int, int, dict]:
+    def backend(self, doc: dict[str, Any]
+                ) -> tuple[dict[str, Any], str, int, int, dict[str, Any]]:
         bkey, backend = _lookup(doc, "Backend")
         if bkey is None:
             backend = {"Type": "udp"}      # flannel: no Backend means udp
@@ -411,7 +414,8 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
         if c == "\n":
             line += 1
         elif c == '"':
-            s, i = json.decoder.scanstring(text, i + 1)
+            # json's own string scanner: in the module since 2.6, absent from typeshed
+            s, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
             if expect_key:
                 stack[-1][1] = s
                 lines[tuple(e[1] if e[0] == "{" else "[]" for e in stack)] = line

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+from typing import TYPE_CHECKING
 
 from dataplane import __version__, fastpath, subnetenv
 from dataplane.backends import UDP, VXLAN
@@ -16,6 +17,9 @@ from dataplane.errors import CommandError
 from dataplane.netfilter.options import add_netfilter_arguments, netfilter_options
 from dataplane.store.options import add_store_arguments, open_store
 from dataplane.tun import TUN_PATH
+
+if TYPE_CHECKING:
+    from dataplane.daemon.node import Node
 
 HELP = "run the node daemon: lease a subnet, bring up the TUN device and forward pod traffic"
 
@@ -118,9 +122,10 @@ def _regex(value: str) -> str:
 def renew_margin(args: argparse.Namespace) -> float:
     """Seconds before expiry to renew: --subnet-lease-renew-margin (minutes, flanneld's range
     1..1439) below the TTL; unset, flanneld's 60 minutes, or half a TTL of an hour or less."""
-    minutes = args.subnet_lease_renew_margin
+    minutes: int | None = args.subnet_lease_renew_margin
+    ttl: float = args.lease_ttl
     if minutes is None:
-        return min(RENEW_MARGIN_MINUTES * 60.0, args.lease_ttl / 2)
+        return min(RENEW_MARGIN_MINUTES * 60.0, ttl / 2)
     if not 1 <= minutes <= 24 * 60 - 1:
         raise CommandError(f"--subnet-lease-renew-margin {minutes}: minutes, from 1 to 1439")
     if minutes * 60 >= args.lease_ttl:
@@ -192,7 +197,7 @@ def main(args: argparse.Namespace) -> int:
     return run_node(node)
 
 
-def run_node(node) -> int:
+def run_node(node: Node) -> int:
     import uvloop
 
     from dataplane.daemon import sdnotify

@@ -22,7 +22,11 @@ import logging
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dataplane.fastpath.api import Forwarder
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ def udp_offloads(sock: socket.socket) -> tuple[bool, bool]:
 class Datapath:
     """One worker's readers: a TUN queue and a receive socket, on one event loop."""
 
-    def __init__(self, fwd, tun_fd: int, recv_sock: socket.socket,
+    def __init__(self, fwd: Forwarder, tun_fd: int, recv_sock: socket.socket,
                  send_sock: socket.socket | None = None, budget: int = BUDGET) -> None:
         self.fwd = fwd
         self.tun_fd = tun_fd
@@ -183,8 +187,9 @@ class Worker:
             self.datapath.stop()
             self.loop.close()
 
-    def call(self, fn: Callable, *args) -> None:
+    def call(self, fn: Callable[..., object], *args: object) -> None:
         """Run fn(*args) on the worker's own thread: the forwarder is not shared state."""
+        assert self.loop is not None, "call() before start()"
         self.loop.call_soon_threadsafe(fn, *args)
 
     def stop(self) -> None:

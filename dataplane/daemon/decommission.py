@@ -28,7 +28,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
-from typing import Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
 
 from dataplane import subnetenv
 from dataplane.lease import Lease
@@ -49,7 +49,7 @@ class Decommission:
     done: list[str] = field(default_factory=list)    # what was done, for the report
 
 
-CleanupStep = Callable[[Decommission], Optional[Awaitable[None]]]
+CleanupStep = Callable[[Decommission], Awaitable[None] | None]
 
 def remove_netfilter_rules(job: Decommission) -> None:
     from dataplane.netfilter import remove_rules
@@ -105,14 +105,14 @@ async def decommission(store: SubnetStore, subnet: IPv4Network | None = None,
     DecommissionError: no lease on an explicitly named subnet, subnet.env unreadable or naming
     another subnet. Store errors (StoreUnavailable, ...) propagate. With subnet_file, a lease
     already gone (expired, released) is no error: the rest of the node is still cleaned up."""
-    if subnet is None and subnet_file is None:
-        raise DecommissionError("name the subnet to release, or give --subnet-file")
     if subnet_file is not None:
         named = subnet_from_file(subnet_file)
         if subnet is not None and named != subnet:
             raise DecommissionError(f"{subnet_file} names {named}, not {subnet}: give one of "
                                     "them")
         subnet = named
+    elif subnet is None:
+        raise DecommissionError("name the subnet to release, or give --subnet-file")
     leases, _ = await store.list_leases()
     lease = next((l for l in leases if l.subnet == subnet), None)
     if lease is None and subnet_file is None:

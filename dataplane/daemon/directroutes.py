@@ -29,7 +29,8 @@ from __future__ import annotations
 import concurrent.futures
 import ipaddress
 import logging
-from typing import Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from dataplane import hostnet
 from dataplane.daemon.peers import Peer, PeerSink
@@ -89,14 +90,14 @@ class DirectRoutes:
     def __contains__(self, subnet: ipaddress.IPv4Network) -> bool:
         return subnet in self.routes
 
-    def _call(self, fn: Callable[..., T], *args) -> T:
+    def _call(self, fn: Callable[..., T], *args: object) -> T:
         if self._pool is None:
             return fn(*args)
         return self._pool.submit(fn, *args).result(NETLINK_TIMEOUT)
 
     def adopt(self) -> None:
         """Take over the routes a previous run left; prune() removes those not confirmed."""
-        if self.enabled:
+        if self.table is not None:
             self._stale = {ipaddress.IPv4Network(s): g
                            for s, g in self._call(self.table.ours).items()}
 
@@ -134,7 +135,7 @@ class DirectRoutes:
     def place(self, peer: Peer) -> bool:
         """Route this peer directly if it is on our underlay subnet; True if it now is (keep it
         out of the forwarder), False to tunnel it (and any direct route it had is removed)."""
-        if not self.enabled:
+        if self.table is None:
             return False
         subnet, gateway = peer.subnet, peer.public_ip
         try:
@@ -173,6 +174,7 @@ class DirectRoutes:
             self.forget(subnet)
 
     def _delete(self, subnet: ipaddress.IPv4Network, gateway: str, why: str) -> None:
+        assert self.table is not None            # there are routes only while enabled
         try:
             self._call(self.table.delete, str(subnet), gateway)
             log.info("removed direct route %s via %s: %s", subnet, gateway, why)

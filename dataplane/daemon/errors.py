@@ -19,7 +19,7 @@ class BindError(OSError):
                  advice: dict[int, str] | None = None) -> None:
         super().__init__(cause.errno, cause.strerror or str(cause))
         self.what, self.address, self.port = what, address, port
-        hint = _HINTS.get(cause.errno)
+        hint = _HINTS.get(cause.errno or 0)
         detail = cause.strerror or str(cause)
         self.message = (f"cannot bind {what} {address}:{port}: {detail}"
                         + (f" ({hint})" if hint and hint not in detail.lower() else "")

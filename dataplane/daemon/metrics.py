@@ -206,7 +206,7 @@ class MetricsServer:
                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
             writer.write(head if parts and parts[0] == "HEAD" else head + data)
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError):
+        except (TimeoutError, ConnectionError, UnicodeDecodeError):
             pass
         finally:
             writer.close()

@@ -27,7 +27,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
 from dataplane.backends import BACKENDS

@@ -13,21 +13,22 @@ from __future__ import annotations
 import collections
 import logging
 from datetime import datetime, timedelta
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from dataplane.lease import Lease
 
 log = logging.getLogger("dataplane.daemon.node")
 
 SLACK = timedelta(milliseconds=1)     # rounding, never a second writer
-T = TypeVar("T")
+T = TypeVar("T", bound=Lease | None)     # what a write returns: our lease, or None
 
 
 class OwnWrites:
     def __init__(self, ttl_seconds: float, current: Callable[[], Lease | None]) -> None:
         self.ttl = timedelta(seconds=ttl_seconds)
         self.current = current                   # our lease as the node now holds it
-        self.expiries: collections.deque = collections.deque(maxlen=16)
+        self.expiries: collections.deque[datetime | None] = collections.deque(maxlen=16)
         self.in_flight = 0
         self.pending: Lease | None = None
         self.warned: set[datetime] = set()

@@ -24,7 +24,8 @@ import contextlib
 import logging
 import os
 import socket
-from typing import Any, AsyncIterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from dataplane.fastpath.types import (
     HEADROOM,
     ICMP_MAX,
     MAX_UDP_PAYLOAD,
-    MODE_VXLAN,
     SPORT_RANGE,
     VNET_HLEN,
     Action,
@@ -42,14 +41,14 @@ NAME = "c"
 
 # `make test-asan` points this at the AddressSanitizer/UBSan build of the same sources.
 if TYPE_CHECKING:
-    from dataplane.fastpath._dpc import ffi, lib   # the stub, _dpc.pyi
+    from dataplane.fastpath._dpc import CData, ffi, lib   # the stub, _dpc.pyi
 else:
     _module = importlib.import_module(
         "dataplane.fastpath." + os.environ.get("DATAPLANE_CMODULE", "_dpc"))
     ffi, lib = _module.ffi, _module.lib
 
 
-def _buf(data: bytes):
+def _buf(data: bytes) -> CData:
     return ffi.from_buffer(data)
 
 
@@ -215,7 +214,6 @@ class Forwarder:
         self._f = ffi.gc(lib.dp_fwd_new(cfg), lib.dp_fwd_free)
         if self._f == ffi.NULL:
             raise MemoryError
-        self._headroom = lib.DP_VXLAN_OVERHEAD if config.mode == MODE_VXLAN else 0
 
     def set_peer(self, subnet: Subnet, public_ip: str, mac: bytes | str = b"\0" * 6) -> None:
         prefix, plen = parse_net(subnet)
@@ -246,7 +244,7 @@ class Forwarder:
         """The clock of the ICMP rate limit for egress()/ingress() calls (drains read it)."""
         lib.dp_fwd_set_clock(self._f, now_ms)
 
-    def _batch(self, payloads: list[bytes]):
+    def _batch(self, payloads: list[bytes]) -> tuple[CData, CData]:
         """Copy payloads into slots with headroom in front and room for an ICMP error."""
         n = len(payloads)
         slot = HEADROOM + max([ICMP_MAX] + [len(p) for p in payloads])
@@ -260,7 +258,7 @@ class Forwarder:
         return arena, pkts
 
     @staticmethod
-    def _verdict(p) -> Verdict:
+    def _verdict(p: CData) -> Verdict:
         # Enum members by index and cached address strings: building the result is most of
         # what this method costs, the C decision itself is tens of nanoseconds.
         action = _ACTIONS[p.action]

@@ -76,11 +76,11 @@ def _single_host(addr: int) -> bool:
 
 # ---- checksums (RFC 1071, RFC 1624) -------------------------------------------------------
 
-def csum_partial(data: bytes, initial: int = 0) -> int:
+def csum_partial(data: bytes | bytearray, initial: int = 0) -> int:
     """One's-complement sum of data added to initial, folded to 16 bits (0 only for all-zero)."""
     if len(data) % 2:
         data = bytes(data) + b"\0"
-    total = initial + sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = initial + sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total > 0xFFFF:
         total = (total & 0xFFFF) + (total >> 16)
     return total
@@ -92,7 +92,7 @@ def csum_fold(total: int) -> int:
     return ~total & 0xFFFF
 
 
-def checksum(data: bytes, initial: int = 0) -> int:
+def checksum(data: bytes | bytearray, initial: int = 0) -> int:
     """The value that goes into a header: fold and complement the sum."""
     return csum_fold(csum_partial(data, initial))
 
@@ -220,7 +220,7 @@ def outer_udp4(payload: bytes, src: str, dst: str, sport: int, dport: int,
     return bytes(ip + udp)
 
 
-def icmp_net_unreachable(pkt: bytes, src: str | int) -> bytes:
+def icmp_net_unreachable(pkt: bytes | bytearray, src: str | int) -> bytes:
     """ICMP net-unreachable from src about pkt, or b"" when none may be sent."""
     n = len(pkt)
     if n < 20 or pkt[0] >> 4 != 4:
@@ -296,7 +296,7 @@ class RouteTable:
 
 # ---- L4 checksums on ingress (csrc/l4csum.c) -----------------------------------------------
 
-def _l4_layout(pkt: bytes) -> tuple[int, int] | None:
+def _l4_layout(pkt: bytes | bytearray) -> tuple[int, int] | None:
     """(offset of the checksum field, bytes it covers) of a valid IPv4 packet, or None."""
     n = len(pkt)
     ihl = (pkt[0] & 0x0F) * 4
@@ -312,7 +312,7 @@ def _l4_layout(pkt: bytes) -> tuple[int, int] | None:
     return None
 
 
-def l4_csum(pkt: bytes) -> int:
+def l4_csum(pkt: bytes | bytearray) -> int:
     """CSUM_* state of the TCP/UDP checksum of a valid IPv4 packet (len = its total length)."""
     layout = _l4_layout(pkt)
     if layout is None:
@@ -338,7 +338,7 @@ def l4_csum_complete(pkt: bytearray) -> None:
 
 
 
-def super_gso(pkt: bytes, max_inner: int, udp_gso: int = 0) -> int:
+def super_gso(pkt: bytes | bytearray, max_inner: int, udp_gso: int = 0) -> int:
     """A kernel peer's partial GSO super-packet (TSO or UDP_SEGMENT over veth) longer than
     max_inner: the payload size to cut it at; 0 for anything else. UDP needs udp_gso, the
     datagram size only the kernel's UDP_GRO report tells (csrc/l4csum.c)."""
@@ -752,11 +752,11 @@ def gso_segment(vnet: bytes | VnetHdr, pkt: bytes, headroom: int = 0,
     if h.gso_type == GSO_NONE:
         if headroom + tot > capacity:
             return GsoResult(Drop.OVERSIZE, [], 0)
-        out = bytearray(pkt)
+        frame = bytearray(pkt)
         if h.flags & VNET_F_NEEDS_CSUM:
-            check = checksum(out[h.csum_start:])
-            struct.pack_into("!H", out, h.csum_start + h.csum_offset, check or 0xFFFF)
-        return GsoResult(Drop.NONE, [bytes(out)], headroom + tot)
+            check = checksum(frame[h.csum_start:])
+            struct.pack_into("!H", frame, h.csum_start + h.csum_offset, check or 0xFFFF)
+        return GsoResult(Drop.NONE, [bytes(frame)], headroom + tot)
 
     gso = h.gso_size
     pay = tot - hlen
@@ -772,10 +772,20 @@ def gso_segment(vnet: bytes | VnetHdr, pkt: bytes, headroom: int = 0,
     return GsoResult(Drop.NONE, out, stride)
 
 
+_FlowKey = tuple[int, bytes, bytes]      # protocol, addresses, ports
+
+
 class _Seg:
     """What a coalescing candidate offers (csrc/gro.c: struct seg)."""
 
     __slots__ = ("key", "seq", "id", "hlen", "pay", "proto", "tflags")
+    key: _FlowKey
+    seq: int
+    id: int
+    hlen: int
+    pay: int
+    proto: int
+    tflags: int
 
 
 class _Flow:
@@ -783,6 +793,16 @@ class _Flow:
 
     __slots__ = ("first", "frame", "key", "proto", "psh", "hlen", "gso", "last_id", "next_seq",
                  "ip_len")
+    first: bytes
+    frame: int
+    key: _FlowKey
+    proto: int
+    psh: bool
+    hlen: int
+    gso: int
+    last_id: int
+    next_seq: int
+    ip_len: int
 
 
 def _gro_candidate(p: bytes, csum: int, flags: int) -> _Seg | None:
@@ -890,7 +910,7 @@ class _Coalescer:
     def close(self, k: int) -> None:
         self.finish(self.open.pop(k))
 
-    def find(self, key: tuple) -> int:
+    def find(self, key: _FlowKey) -> int:
         for k, f in enumerate(self.open):
             if f.key == key:
                 return k

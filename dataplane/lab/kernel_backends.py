@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import random
 from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING
 
 from dataplane.lab import naming, netns
 from dataplane.lab.errors import LabError
 from dataplane.lab.netlink import iproute
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 RTNH_F_ONLINK = 0x4
 NTF_SELF = 0x2
@@ -71,7 +75,7 @@ def add_vxlan_peer(ns: str, *, vni: int, subnet: IPv4Network, public_ip: IPv4Add
         ipr.route("replace", dst=str(subnet), gateway=gateway, oif=dev, flags=RTNH_F_ONLINK)
 
 
-def _reached_directly(ipr, address: IPv4Address) -> bool:
+def _reached_directly(ipr: IPRoute, address: IPv4Address) -> bool:
     """flannel's ip.DirectRouting: `ip route get` gives one route, without a gateway."""
     routes = ipr.route("get", dst=str(address))
     return len(routes) == 1 and routes[0].get_attr("RTA_GATEWAY") is None

@@ -302,6 +302,7 @@ class Lab:
         """What flanneld does on start for a kernel node: device, lease, subnet.env."""
         mtu = self.underlay_mtu - ENCAP_OVERHEAD[self.flannel_type]
         if node.backend == "kernel-vxlan":
+            assert self.port is not None          # a vxlan lab always has one (DEFAULT_PORT)
             node.vtep_mac = kernel_backends.create_vxlan_device(
                 node.netns, vni=self.vni, port=self.port, local=node.underlay_ip,
                 underlay_mtu=self.underlay_mtu, subnet=node.subnet)

@@ -50,7 +50,8 @@ class LabStore:
     def acquire(self, subnet: IPv4Network, attrs: LeaseAttrs) -> Lease:
         """Take exactly `subnet` for attrs.public_ip, as flanneld does at start (24 h TTL; a
         lab does not renew, it lives far less)."""
-        return self._call(lambda s: s.acquire_lease(attrs, requested=subnet))
+        lease: Lease = self._call(lambda s: s.acquire_lease(attrs, requested=subnet))
+        return lease
 
     def release(self, subnet: IPv4Network) -> None:
         """Give a subnet back, as an operator decommissioning a node does."""

@@ -1,7 +1,7 @@
 """Names and addresses in a lab, all derived from a short prefix and 1-based indexes.
 
     <prefix>-ul          underlay namespace: bridge `br0`, one port `n<i>` per node
-    <prefix>-n<i>        node i: uplink `eth0` = 10.99.0.<i>/24, pod subnet = i-th /24 of the network
+    <prefix>-n<i>        node i: uplink `eth0` = 10.99.0.<i>/24, pod subnet = i-th /24 of the net
     <prefix>-n<i>-p<j>   pod j on node i: `eth0` from the CNI bridge plugin (cni0 on the node)
     <prefix>-out         the "outside" host: `eth0` = 10.99.0.249/24 on the underlay, no pod
                          subnet and no route to one, so pods reach it only through the NAT
@@ -54,7 +54,7 @@ def node_ns(prefix: str, i: int) -> str:
     return f"{prefix}-n{i}"
 
 
-def pod_ns(prefix: str, i: int, j: int) -> str:
+def pod_ns(prefix: str, i: int | str, j: int) -> str:
     return f"{prefix}-n{i}-p{j}"
 
 

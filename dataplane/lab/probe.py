@@ -7,8 +7,8 @@
                            (etcd stopped, a leader killed) for loss; prints FLOWING once the
                            first reply is back, then {"sent", "received", "lost"}
 
-In Python rather than iputils' ping: the Debian package is not among the lab's dependencies,
-and one process pinging every destination keeps a reachability matrix at one process per pod.
+In Python rather than iputils' ping (which the lab installs, for people): one process pinging
+every destination keeps a reachability matrix at one process per pod, and prints JSON.
 Imports stay light (no pyroute2): a probe runs on every `lab status`.
 """
 
@@ -24,6 +24,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Iterator
 
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
@@ -34,7 +35,7 @@ LISTENING = "LISTENING"
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -142,7 +143,7 @@ def flow(target: str, *, interval: float = 0.01, duration: float = 10.0,
             "lost": [round(n * interval, 3) for n in range(count) if n not in received]}
 
 
-def _payload(nbytes: int, seed: int):
+def _payload(nbytes: int, seed: int) -> Iterator[bytes]:
     rng = random.Random(seed)
     left = nbytes
     while left:

@@ -17,6 +17,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+from typing import Any
 
 from dataplane.netfilter import rules
 from dataplane.netfilter.iptables import IptablesBackend
@@ -76,7 +77,7 @@ class TrafficManager:
         self._info = log.debug if netns else log.info
 
     @classmethod
-    def start(cls, network: IPv4Network, subnet: IPv4Network, **kwargs) -> TrafficManager:
+    def start(cls, network: IPv4Network, subnet: IPv4Network, **kwargs: Any) -> TrafficManager:
         manager = cls(network, subnet, **kwargs)
         manager.setup()
         return manager

@@ -30,7 +30,8 @@ class IptablesBackend:
             found = re.search(r"v(\d+)\.(\d+)\.(\d+)", out)
             if not found:
                 raise NetfilterError(f"cannot read the iptables version from {out.strip()!r}")
-            self._version = tuple(int(g) for g in found.groups())   # type: ignore[assignment]
+            major, minor, patch = (int(g) for g in found.groups())
+            self._version = (major, minor, patch)
         return self._version
 
     def random_fully(self) -> bool:

@@ -57,7 +57,8 @@ class NftablesBackend:
             return None
         out = self.runner.run("nft", ["-j", "list", "table", R.NFT_FAMILY, R.NFT_TABLE],
                               why=why).stdout
-        return json.loads(out)
+        doc: dict[str, Any] = json.loads(out)
+        return doc
 
     def install(self, ruleset: R.RuleSet) -> None:
         why = f"to install table {R.NFT_FAMILY} {R.NFT_TABLE} chain {R.NFT_CHAINS[ruleset.part][0]}"

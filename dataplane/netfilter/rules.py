@@ -76,10 +76,10 @@ class RuleSet:
 
 
 def masq_rules(network: IPv4Network, subnet: IPv4Network, *, random_fully: bool) -> RuleSet:
-    def src(net, negate=False):
+    def src(net: IPv4Network, negate: bool = False) -> Match:
         return Match("saddr", net, negate)
 
-    def dst(net, negate=False):
+    def dst(net: IPv4Network, negate: bool = False) -> Match:
         return Match("daddr", net, negate)
 
     return RuleSet(MASQ, (
@@ -181,6 +181,7 @@ def nft_rule_exprs(rule: Rule) -> list[dict[str, Any]]:
             exprs.append({"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}},
                                                                  m.value]}, "right": m.value}})
         else:
+            assert isinstance(m.value, IPv4Network)        # saddr and daddr match networks
             exprs.append({"match": {
                 "op": "!=" if m.negate else "==",
                 "left": {"payload": {"protocol": "ip", "field": m.what}},

@@ -70,9 +70,10 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from ipaddress import IPv4Network
-from typing import Any, AsyncIterator, Mapping, Union
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from dataplane.lease import InvalidSubnet, Lease, LeaseAttrs
 from dataplane.netconf import ConfigError, NetworkConfig
@@ -88,8 +89,8 @@ LEASE_TTL = timedelta(hours=24)      # flannel's subnetTTL
 RENEW_MARGIN = timedelta(hours=1)    # flannel's default --subnet-lease-renew-margin (60 min)
 
 Cursor = Any   # opaque: a snapshot (directory store), a revision and snapshot (etcd)
-TTL = Union[timedelta, float]                  # float: seconds
-Attrs = Union[LeaseAttrs, Mapping[str, Any]]   # mapping: LeaseAttrs field names
+TTL = timedelta | float                  # float: seconds
+Attrs = LeaseAttrs | Mapping[str, Any]   # mapping: LeaseAttrs field names
 
 
 class StoreError(Exception):
@@ -108,7 +109,7 @@ class SubnetTaken(StoreError):
         self.holder = holder
         who = f"held by {holder.public_ip}" if holder else "held by another lease"
         if holder and holder.expiration:
-            left = holder.expiration - datetime.now(timezone.utc)
+            left = holder.expiration - datetime.now(UTC)
             who += f" (lease expires in {format_duration(left)})"
         super().__init__(f"subnet {subnet} is {who}{detail}")
 
@@ -271,7 +272,7 @@ def renewal_delay(lease: Lease, margin: timedelta = RENEW_MARGIN,
     """
     if lease.expiration is None:
         return float("inf")
-    left = lease.expiration - (now or datetime.now(timezone.utc))
+    left = lease.expiration - (now or datetime.now(UTC))
     return max(0.0, (left - min(margin, left / 2)).total_seconds())
 
 

@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from ipaddress import IPv4Network
 from typing import Any
 
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
         leases = asyncio.run(_fetch(args))
     except (StoreError, ConfigError) as exc:
         raise CommandError(str(exc)) from None
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if args.json:
         text = json.dumps([lease_to_dict(lease, now) for lease in leases], indent=2)
     else:
@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def release_main(args: argparse.Namespace) -> int:
-    from dataplane.daemon.decommission import DecommissionError, decommission
+    from dataplane.daemon.decommission import Decommission, DecommissionError, decommission
     from dataplane.hostnet import HostNetError
     from dataplane.netfilter import NetfilterError
 
@@ -88,7 +88,7 @@ def release_main(args: argparse.Namespace) -> int:
         raise CommandError("release: name the SUBNET to release, or give --subnet-file PATH "
                            "(decommission the node that wrote it)")
 
-    async def go():
+    async def go() -> Decommission:
         async with open_store(args) as store:
             return await decommission(store, args.subnet, args.subnet_file)
     try:

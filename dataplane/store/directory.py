@@ -42,10 +42,11 @@ import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TypeVar
 
 from dataplane.lease import (Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key,
                              validate_subnet)
@@ -66,7 +67,7 @@ POLL_INTERVAL = 0.5                # without inotify: how often the watch looks 
 RESCAN_INTERVAL = 5.0              # with inotify: a full look now and then all the same
 BURST = 0.01                       # after an inotify wake-up: let a burst of writes land
 EXPIRY_SLACK = 0.05                # look just after a lease's expiry, not just before
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
 
 
@@ -143,11 +144,11 @@ class DirectoryStore(SubnetStore):
         woken = asyncio.Event()
         self._wakers.add(woken)
         loop = asyncio.get_running_loop()
-        watch = None
+        watch: DirWatch | None = None
         touched: set[str] | None = set()       # names inotify told of; None: look at all
         soonest = _soonest(known.values())     # the earliest expiry among them (or earlier)
 
-        def on_inotify() -> None:
+        def on_inotify(watch: DirWatch) -> None:
             # Read at once: the descriptor is level-triggered, and left unread it would make
             # the loop call us again and again until the watch gets to it.
             nonlocal touched
@@ -163,10 +164,10 @@ class DirectoryStore(SubnetStore):
                 if watch is None and self.inotify:
                     watch = await self._open_watch()
                     if watch is not None:
-                        loop.add_reader(watch.fd, on_inotify)
+                        loop.add_reader(watch.fd, on_inotify, watch)
                 try:
                     await asyncio.wait_for(woken.wait(), self._wait(soonest, watch is not None))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 if self._closed.is_set():
                     return
@@ -251,7 +252,7 @@ class DirectoryStore(SubnetStore):
             if entry is None:
                 self._cache.pop(name, None)
             live = entry is not None and entry.lease is not None and entry.expiration > now
-            out.append((subnet, entry.lease if live else None))
+            out.append((subnet, entry.lease if live and entry is not None else None))
         return out
 
     async def close(self) -> None:
@@ -488,7 +489,7 @@ class DirectoryStore(SubnetStore):
         return Lease.from_attrs(subnet, attrs, expiration)
 
 
-def _soonest(items) -> datetime | None:
+def _soonest(items: Iterable[Lease | datetime | None]) -> datetime | None:
     """The earliest expiration among leases (and datetimes, or None for none)."""
     times = [x.expiration if isinstance(x, Lease) else x for x in items if x is not None]
     return min((t for t in times if t is not None), default=None)

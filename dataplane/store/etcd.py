@@ -42,9 +42,10 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from ipaddress import IPv4Network
-from typing import Any, AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from dataplane.lease import (Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key,
                              validate_subnet)
@@ -147,9 +148,11 @@ class EtcdStore(SubnetStore):
                 target, existing, drop = await self._choose(config, attrs, entries, others,
                                                             requested, previous)
                 reservation = existing is not None and existing.etcd_lease == 0
-                if not reservation and grant is None:
-                    grant = await self._grant(seconds)
-                lease_id, expiration = (0, None) if reservation else grant
+                lease_id, expiration = 0, None
+                if not reservation:
+                    if grant is None:
+                        grant = await self._grant(seconds)
+                    lease_id, expiration = grant
                 if await self._write(target, attrs, lease_id, existing, drop):
                     if not reservation:
                         grant = None                       # in use now: keep it
@@ -182,9 +185,11 @@ class EtcdStore(SubnetStore):
                     log.warning("lease %s had vanished or expired; writing it again",
                                 lease.subnet)
                 reservation = entry is not None and entry.etcd_lease == 0
-                if not reservation and grant is None:
-                    grant = await self._grant(seconds)
-                lease_id, expiration = (0, None) if reservation else grant
+                lease_id, expiration = 0, None
+                if not reservation:
+                    if grant is None:
+                        grant = await self._grant(seconds)
+                    lease_id, expiration = grant
                 if await self._write(lease.subnet, lease.attrs, lease_id, entry, []):
                     if not reservation:
                         grant = None
@@ -344,10 +349,10 @@ class EtcdStore(SubnetStore):
 
     async def _list(self) -> tuple[list[Lease], int]:
         entries, _, revision = await self._scan()
-        readable = [e for e in entries if e.lease is not None]
-        expirations = await self._expirations(e.etcd_lease for e in readable)
-        leases = [replace(e.lease, expiration=expirations[e.etcd_lease]) for e in readable
-                  if expirations[e.etcd_lease] is not _GONE]
+        readable = [(e.lease, e.etcd_lease) for e in entries if e.lease is not None]
+        expirations = await self._expirations(etcd_lease for _, etcd_lease in readable)
+        leases = [replace(lease, expiration=expirations[etcd_lease])
+                  for lease, etcd_lease in readable if expirations[etcd_lease] is not _GONE]
         return leases, revision
 
     async def _expirations(self, lease_ids: Iterable[int]) -> dict[int, Any]:
@@ -366,7 +371,7 @@ class EtcdStore(SubnetStore):
     async def _expiration(self, lease_id: int) -> Any:
         if lease_id == 0:
             return None
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         cached = self._expiry.get(lease_id)
         if cached is not None and cached > now:
             return cached
@@ -388,7 +393,7 @@ class EtcdStore(SubnetStore):
                       known: dict[IPv4Network, Lease]) -> list[LeaseEvent]:
         """Watch events as lease events, keeping `known` (subnet -> last lease seen) current."""
         # (subnet, entry): entry None for a DELETE; keys that are not subnets are dropped.
-        changes = []
+        changes: list[tuple[IPv4Network, _Entry | None]] = []
         for ev in events:
             kv = ev.get("kv") or {}
             if ev.get("type") == "DELETE":
@@ -450,7 +455,7 @@ class EtcdStore(SubnetStore):
 
     async def _grant(self, seconds: int) -> tuple[int, datetime]:
         """A new etcd lease and when it ends (counted from before we asked: never late)."""
-        start = datetime.now(timezone.utc)
+        start = datetime.now(UTC)
         lease_id, granted = await self._call(self.client.lease_grant(seconds))
         expiration = start + timedelta(seconds=granted)
         self._expiry[lease_id] = expiration

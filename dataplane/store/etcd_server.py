@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 ETCD = "/usr/bin/etcd"
 INSTALL_HINT = "apt-get install etcd-server"
@@ -52,7 +52,8 @@ def find_etcd() -> str | None:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ class EtcdServer:
             context = self.tls.probe_context() if self.tls else None
             with urllib.request.urlopen(self.client_url + "/health", timeout=0.5,
                                         context=context) as resp:
-                return json.load(resp).get("health") == "true"
+                health: object = json.load(resp).get("health")
+                return health == "true"
         except (OSError, ValueError, urllib.error.URLError):
             return False
 

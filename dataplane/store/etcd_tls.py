@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import ssl
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,11 @@ class TLSFiles:
         if not self.certfile:
             return None
         try:
-            not_before, not_after = certificate_validity(open(self.certfile, "rb").read())
+            with open(self.certfile, "rb") as f:
+                not_before, not_after = certificate_validity(f.read())
         except (OSError, ValueError):
             return None
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         if now > not_after:
             return (f"--etcd-certfile {self.certfile} expired on "
                     f"{not_after:%Y-%m-%d %H:%M} UTC")
@@ -68,8 +69,8 @@ class TLSFiles:
                     f"{not_before:%Y-%m-%d %H:%M} UTC")
         return None
 
-    def _files_stamp(self) -> tuple:
-        stamp = []
+    def _files_stamp(self) -> tuple[tuple[int, int, int] | str | None, ...]:
+        stamp: list[tuple[int, int, int] | str | None] = []
         for path in (self.cafile, self.certfile, self.keyfile):
             try:
                 st = os.stat(path) if path else None
@@ -210,4 +211,4 @@ def _time(der: bytes, pos: int) -> tuple[datetime, int]:
         when = datetime.strptime(text, "%Y%m%d%H%M%SZ")
     else:
         raise ValueError(f"DER tag {tag:#x} is not a time")
-    return when.replace(tzinfo=timezone.utc), start + length
+    return when.replace(tzinfo=UTC), start + length

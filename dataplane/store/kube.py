@@ -42,7 +42,8 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from urllib.parse import quote
 
 from dataplane.lease import InvalidSubnet, Lease
@@ -296,7 +297,7 @@ class KubeStore(SubnetStore):
                              "(the downward API's spec.nodeName), or POD_NAME and POD_NAMESPACE")
         doc = await self._call(self._http().get(f"/api/v1/namespaces/{quote(ns)}/pods/"
                                                 f"{quote(pod)}"))
-        name = ((doc or {}).get("spec") or {}).get("nodeName")
+        name: str | None = ((doc or {}).get("spec") or {}).get("nodeName")
         if not name:
             raise StoreError(f"node name not present in pod spec '{ns}/{pod}'")
         self._node_name = name
@@ -305,7 +306,8 @@ class KubeStore(SubnetStore):
     async def _get_node(self) -> dict[str, Any]:
         name = await self._get_node_name()
         try:
-            return await self._http().get(f"{NODES}/{quote(name)}")
+            node: dict[str, Any] = await self._http().get(f"{NODES}/{quote(name)}")
+            return node
         except KubeRequestError as exc:
             if exc.code == 404:
                 # a kubelet registers its Node at start: ours may come a moment later

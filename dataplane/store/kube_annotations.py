@@ -21,7 +21,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from ipaddress import IPv4Network
 from typing import Any
 
@@ -142,7 +142,7 @@ def publish_patch(node: dict[str, Any], attrs: LeaseAttrs, ann: Annotations) -> 
 def ready_condition_patch(now: datetime | None = None) -> bytes:
     """flanneld's CompleteLease status patch, byte for byte: json.Marshal of one NodeCondition
     (fields in struct order, metav1.Time as RFC 3339 UTC seconds) inside {"status":…}."""
-    stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    stamp = (now or datetime.now(UTC)).astimezone(UTC)
     when = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
     condition = go_json([{"type": "NetworkUnavailable", "status": "False",
                           "lastHeartbeatTime": when, "lastTransitionTime": when,

@@ -34,7 +34,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -124,7 +125,7 @@ def _load_client_cert(ctx: ssl.SSLContext, cfg: KubeConfig) -> None:
     temporary files, removed at once."""
     made: list[str] = []
     try:
-        paths = []
+        paths: list[str | None] = []
         for path, data in ((cfg.cert_file, cfg.cert_data), (cfg.key_file, cfg.key_data)):
             if data is not None:
                 fd, path = tempfile.mkstemp(prefix="dataplane-kube-")
@@ -132,7 +133,9 @@ def _load_client_cert(ctx: ssl.SSLContext, cfg: KubeConfig) -> None:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
             paths.append(path)
-        ctx.load_cert_chain(paths[0], paths[1])
+        certfile, keyfile = paths
+        assert certfile is not None       # the caller comes here only with a certificate
+        ctx.load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as exc:
         raise KubeConfigError(f"{cfg.source}: cannot load the client certificate and key: "
                               f"{exc}") from None

@@ -90,7 +90,7 @@ def test_ratios_are_to_kernel_vxlan_of_the_same_run(run):
     expected = gbps(raw["host-gw"]) / gbps(raw["kernel-vxlan"])
     got = doc["summary"]["metrics"]["host-gw"]["tcp1_gbps"]["ratio"]
     assert got == pytest.approx(expected, rel=1e-3)
-    for name, figures in doc["summary"]["metrics"].items():
+    for figures in doc["summary"]["metrics"].values():
         for key, f in figures.items():
             base = doc["summary"]["metrics"]["kernel-vxlan"][key]["median"]
             if f["median"] is not None and base:

@@ -102,8 +102,8 @@ def test_quick_scale_run(tmp_path):
     command.configure(parser)
     args = parser.parse_args(["--scale", "--quick", "--out", str(tmp_path)])
     status = command.main(args)
-    ours = [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                        text=True).stdout.split() if ns.startswith(f"b{os.getpid()}")]
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    ours = [ns for ns in listed.split() if ns.startswith(f"b{os.getpid()}")]
     doc = json.loads((tmp_path / "results.json").read_text())
     assert status == 0, scale.failures(doc)
     assert [st["store"] for st in doc["stores"]] == ["etcd", "directory"]

@@ -60,8 +60,8 @@ def test_one_minute_soak(tmp_path):
     command.configure(parser)
     args = parser.parse_args(["--soak", "60", "--out", str(tmp_path)])
     status = command.main(args)
-    ours = [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                        text=True).stdout.split() if ns.startswith(f"b{os.getpid()}")]
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    ours = [ns for ns in listed.split() if ns.startswith(f"b{os.getpid()}")]
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["errors"] == []
     assert len(doc["samples"]) >= 5

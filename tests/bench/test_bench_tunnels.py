@@ -195,7 +195,8 @@ def _lab_transfer(dp: ladder.Dataplane) -> None:
             assert len(pids) == 2
     finally:
         topo.down()
-        procs = subprocess.run(["pgrep", "-f", topo.prefix], capture_output=True, text=True, check=False)
+        procs = subprocess.run(["pgrep", "-f", topo.prefix], capture_output=True, text=True,
+                               check=False)
         assert procs.stdout.strip() == ""
     assert not (Path(topology_root()) / topo.prefix).exists()
     if dp.tunnel is not None and not dp.tunnel.routes_itself:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_acquire_writes_flannels_lease_file(run, store_dir: Path) -> None:
         lease = await store.acquire_lease(vxlan("10.99.0.1"))
         listed, _ = await store.list_leases()
         return lease, listed
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     lease, listed = run(go())
     assert files(store_dir) == {lease.key: (
         b'{"PublicIP":"10.99.0.1","PublicIPv6":null,"BackendType":"vxlan",'
@@ -161,7 +162,7 @@ def test_hand_written_lease_counts_as_renewed_when_written(run, store_dir: Path)
     (store_dir / "subnets" / "10.244.5.0-24").write_bytes(b'{"PublicIP":"10.99.0.9"}')
     leases, _ = run(DirectoryStore(store_dir).list_leases())
     assert [(str(l.subnet), l.public_ip) for l in leases] == [("10.244.5.0/24", "10.99.0.9")]
-    left = leases[0].expiration - datetime.now(timezone.utc)
+    left = leases[0].expiration - datetime.now(UTC)
     assert timedelta(hours=23, minutes=59) < left <= timedelta(hours=24)
 
 
@@ -169,11 +170,11 @@ def test_shortest_ttl_reads_back_as_itself(run, store_dir: Path) -> None:
     # Not as a hand-written file (24 h): the write must keep mtime ahead of ctime.
     async def go() -> None:
         store = DirectoryStore(store_dir)
-        for i in range(20):
+        for _ in range(20):
             lease = await store.acquire_lease(vxlan("10.99.0.1"), ttl=1)
             listed = await store.list_all_leases()
             assert listed == [lease]
-            assert lease.expiration - datetime.now(timezone.utc) <= timedelta(seconds=1)
+            assert lease.expiration - datetime.now(UTC) <= timedelta(seconds=1)
     run(go())
 
 
@@ -181,7 +182,7 @@ def test_touch_renews_for_a_day(run, store_dir: Path) -> None:
     lease = run(DirectoryStore(store_dir).acquire_lease(vxlan("10.99.0.1"), ttl=60))
     os.utime(store_dir / "subnets" / lease.key)           # touch: mtime = ctime = now
     [touched] = run(DirectoryStore(store_dir).list_all_leases())
-    assert touched.expiration - datetime.now(timezone.utc) > timedelta(hours=23)
+    assert touched.expiration - datetime.now(UTC) > timedelta(hours=23)
 
 
 def test_temp_files_are_not_leases(run, store_dir: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -82,7 +82,7 @@ def test_go_json_escapes_like_go() -> None:
 
 
 def test_lease_attrs_view_and_expiry() -> None:
-    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
     attrs = LeaseAttrs.from_json(VXLAN)
     lease = Lease.from_attrs(IPv4Network("10.244.7.0/24"), attrs, now + timedelta(seconds=5))
     assert lease.attrs == attrs and lease.to_json() == VXLAN

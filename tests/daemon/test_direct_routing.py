@@ -101,7 +101,7 @@ def _build(p: str) -> None:
     netns.netns_add(ul)
     netns.run("ip", "-n", ul, "link", "add", "br0", "type", "bridge")
     netns.run("ip", "-n", ul, "link", "set", "br0", "up")
-    for net, gw in ROUTER.items():
+    for gw in ROUTER.values():
         netns.run("ip", "-n", ul, "addr", "add", f"{gw}/24", "dev", "br0")
     netns.run("ip", "netns", "exec", ul, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     for node, (ip, i, _) in NODES.items():
@@ -114,7 +114,7 @@ def _build(p: str) -> None:
         netns.run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
         netns.run("ip", "-n", ns, "link", "set", "eth0", "up")
         here = next(net for net in ROUTER if ip.startswith(net[:8]))
-        for net, gw in ROUTER.items():
+        for net in ROUTER:
             if net != here:
                 netns.run("ip", "-n", ns, "route", "add", net, "via",
                           ROUTER[here])

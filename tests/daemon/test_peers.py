@@ -4,7 +4,7 @@ calls out. No root, no store, no node."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from ipaddress import IPv4Network
 
 from hypothesis import given, settings
@@ -18,7 +18,7 @@ from dataplane.lease import Lease
 from dataplane.store.base import LeaseEvent
 
 OURS = IPv4Network("10.244.1.0/24")
-T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 MAC_A, MAC_B = "0e:00:00:00:00:0a", "0e:00:00:00:00:0b"
 
 

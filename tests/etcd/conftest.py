@@ -11,7 +11,8 @@ import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import uvloop

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
+import h11
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataplane.store.etcd_client import (EtcdClient, EtcdRequestError, EtcdUnavailable,
-                                         _Chunked, parse_endpoints, prefix_end)
+                                         Endpoint, _Connection, parse_endpoints,
+                                         prefix_end)
 
 # -- pure parts --------------------------------------------------------------------------------
 
@@ -52,12 +55,25 @@ def chunked(body: bytes, sizes: list[int]) -> bytes:
 @given(st.binary(max_size=300), st.lists(st.integers(1, 40), max_size=12),
        st.lists(st.integers(1, 50), max_size=30))
 def test_chunked_decoding_in_any_pieces(body: bytes, sizes: list[int], cuts: list[int]) -> None:
-    wire = chunked(body, sizes)
-    decoder, out, i = _Chunked(), bytearray(), 0
-    for cut in cuts + [len(wire)]:
-        out += decoder.feed(wire[i:i + cut])
-        i += cut
-    assert bytes(out) == body and decoder.done
+    wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(body, sizes)
+
+    async def go() -> tuple[bytes, bool]:
+        reader = asyncio.StreamReader()
+        conn = _Connection(Endpoint("http://a:1", "a", 1), reader, None)
+        conn.http.send(h11.Request(method="POST", target="/", headers=[("Host", "a:1"),
+                                                                      ("Content-Length", "0")]))
+        conn.http.send(h11.EndOfMessage())
+        i = 0
+        for cut in cuts + [len(wire)]:
+            reader.feed_data(wire[i:i + cut])           # the reader sees the wire in pieces
+            i += cut
+        reader.feed_eof()
+        head = await conn.read_head()
+        out = await conn.read_body(head)
+        return out, conn.reusable()
+
+    out, done = asyncio.run(go())
+    assert out == body and done
 
 
 # -- against fake servers ----------------------------------------------------------------------

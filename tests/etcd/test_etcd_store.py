@@ -8,8 +8,9 @@ import json
 import logging
 import os
 import signal
-from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Iterator
+from datetime import datetime, timedelta, UTC
+from collections.abc import Awaitable, Iterator
+from typing import Any
 
 import pytest
 import uvloop
@@ -88,7 +89,7 @@ def test_a_lease_etcdctl_wrote_as_flannel_does_is_used(run, etcd_url: str,
             [theirs], _ = await store.list_leases()
             assert (theirs.subnet, theirs.public_ip, theirs.vtep_mac) == \
                 (net("10.244.5.0/24"), "10.99.0.7", "0a:00:00:00:00:07")
-            left = theirs.expiration - datetime.now(timezone.utc)
+            left = theirs.expiration - datetime.now(UTC)
             assert timedelta(minutes=59) < left <= timedelta(hours=1)
             with pytest.raises(SubnetTaken, match=r"held by 10.99.0.7 \(lease expires in 59m"):
                 await store.acquire_lease(vxlan("10.99.0.1"), requested=theirs.subnet)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from ipaddress import IPv4Network
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_acquire_writes_flannels_lease(run, kind: StoreKind) -> None:
         lease = await store.acquire_lease(vxlan("10.99.0.1"))
         listed, _ = await store.list_leases()
         return lease, listed
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     lease, listed = run(go())
     assert kind.values() == {lease.key: FLANNEL_VXLAN}
     assert listed == [lease]                  # the expiration exactly as the store reads it
@@ -64,7 +65,7 @@ def test_acquire_accepts_a_mapping_and_seconds(run, kind: StoreKind) -> None:
     lease = run(kind.new_store().acquire_lease({"public_ip": "10.99.0.1"}, ttl=60))
     assert lease.public_ip == "10.99.0.1" and lease.backend_type is None
     assert kind.values() == {lease.key: b'{"PublicIP":"10.99.0.1","PublicIPv6":null}'}
-    left = lease.expiration - datetime.now(timezone.utc)
+    left = lease.expiration - datetime.now(UTC)
     assert timedelta(seconds=58) < left <= timedelta(seconds=60)
     with pytest.raises(ValueError, match="positive"):
         run(kind.new_store().acquire_lease(vxlan("10.99.0.1"), ttl=0))

@@ -105,7 +105,8 @@ def gso() -> list[bytes]:
         return read[:10] + bytes([ctl]) + read[10:]
     partial_udp = udp(BODY[:300], partial=True)
     return [
-        case(tso(3000, 500)), case(tso(3000, 500), 1), case(tso(1448 * 4 + 3, 1448, flags=ACK | PSH | FIN)),
+        case(tso(3000, 500)), case(tso(3000, 500), 1),
+        case(tso(1448 * 4 + 3, 1448, flags=ACK | PSH | FIN)),
         case(tso(2000, 536, options=bytes([2, 4, 5, 0xB4]) + bytes(8)), 1),
         case(VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4 | GSO_ECN, 40, 700, 20, 16).pack()
              + tcp(BODY[:2100], partial=True, flags=ACK | CWR)),
@@ -186,7 +187,8 @@ def drain_udp() -> list[bytes]:
     u = udp_stream(6, 200)
     return [
         runs(2, [(0, s), (1, stream(3, 200, src=POD3)), (0, s[:1])]),
-        runs(3, [(0, [vxlan(p, 2) for p in s]), (1, [vxlan(p, 3) for p in stream(4, 100, src=POD3)])]),
+        runs(3, [(0, [vxlan(p, 2) for p in s]),
+                 (1, [vxlan(p, 3) for p in stream(4, 100, src=POD3)])]),
         runs(6, [(0, u), (0, stream(5, 300, last=10))]),                  # USO
         runs(0, [(0, s[:4]), (2, s[4:])]),                                # no vnet; a stranger
         runs(2 | 1 << 3, [(0, s[:3]), (0, s[3:6])]),                      # budget 1

@@ -42,7 +42,7 @@ def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) 
 
 
 def make_pki(directory: Path, ips: tuple[str, ...] = ("127.0.0.1",)) -> Pki:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder()
           .subject_name(_name("standin-ca")).issuer_name(_name("standin-ca"))

@@ -4,7 +4,8 @@ see cluster.py), and every async test on both asyncio and uvloop."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import uvloop

@@ -17,8 +17,8 @@ uses, with the API server's semantics where the subnet manager can tell:
     GET   /api/v1/namespaces/NS/pods/NAME              spec.nodeName (POD_NAME lookup)
 
 Every request needs `Authorization: Bearer <token>` (401 otherwise), or a client certificate;
-with `rbac` set, only those (resource, verb) pairs are allowed (403 otherwise). resourceVersion is one
-counter for every change, as etcd's revision is. Controls for tests: add/modify/delete nodes,
+with `rbac` set, only those (resource, verb) pairs are allowed (403 otherwise). resourceVersion is
+one counter for every change, as etcd's revision is. Controls for tests: add/modify/delete nodes,
 force_gone() (history compacted: live watches get a 410 ERROR event), drop_connections(),
 down()/up() (stop listening, come back on the same port). Requests and patch bodies are
 recorded byte for byte.
@@ -39,7 +39,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 DEFAULT_TOKEN = "standin-token"

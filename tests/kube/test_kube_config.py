@@ -97,7 +97,9 @@ def test_kubeconfig_yaml_with_files_and_client_certificate(run, tls_api, tmp_pat
 
 def test_kubeconfig_inline_data(run, tls_api, tmp_path) -> None:
     api, pki = tls_api
-    b64 = lambda p: base64.b64encode(p.read_bytes()).decode()
+    def b64(p: Path) -> str:
+        return base64.b64encode(p.read_bytes()).decode()
+
     path = kubeconfig(tmp_path / "config",
                       {"server": api.url, "certificate-authority-data": b64(pki.ca)},
                       {"client-certificate-data": b64(pki.client_cert),

@@ -158,7 +158,8 @@ def test_node_public_ip_annotation_moves_the_node(prefix: str) -> None:
     with KubeLab(prefix, nodes=2, pods=1, backend="vxlan") as lab:
         n1, n2 = lab.nodes
         lab.stop_daemon(n2)
-        netns.run(["ip", "-n", n2.netns, "addr", "add", "10.99.0.101/24", "dev", naming.NODE_UPLINK])
+        netns.run(["ip", "-n", n2.netns, "addr", "add", "10.99.0.101/24", "dev",
+                   naming.NODE_UPLINK])
         lab.api.set_annotations(n2.name, {PREFIX + "node-public-ip": "10.99.0.101"})
         lab.start_daemon(n2)
         ann = lab.api.node(n2.name)["metadata"]["annotations"]

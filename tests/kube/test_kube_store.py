@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from ipaddress import IPv4Network
 from typing import Any
 
@@ -144,14 +144,14 @@ def test_ready_sets_flanneld_s_condition(run, cluster: Cluster) -> None:
         async with store_for(cluster, n1) as store:
             await store.acquire_lease(vxlan("10.99.0.1"))
             await store.node_ready()
-    before = datetime.now(timezone.utc).replace(microsecond=0)
+    before = datetime.now(UTC).replace(microsecond=0)
     run(go())
     conditions = {c["type"]: c for c in cluster.node(n1)["status"].get("conditions", [])}
     cond = conditions["NetworkUnavailable"]
     assert (cond["status"], cond["reason"], cond["message"]) == \
         ("False", "FlannelIsUp", "Flannel is running on this node")
     when = datetime.strptime(cond["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ")
-    assert when.replace(tzinfo=timezone.utc) >= before
+    assert when.replace(tzinfo=UTC) >= before
     if cluster.api is not None:
         assert "Ready" in conditions                         # merged by type, not replaced
         patch = cluster.api.patches()[-1]
@@ -165,7 +165,7 @@ def test_ready_sets_flanneld_s_condition(run, cluster: Cluster) -> None:
 
 
 def test_ready_condition_bytes() -> None:
-    stamp = datetime(2026, 1, 2, 3, 4, 5, 999, tzinfo=timezone.utc)
+    stamp = datetime(2026, 1, 2, 3, 4, 5, 999, tzinfo=UTC)
     assert ready_condition_patch(stamp) == (
         b'{"status":{"conditions":[{"type":"NetworkUnavailable","status":"False",'
         b'"lastHeartbeatTime":"2026-01-02T03:04:05Z","lastTransitionTime":'

@@ -359,7 +359,7 @@ def partial(tun: Tun, report: dict) -> None:
     try:
         s.recv(65536)
         raise Failed("partial: the datagram without NEEDS_CSUM was delivered too")
-    except socket.timeout:
+    except TimeoutError:
         pass
     errors = snmp("Udp", "InCsumErrors") - before
     s.close()

@@ -22,7 +22,6 @@ from dataplane.fastpath.types import (
     GSO_TCPV4,
     GSO_TCPV6,
     GSO_UDP,
-    GSO_UDP_L4,
     IO_UDP_GSO,
     IO_VNET,
     MODE_UDP,
@@ -33,7 +32,7 @@ from dataplane.fastpath.types import (
     VnetHdr,
 )
 from drain_rig import (
-    ALL_OFFLOADS, EG, MAX_SEGS, PEERS, ZERO_VNET, assert_counters, expect_egress, forwarders,
+    ALL_OFFLOADS, EG, MAX_SEGS, ZERO_VNET, assert_counters, expect_egress, forwarders,
     open_net,
 )
 from offload_packets import (

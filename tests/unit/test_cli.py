@@ -16,7 +16,7 @@ from tests import netns
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_help_line_matches_module(name):
     module_name, help_ = COMMANDS[name]
-    assert importlib.import_module(module_name).HELP == help_
+    assert help_ == importlib.import_module(module_name).HELP
 
 
 def test_running_one_command_imports_no_other():

@@ -10,7 +10,10 @@ from scapy.packet import bind_layers
 
 from dataplane import explain
 from dataplane.cli import main
-from dataplane.layouts import ETHERNET, IPV4, TCP as TCP_LAYOUT, UDP as UDP_LAYOUT, VXLAN as VXLAN_LAYOUT
+from dataplane.layouts import ETHERNET, IPV4
+from dataplane.layouts import TCP as TCP_LAYOUT
+from dataplane.layouts import UDP as UDP_LAYOUT
+from dataplane.layouts import VXLAN as VXLAN_LAYOUT
 
 bind_layers(UDP, VXLAN, dport=8472)
 
@@ -57,7 +60,7 @@ def test_udp_packet_is_raw_ip_in_udp_with_valid_checksums():
     assert inner.src == explain.POD_SRC and inner.dst == explain.POD_DST
     assert len(inner[TCP].payload) == 100
     # scapy recomputes every checksum we wrote when they are deleted: same bytes back
-    for layer, cls in ((pkt, IP), (pkt, UDP)):
+    for cls in (IP, UDP):
         rebuilt = IP(wire)
         del rebuilt[cls].chksum
         assert bytes(rebuilt) == wire, cls.__name__

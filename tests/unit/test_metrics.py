@@ -120,7 +120,7 @@ def test_every_drop_series_exists_from_the_start_at_zero():
 def test_labelled_floats_keep_full_precision():
     node = fake_node("c")
     import datetime
-    expiry = datetime.datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=datetime.timezone.utc)
+    expiry = datetime.datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=datetime.UTC)
     node.lease = Lease(ipaddress.IPv4Network("10.244.1.0/24"), "10.99.0.1", expiration=expiry)
     node.started = 1796212345.678901
     text = render_metrics(node)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from ipaddress import IPv4Network
 
 import pytest
@@ -16,7 +16,7 @@ from dataplane.lease import Lease
 from dataplane.store.base import LeaseEvent
 
 SUBNET = IPv4Network("10.244.1.0/24")
-T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
 
 def lease(ip: str = "10.99.0.1", expires: datetime = T0) -> Lease:

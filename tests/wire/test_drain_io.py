@@ -274,7 +274,7 @@ def test_drain_udp_counts_a_full_tun(impl, net):
     fwd = forwarder(impl, MODE_UDP, port)
     tun.dev.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)       # a tiny queue
     n = 40
-    for i in range(n):
+    for _ in range(n):
         peers["127.0.0.2"].sendto(inner_udp(src="10.244.2.7", dst="10.244.1.5", data=b"x" * 1000),
                                   node.getsockname())
     assert fwd.drain_udp(node, tun.fd, 100) == n

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataplane import fastpath
 from dataplane.drops import MAX_DROPS, Direction, Drop
-from dataplane.fastpath import types
 
 lib = fastpath.load("c").lib
 
@@ -21,7 +20,7 @@ def test_every_drop_reason_has_its_c_twin():
 def test_c_has_no_reason_python_lacks():
     c_reasons = {n for n in dir(lib) if n.startswith("DP_DROP_") and n != "DP_DROP_COUNT"}
     assert c_reasons == {c_name(m) for m in Drop if m is not Drop.NONE}
-    assert lib.DP_DROP_COUNT == len(Drop)
+    assert len(Drop) == lib.DP_DROP_COUNT
 
 
 def test_counter_capacity_and_directions():

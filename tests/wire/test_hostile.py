@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 
 from dataplane.drops import Direction, Drop
 from dataplane.fastpath import cnative
-from dataplane.fastpath.types import (GSO_TCPV4, IO_UDP_GRO, IO_VNET, MODE_UDP, MODE_VXLAN,
-                                      VNET_F_NEEDS_CSUM, Action, ForwarderConfig, VnetHdr)
+from dataplane.fastpath.types import (IO_UDP_GRO, IO_VNET, MODE_UDP, MODE_VXLAN,
+                                      Action, ForwarderConfig, VnetHdr)
 
-from .pkts import LOCAL_SUBNET, OWN_MAC, PEER2, PEER3, inner_tcp, inner_udp, ipv4
+from .pkts import LOCAL_SUBNET, OWN_MAC, PEER2, PEER3, inner_tcp, inner_udp
 from .strategies import MACS, PUBLIC_IPS, SUBNETS, addr_in, packets, vxlan_payload
-from .test_drain_io import FakeTun, received, udp_socket
+from .test_drain_io import FakeTun, udp_socket
 
 EG, IN = Direction.EGRESS, Direction.INGRESS
 PORT = 8472
