@@ -13,6 +13,8 @@ import pytest
 from tests import netns
 from tests.daemon.test_lifecycle import metrics
 
+pytestmark = pytest.mark.netns
+
 NBYTES = 24 << 20
 
 

@@ -14,6 +14,7 @@ import pytest
 from dataplane.daemon.node import Node, NodeOptions
 from dataplane.store.directory import DirectoryStore
 from dataplane.testing import FakeNetwork, started
+from tests.daemon.inprocess import until
 from tests.wire.pkts import inner_udp
 
 
@@ -36,14 +37,8 @@ async def pair(tmp_path, backend: str = "udp", fastpath: str = "c", **options):
             await stack.enter_async_context(started(node))
             nodes.append(node)
         for node in nodes:
-            await until(lambda: len(node.peers) == 1, "the peer's lease")
+            await until(lambda n=node: len(n.peers) == 1, "the peer's lease")
         yield nodes
-
-
-async def until(predicate, what: str, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("fastpath", ["c", "python"])
@@ -52,9 +47,10 @@ def test_two_nodes_forward_both_ways(tmp_path, backend, fastpath):
     async def main():
         async with pair(tmp_path, backend, fastpath, workers=2) as (a, b):
             tun_a, tun_b = a.host.tun(), b.host.tun()
-            for src, dst, there in ((tun_a, "10.244.2.7", tun_b), (tun_b, "10.244.1.7", tun_a)):
-                sent = inner_udp(src="10.244.%d.5" % (3 - int(dst.split(".")[2])), dst=dst)
-                src.send(sent)
+            for here, there, src, dst in ((tun_a, tun_b, "10.244.1.5", "10.244.2.7"),
+                                          (tun_b, tun_a, "10.244.2.5", "10.244.1.7")):
+                sent = inner_udp(src=src, dst=dst)
+                here.send(sent)
                 got = await asyncio.to_thread(there.recv)
                 assert got[12:] == sent[12:]          # addresses and payload, as sent
                 # flannel's udp routes (each node takes one off the TTL); VXLAN bridges
