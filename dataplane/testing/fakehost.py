@@ -120,6 +120,7 @@ class FakeHost:
     tunnel sockets bind to it): a loopback address, from FakeNetwork.host()."""
 
     address: str
+    public_ip: str | None = None        # published instead of `address` (a NAT in front)
     ifname: str = "eth0"
     mtu: int = 1500
     offloads: Offloads = NO_OFFLOADS
@@ -140,7 +141,9 @@ class FakeHost:
         """Ours, whatever was asked (choosing one is tested on real interfaces)."""
         with self._lock:
             self.selections.append(selection)
-        return hostnet.Underlay(self.ifname, 2, self.address, self.mtu)
+        if self.public_ip is None:
+            return hostnet.Underlay(self.ifname, 2, self.address, self.mtu)
+        return hostnet.Underlay(self.ifname, 2, self.public_ip, self.mtu, local=self.address)
 
     def open_sockets(self, address: str, port: int, workers: int) -> list[SocketPair]:
         pairs = open_worker_sockets(address, port, workers)

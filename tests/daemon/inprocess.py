@@ -16,10 +16,14 @@ import threading
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Callable
+
+import uvloop
 
 from dataplane import cli
 from dataplane.daemon.metrics import parse_metrics, render_metrics
 from dataplane.daemon.node import Node, NodeOptions
+from dataplane.store.base import SubnetStore
 from dataplane.store.directory import DirectoryStore
 from dataplane.testing import FakeHost, FakeNetwork, started
 
@@ -73,12 +77,17 @@ class Cluster:
     restarts as a machine is)."""
 
     def __init__(self, tmp: Path, stack: contextlib.AsyncExitStack, backend: str = "udp",
-                 fastpath: str = "c", config: dict | None = None) -> None:
+                 fastpath: str = "c", config: dict | None = None,
+                 new_store: Callable[[], SubnetStore] | None = None) -> None:
+        """`new_store`: one store client per node start (default: the directory store in
+        tmp/store, where the config is written; another store comes configured)."""
         self.tmp, self.stack, self.fastpath = tmp, stack, fastpath
         self.store = tmp / "store"
-        self.store.mkdir(exist_ok=True)
-        (self.store / "config").write_text(json.dumps(
-            config or {"Network": "10.244.0.0/16", "Backend": {"Type": backend}}))
+        if new_store is None:
+            self.store.mkdir(exist_ok=True)
+            (self.store / "config").write_text(json.dumps(
+                config or {"Network": "10.244.0.0/16", "Backend": {"Type": backend}}))
+        self.new_store = new_store or (lambda: DirectoryStore(self.store))
         self.net = FakeNetwork()
         stack.callback(self.net.close)
         self.hosts = {side: self.net.host() for side in SUBNETS}
@@ -87,12 +96,14 @@ class Cluster:
     def env_file(self, side: str) -> Path:
         return self.tmp / f"{side}.env"
 
-    async def start(self, side: str, *, ask_subnet: bool = True, **options) -> Node:
+    async def start(self, side: str, subnet: str | None = "", **options) -> Node:
+        """Start node `side` with --subnet `subnet` ("": the side's own; None: none asked)."""
         inner = contextlib.AsyncExitStack()
-        store = DirectoryStore(self.store)
+        store = self.new_store()
         inner.push_async_callback(store.close)
+        subnet = SUBNETS[side] if subnet == "" else subnet
         node = Node(NodeOptions(
-            store=store, subnet=IPv4Network(SUBNETS[side]) if ask_subnet else None,
+            store=store, subnet=IPv4Network(subnet) if subnet else None,
             subnet_file=str(self.env_file(side)), fastpath=self.fastpath,
             host=self.hosts[side], **options))
         try:
@@ -113,8 +124,9 @@ class Cluster:
 
 
 def in_cluster(tmp: Path, test, **kwargs) -> None:
-    """asyncio.run(test(cluster)) with everything stopped and closed afterwards."""
+    """test(cluster) on the daemon's event loop (uvloop), everything stopped and closed
+    afterwards."""
     async def main() -> None:
         async with contextlib.AsyncExitStack() as stack:
             await test(Cluster(tmp, stack, **kwargs))
-    asyncio.run(main())
+    uvloop.run(main())
