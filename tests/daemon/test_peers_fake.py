@@ -153,3 +153,25 @@ def test_unknown_option_is_logged_by_name(tmp_path, caplog):
         await cluster.stop("a")
     in_cluster(tmp_path, test, config=vxlan_config(DirectRoute=True))
     assert "Backend.DirectRoute: unknown option, ignored" in caplog.text
+
+
+def test_blackhole_route_and_netfilter_rules_are_asked_of_the_host(tmp_path):
+    """--ip-blackhole-route and --ip-masq reach the host for our subnet (the kernel's side of
+    them: tests/daemon/test_netfilter.py, in a namespace)."""
+    async def test(cluster):
+        a = await cluster.start("a", blackhole_route=True, ip_masq=True)
+        await until(lambda: a.host.blackholes == {"10.244.1.0/24"}, "the blackhole route")
+        (rules,) = a.host.traffic
+        assert (str(rules.network), str(rules.subnet), rules.ip_masq) == (
+            "10.244.0.0/16", "10.244.1.0/24", True)
+    in_cluster(tmp_path, test)
+
+
+def test_unknown_offload_refusal_is_refused(capsys):
+    from dataplane.testing import DenyingLinuxHost
+    from dataplane.testing.oldkernel import main
+    with pytest.raises(ValueError, match="cannot deny tsx"):
+        DenyingLinuxHost({"tso", "tsx"})
+    with pytest.raises(SystemExit):
+        main(["--deny", "tsx", "--", "run"])
+    assert "cannot deny tsx" in capsys.readouterr().err
