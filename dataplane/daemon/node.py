@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import Awaitable, Callable, TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
-from dataplane.daemon.datapath import Datapath, Worker, close_sockets, socket_buffers
+from dataplane.daemon.pump import Datapath, Worker, close_sockets, socket_buffers
 from dataplane.daemon.directroutes import DirectRoutes
 from dataplane.daemon.host import Host, LinuxHost, SocketPair, TrafficRules
 from dataplane.daemon.errors import BindError

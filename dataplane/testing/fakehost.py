@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass, field
 
 from dataplane import hostnet
-from dataplane.daemon.datapath import open_worker_sockets
+from dataplane.daemon.pump import open_worker_sockets
 from dataplane.daemon.host import Offloads, SocketPair, TrafficRules
 from dataplane.fastpath.types import VNET_HLEN
 from dataplane.netfilter import NetfilterOptions

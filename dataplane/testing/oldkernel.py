@@ -21,7 +21,7 @@ import argparse
 import socket
 import sys
 
-from dataplane.daemon.datapath import SOL_UDP, UDP_GRO
+from dataplane.daemon.pump import SOL_UDP, UDP_GRO
 from dataplane.daemon.host import LinuxHost, Offloads, SocketPair
 from dataplane.tun import OFFLOAD_CHOICES, Tun
 
