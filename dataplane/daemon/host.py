@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dataplane import hostnet
-from dataplane.daemon.pump import open_worker_sockets, udp_offloads
 from dataplane.daemon.directroutes import KernelRoutes, RouteTable
+from dataplane.daemon.pump import open_worker_sockets, udp_offloads
 from dataplane.netfilter import NetfilterOptions, TrafficManager
 from dataplane.tun import OFFLOAD_CHOICES, TUN_PATH, Tun, open_tun, set_offload
 

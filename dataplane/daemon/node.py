@@ -28,12 +28,12 @@ from datetime import timedelta
 from typing import Awaitable, Callable, TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
-from dataplane.daemon.pump import Datapath, Worker, close_sockets, socket_buffers
 from dataplane.daemon.directroutes import DirectRoutes
-from dataplane.daemon.host import Host, LinuxHost, SocketPair, TrafficRules
 from dataplane.daemon.errors import BindError
+from dataplane.daemon.host import Host, LinuxHost, SocketPair, TrafficRules
 from dataplane.daemon.overlaps import SubnetIndex
 from dataplane.daemon.ownlease import OwnWrites
+from dataplane.daemon.pump import Datapath, Worker, close_sockets, socket_buffers
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, MODE_UDP,
                                       MODE_VXLAN, Counters, ForwarderConfig, format_mac,
                                       parse_mac)

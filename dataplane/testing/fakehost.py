@@ -23,8 +23,8 @@ import threading
 from dataclasses import dataclass, field
 
 from dataplane import hostnet
-from dataplane.daemon.pump import open_worker_sockets
 from dataplane.daemon.host import Offloads, SocketPair, TrafficRules
+from dataplane.daemon.pump import open_worker_sockets
 from dataplane.fastpath.types import VNET_HLEN
 from dataplane.netfilter import NetfilterOptions
 from dataplane.tun import Tun

@@ -21,8 +21,8 @@ import argparse
 import socket
 import sys
 
-from dataplane.daemon.pump import SOL_UDP, UDP_GRO
 from dataplane.daemon.host import LinuxHost, Offloads, SocketPair
+from dataplane.daemon.pump import SOL_UDP, UDP_GRO
 from dataplane.tun import OFFLOAD_CHOICES, Tun
 
 DENIABLE = ("tso", "gso", "gro", "gso-at-send")
