@@ -205,7 +205,8 @@ def _set_from_env(sub: argparse.ArgumentParser, args: argparse.Namespace,
     action(sub, args, sub._get_values(action, [text]), option)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, **extra: object) -> int:
+    """`extra`: keyword arguments for the command's main (tests: `host=` for `run`)."""
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     apply_env(parser, args, argv)
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("dataplane.cli").info("flags from the environment: %s",
                                                 ", ".join(args._from_env))
     try:
-        return int(args._main(args) or 0)
+        return int(args._main(args, **extra) or 0)
     except CommandError as exc:
         print(f"dataplane {args.command}: {exc}", file=sys.stderr)
         return 1

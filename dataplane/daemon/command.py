@@ -16,7 +16,9 @@ from dataplane.backends import UDP, VXLAN
 from dataplane.errors import CommandError
 from dataplane.netfilter.options import add_netfilter_arguments, netfilter_options
 from dataplane.store.options import add_store_arguments, open_store
-from dataplane.tun import TUN_PATH
+
+if TYPE_CHECKING:
+    from dataplane.daemon.host import Host
 
 if TYPE_CHECKING:
     from dataplane.daemon.node import Node
@@ -144,13 +146,11 @@ def _positive(value: str) -> float:
     return number
 
 
-def preflight(args: argparse.Namespace) -> None:
+def preflight(args: argparse.Namespace, host: Host) -> None:
     """Fail before touching anything, with what to do about it."""
-    if not _has_net_admin():
-        raise CommandError("must run as root (or with CAP_NET_ADMIN): the TUN device, its "
-                           "address and routes need CAP_NET_ADMIN")
-    if not os.path.exists(TUN_PATH):
-        raise CommandError(f"{TUN_PATH} is missing: load the tun module (modprobe tun)")
+    problem = host.unfit()
+    if problem is not None:
+        raise CommandError(problem)
     try:
         fastpath.load(args.fastpath)
     except fastpath.FastpathUnavailable as exc:
@@ -162,23 +162,12 @@ def preflight(args: argparse.Namespace) -> None:
     renew_margin(args)
 
 
-CAP_NET_ADMIN = 12      # linux/capability.h
+def main(args: argparse.Namespace, host: Host | None = None) -> int:
+    """`host`: the machine to run on (default this one; tests pass a fake or an older kernel)."""
+    from dataplane.daemon.host import LinuxHost
 
-
-def _has_net_admin() -> bool:
-    """The capability, not the uid: root without it fails, a unit granting it to a user works."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    except OSError:
-        pass
-    return os.geteuid() == 0
-
-
-def main(args: argparse.Namespace) -> int:
-    preflight(args)
+    host = host or LinuxHost()
+    preflight(args, host)
     from dataplane.daemon.node import Node, NodeOptions
     from dataplane.hostnet import Selection
 
@@ -193,7 +182,8 @@ def main(args: argparse.Namespace) -> int:
         blackhole_route=args.ip_blackhole_route,
         tun_name=args.tun_name, lease_ttl=args.lease_ttl,
         renew_margin=renew_margin(args),
-        healthz=(args.healthz_ip, args.healthz_port) if args.healthz_port else None))
+        healthz=(args.healthz_ip, args.healthz_port) if args.healthz_port else None,
+        host=host))
     return run_node(node)
 
 

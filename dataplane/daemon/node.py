@@ -22,8 +22,6 @@ import errno
 import hashlib
 import ipaddress
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,25 +30,23 @@ from typing import TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
 from dataplane.backends import BACKENDS
-from dataplane.daemon.datapath import (SOL_UDP, UDP_GRO, Datapath, Worker, close_sockets,
-                                       open_worker_sockets, socket_buffers, udp_offloads)
-from dataplane.daemon.directroutes import DirectRoutes, KernelRoutes
+from dataplane.daemon.directroutes import DirectRoutes
 from dataplane.daemon.errors import BindError
+from dataplane.daemon.host import Host, LinuxHost, SocketPair, TrafficRules
 from dataplane.daemon.ownlease import OwnWrites
 from dataplane.daemon.peers import Peers, Tunnels
+from dataplane.daemon.pump import Datapath, Worker, close_sockets, socket_buffers
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, Counters,
                                       ForwarderConfig, format_mac)
 from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import NetworkConfig
-from dataplane.netfilter import NetfilterOptions, TrafficManager
+from dataplane.netfilter import NetfilterOptions
 from dataplane.store.base import (ConfigNotFound, LeaseEvent, StoreUnavailable, SubnetStore,
                                   SubnetTaken, renewal_delay)
-from dataplane.tun import (OFFLOAD_CHOICES, TUN_F_USO4, describe_offload, open_tun,
-                           set_offload)
+from dataplane.tun import TUN_F_USO4, Tun, describe_offload
 
 log = logging.getLogger(__name__)
 
-SO_NO_CHECK = 11                            # asm-generic/socket.h: no UDP checksums sent
 TXQUEUELEN = 5000                           # the default 500 drops the bursts a batch makes
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
 
@@ -80,6 +76,7 @@ class NodeOptions:
     renew_margin: float = 3600
     healthz: tuple[str, int] | None = None      # (address, port) of /healthz and /metrics
     on_ready: list[Callable[[Node], None]] = field(default_factory=list)
+    host: Host = field(default_factory=LinuxHost)   # the machine: TUN, sockets, netlink
 
 
 def vtep_mac(public_ip: str, vni: int, prefix: bytes | None = None) -> bytes:
@@ -98,6 +95,7 @@ class Node:
     def __init__(self, options: NodeOptions) -> None:
         self.opts = options
         self.store = options.store
+        self.host = options.host
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None
         self.fwds: list = []                 # one forwarder per worker
@@ -114,7 +112,7 @@ class Node:
         self.store_errors = 0
         self.metrics = None
         self.io_flags = 0
-        self.traffic: TrafficManager | None = None      # NAT and FORWARD rules
+        self.traffic: TrafficRules | None = None        # NAT and FORWARD rules
         self._stop = asyncio.Event()
         self.own = OwnWrites(options.lease_ttl, lambda: self.lease)   # vs. a second writer
 
@@ -176,8 +174,7 @@ class Node:
                                                         (opts.iface,) if opts.iface else ())
         if stored_ip:              # the store's word (a Node's node-public-ip annotation) wins
             selection = dataclasses.replace(selection, public_ip=stored_ip)
-        self.underlay = ul = await asyncio.to_thread(hostnet.find_underlay,
-                                                     selection=selection)
+        self.underlay = ul = await asyncio.to_thread(self.host.find_underlay, selection)
         log.debug("underlay %s (mtu %d): public IP %s, sending from %s", ul.ifname, ul.mtu,
                   ul.address, ul.bind_address)
         if cfg.mtu is not None and cfg.mtu > ul.mtu:
@@ -186,7 +183,7 @@ class Node:
         self.tun_mtu = (cfg.mtu or ul.mtu) - BACKENDS[backend].overhead
         self.mac = vtep_mac(ul.address, cfg.vni, cfg.mac_prefix) if backend == "vxlan" else b""
         if cfg.direct_routing:
-            self.direct = DirectRoutes(KernelRoutes(ul, cfg.network), self.tunnels)
+            self.direct = DirectRoutes(self.host.direct_routes(ul, cfg.network), self.tunnels)
             log.info("DirectRouting: peers on %s's own subnet are routed, not tunnelled",
                      ul.ifname)
             stack.callback(self.direct.close)
@@ -195,7 +192,7 @@ class Node:
         workers = opts.workers if opts.fastpath == "c" else 1   # the reference holds the GIL
         # Sockets before the lease: a busy port costs no lease.
         try:
-            pairs = open_worker_sockets(ul.bind_address, cfg.port, workers)
+            pairs = self.host.open_sockets(ul.bind_address, cfg.port, workers)
         except OSError as exc:
             raise BindError("the tunnel port (UDP)", ul.bind_address, cfg.port, exc, {
                 errno.EADDRINUSE: "another dataplane or flanneld on this node?",
@@ -214,13 +211,13 @@ class Node:
 
         self.tun_name = opts.tun_name or BACKENDS[backend].device(cfg.vni)
         offload = opts.offload and opts.fastpath == "c"
-        tun = open_tun(self.tun_name, queues=workers, vnet_hdr=offload)
+        tun = self.host.open_tun(self.tun_name, queues=workers, vnet_hdr=offload)
         stack.callback(tun.close)
-        self.io_flags = self._negotiate_offloads(tun.fd, pairs) if offload else 0
+        self.io_flags = self._negotiate_offloads(tun, pairs) if offload else 0
         rcv, snd = socket_buffers(pairs[0][0])
         log.info("socket buffers: receive %d KiB, send %d KiB; %d worker%s", rcv >> 10,
                  snd >> 10, workers, "s" if workers > 1 else "")
-        await asyncio.to_thread(hostnet.configure_tun, self.tun_name,
+        await asyncio.to_thread(self.host.configure_tun, self.tun_name,
                                 str(lease.subnet.network_address), self.tun_mtu,
                                 str(cfg.network), TXQUEUELEN)
 
@@ -251,7 +248,7 @@ class Node:
 
         # flanneld's rules before subnet.env: pods created from it have NAT; a stop keeps them.
         self.traffic = await asyncio.to_thread(
-            TrafficManager.start, cfg.network, lease.subnet, ip_masq=opts.ip_masq,
+            self.host.start_traffic, cfg.network, lease.subnet, ip_masq=opts.ip_masq,
             nftables=cfg.enable_nftables, options=opts.netfilter)
         subnetenv.write(opts.subnet_file, network=cfg.network, subnet=lease.subnet,
                         mtu=self.tun_mtu, ipmasq=opts.ip_masq)
@@ -260,24 +257,10 @@ class Node:
                  f", VtepMAC {format_mac(self.mac)}" if self.mac else "")
         return True
 
-    def _negotiate_offloads(self, tun_fd: int, pairs) -> int:
-        """Ask the kernel for every offload we can use; log what it granted.
-
-        DATAPLANE_OFFLOAD_DENY (comma-separated: tso, gso, gro, gso-at-send) plays an older
-        or stricter kernel, so the fallbacks can be tested on this one: the first three act as
-        if the kernel had refused that offload here; gso-at-send makes the kernel itself refuse
-        UDP_SEGMENT sends later (SO_NO_CHECK), to exercise the switch-off in the hot path."""
-        deny = set(filter(None, os.environ.get("DATAPLANE_OFFLOAD_DENY", "").split(",")))
-        taken = set_offload(tun_fd, OFFLOAD_CHOICES[-2:] if "tso" in deny else OFFLOAD_CHOICES)
-        granted = [udp_offloads(sock) for pair in pairs for sock in set(pair)]
-        gso = all(g for g, _ in granted) and "gso" not in deny
-        gro = all(r for _, r in granted) and "gro" not in deny
-        if "gro" in deny:
-            for pair in pairs:
-                pair[0].setsockopt(SOL_UDP, UDP_GRO, 0)
-        if "gso-at-send" in deny:
-            for pair in pairs:
-                pair[1].setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+    def _negotiate_offloads(self, tun: Tun, pairs: list[SocketPair]) -> int:
+        """Ask the host for every offload we can use; log what it granted."""
+        granted = self.host.negotiate_offloads(tun, pairs)
+        taken, gso, gro = granted.tun, granted.gso, granted.gro
         flags = IO_VNET
         flags |= IO_UDP_GSO if gso else 0
         flags |= IO_UDP_GRO if gro else 0
@@ -382,7 +365,7 @@ class Node:
         failed = ""
         while True:
             try:
-                if await asyncio.to_thread(hostnet.ensure_blackhole_route,
+                if await asyncio.to_thread(self.host.ensure_blackhole_route,
                                            str(self.lease.subnet)):
                     log.info("blackhole route %s metric %d", self.lease.subnet,
                              hostnet.BLACKHOLE_METRIC)

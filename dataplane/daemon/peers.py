@@ -29,7 +29,7 @@ from ipaddress import IPv4Network
 from typing import Protocol
 
 from dataplane.backends import Backend
-from dataplane.daemon.datapath import Worker
+from dataplane.daemon.pump import Worker
 from dataplane.daemon.overlaps import SubnetIndex
 from dataplane.fastpath.api import Forwarder
 from dataplane.lease import Lease

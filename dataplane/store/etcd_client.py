@@ -704,9 +704,11 @@ class EtcdClient:
             raise _ProtocolError(f"{path}: not a JSON answer: {body[:80]!r}") from None
 
     async def _connect(self, endpoint: Endpoint) -> _Connection:
+        # asyncio.timeout, not wait_for: before 3.12, wait_for loses a cancellation that
+        # arrives as the connection completes (a stop right after start never ended)
         try:
-            return await asyncio.wait_for(_Connection.open(endpoint, self.tls),
-                                          self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                return await _Connection.open(endpoint, self.tls)
         except TimeoutError:
             raise OSError(errno.ETIMEDOUT, f"connect timed out after "
                                            f"{self.connect_timeout:g} s") from None
@@ -777,7 +779,8 @@ class Watch:
             if len(self._buffer) > MAX_BODY:
                 raise self._broken("watch message too large")
             try:
-                data = await asyncio.wait_for(self._conn.read_data(), self.client.idle_check)
+                async with asyncio.timeout(self.client.idle_check):     # see _connect
+                    data = await self._conn.read_data()
             except TimeoutError:
                 await self._check_member()
                 continue

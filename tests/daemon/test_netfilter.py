@@ -12,6 +12,8 @@ import pytest
 
 from tests import netns
 
+pytestmark = pytest.mark.netns
+
 JUMP_NAT = '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG'
 JUMP_FWD = '-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD'
 MASQ_OUT = ('-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment '

@@ -13,6 +13,8 @@ import pytest
 from tests import netns
 from tests.daemon.test_lifecycle import metrics
 
+pytestmark = pytest.mark.netns
+
 NBYTES = 24 << 20
 
 
@@ -40,19 +42,24 @@ def _send(host, nbytes: int):
     return json.loads(result.stdout)
 
 
-def start_pair(host, backend: str, *args: str, env: dict[str, str] | None = None):
+def start_pair(host, backend: str, *args: str, deny: str | None = None):
+    """Nodes a and b on the real kernel; `deny`: offloads it plays having refused (an older
+    kernel: dataplane.testing.oldkernel runs the daemon on a DenyingLinuxHost)."""
+    # the daemon itself, or the same command line on the test host
+    cmd = (netns.dataplane_cmd if deny is None else lambda *a: [
+        sys.executable, "-m", "dataplane.testing.oldkernel", "--deny", deny, "--", *a])
     host.config(json.dumps({"Network": "10.244.0.0/16", "Backend": {"Type": backend}}))
     procs = []
     for side, ns, ip, subnet, port in (("a", host.ns, "10.99.0.1", "10.244.1.0/24", 9101),
                                        ("b", host.peer_ns, "10.99.0.2", "10.244.2.0/24", 9102)):
         # A stop leaves subnet.env (as flanneld): readiness is its being written anew.
         (host.tmp / f"{side}.env").unlink(missing_ok=True)
-        argv = ["ip", "netns", "exec", ns, *netns.dataplane_cmd(
+        argv = ["ip", "netns", "exec", ns, *cmd(
             "-v", "run", "--store-dir", str(host.store), "--public-ip", ip, "--subnet", subnet,
             "--subnet-file", str(host.tmp / f"{side}.env"), "--healthz-ip", "127.0.0.1",
             "--healthz-port", str(port), *args)]
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, env={**netns.env(), **(env or {})}))
+                                      text=True, env=netns.env()))
     for side, proc in zip("ab", procs):
         netns.wait_for(lambda: (host.tmp / f"{side}.env").exists() or proc.poll() is not None,
                        what=f"node {side}")
@@ -95,8 +102,7 @@ def test_offloads_on(host, backend, workers):
                                           ("udp", "gso-at-send"), ("vxlan", "gso-at-send"),
                                           ("vxlan", "tso,gso,gro")])
 def test_refused_offloads_fall_back(host, backend, deny):
-    procs = start_pair(host, backend, "--workers", "1",
-                       env={"DATAPLANE_OFFLOAD_DENY": deny})
+    procs = start_pair(host, backend, "--workers", "1", deny=deny)
     try:
         sent, received = transfer(host)
         assert received["sha256"] == sent["sha256"] and received["bytes"] == NBYTES

@@ -14,6 +14,8 @@ import pytest
 
 from tests import netns
 
+pytestmark = pytest.mark.netns
+
 
 class Receiver(threading.Thread):
     """Collects (message, whether subnet.env existed when it arrived)."""
