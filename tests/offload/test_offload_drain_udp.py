@@ -1,4 +1,4 @@
-"""dp_drain_udp with offloads (csrc/io_offload.c, ingress): UDP_GRO runs in, coalesced TUN
+"""dp_drain_udp with offloads (csrc/ingress.c): UDP_GRO runs in, coalesced TUN
 frames with their virtio_net_hdr out, over loopback peers and a fake TUN (no root).
 
 A peer's UDP_SEGMENT send reaches the node's UDP_GRO socket as one run, with its gso_size in a
