@@ -43,7 +43,8 @@ struct tun_adapter {
     struct dp_buf bufs[IN_SEGS];        /* ingress: what the coalescer merges into frames */
     struct dp_gro_frame frames[IN_SEGS];
     int32_t next[IN_SEGS];
-    uint8_t *frame_buf;                 /* one frame, for its write() */
+    struct iovec frame_iov[1 + IN_SEGS];    /* one frame's head and payloads, for its writev */
+    uint8_t *frame_buf;                 /* a frame of more pieces than writev takes, copied */
 };
 
 struct tun_adapter *tun_adapter_get(struct dp_fwd *f);

@@ -292,9 +292,11 @@ struct dp_gro_frame {
  * flow never change order. Returns the number of frames. */
 int dp_gro_coalesce(const struct dp_buf *pkts, int n, int flags, struct dp_gro_frame *frames,
                     int32_t *next);
-/* Copy one frame into out (frame->len bytes) for a single write(). Measured during development
- * against writev of the 45 pieces of a 44-segment frame into a real TUN: as fast or slightly
- * faster, since the kernel's per-iovec walk costs about what the copy does. */
+/* Copy one frame into out (frame->len bytes): the frame's bytes for tests and the Python side.
+ * The drain writes frames with writev instead (dp_gro_frame_iov, offload.h): measured into a
+ * real TUN with IFF_VNET_HDR (a 44-segment, 63762-byte GSO_TCPV4 frame, CPU time per frame,
+ * 12 interleaved rounds of 30000 on the shared 2-core VM), copy + write 9.73 us median, writev
+ * of the 45 pieces 9.55 us: no slower, and no 64 KiB frame buffer to pass the bytes through. */
 size_t dp_gro_frame_copy(uint8_t *out, const struct dp_gro_frame *frame,
                          const struct dp_buf *pkts, const int32_t *next);
 

@@ -308,3 +308,13 @@ size_t dp_gro_frame_copy(uint8_t *out, const struct dp_gro_frame *frame,
     }
     return o;
 }
+
+int dp_gro_frame_iov(struct iovec *iov, const struct dp_gro_frame *frame,
+                     const struct dp_buf *pkts, const int32_t *next)
+{
+    int n = 0;
+    iov[n++] = (struct iovec){(void *)frame->head, frame->head_len};
+    for (int32_t k = frame->first; k >= 0; k = next[k])
+        iov[n++] = (struct iovec){(void *)(pkts[k].data + frame->skip), pkts[k].len - frame->skip};
+    return n;
+}

@@ -11,7 +11,10 @@
 
 #include <stdlib.h>
 
+#include "offload.h"
+
 #define SLOT_SIZE (DP_HEADROOM + SLOT_DATA)
+#define IOV_MAX_WRITE 1024               /* UIO_MAXIOV: the most one writev takes */
 #define CUT_CAP (320u * 1024)           /* types.GSO_CAPACITY: any cut at >= DP_TCP_MIN_MSS */
 
 void tun_adapter_free(struct tun_adapter *t)
@@ -39,9 +42,7 @@ struct tun_adapter *tun_adapter_get(struct dp_fwd *f)
             t->reads = malloc((size_t)SUPER_READS * VNET_READ);
         if (!t->round)
             t->round = malloc(ROUND_CAP);
-        if (!t->frame_buf)
-            t->frame_buf = malloc(VNET_READ);
-        return t->reads && t->round && t->frame_buf ? t : NULL;
+        return t->reads && t->round ? t : NULL;
     }
     if (!t->slots)
         t->slots = malloc((size_t)PLAIN_BATCH * SLOT_SIZE);
@@ -167,6 +168,19 @@ static void write_plain(struct dp_fwd *f, struct tun_adapter *t, int tun_fd, str
         count_as_dropped(f, DP_INGRESS, p->len, DP_DROP_TUN_WRITE_ERROR);
 }
 
+/* A frame as the iovecs of its writev: head and payloads where they lie; copied into one buffer
+ * only past UIO_MAXIOV pieces (many tiny segments). 0 when that buffer cannot be had. */
+static int frame_iovecs(struct tun_adapter *t, const struct dp_gro_frame *fr)
+{
+    if (fr->count < IOV_MAX_WRITE)
+        return dp_gro_frame_iov(t->frame_iov, fr, t->bufs, t->next);
+    if (!t->frame_buf && !(t->frame_buf = malloc(VNET_READ)))
+        return 0;
+    t->frame_iov[0] = (struct iovec){t->frame_buf,
+                                     dp_gro_frame_copy(t->frame_buf, fr, t->bufs, t->next)};
+    return 1;
+}
+
 void tun_write_batch(struct dp_fwd *f, struct tun_adapter *t, int tun_fd, struct dp_pkt *pkts,
                      int n)
 {
@@ -187,9 +201,9 @@ void tun_write_batch(struct dp_fwd *f, struct tun_adapter *t, int tun_fd, struct
     int frames = dp_gro_coalesce(t->bufs, m, flags, t->frames, t->next);
     for (int k = 0; k < frames; k++) {
         struct dp_gro_frame *fr = &t->frames[k];
-        struct iovec one = {t->frame_buf, dp_gro_frame_copy(t->frame_buf, fr, t->bufs, t->next)};
+        int iovs = frame_iovecs(t, fr);
         f->ctr.syscalls[DP_INGRESS]++;
-        if (put(tun_fd, &one, 1, one.iov_len)) {
+        if (iovs > 0 && put(tun_fd, t->frame_iov, iovs, fr->len)) {
             /* merged, or a kernel peer's super-packet passed on whole (head[1]: gso_type) */
             if (fr->count > 1 || fr->head[1] != DP_VNET_GSO_NONE)
                 f->ctr.super_packets[DP_INGRESS]++;
