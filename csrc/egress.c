@@ -8,8 +8,9 @@
  *      One ICMP net-unreachable answers all of it, back into the TUN.
  *   3. tun_cut segments it at the MSS into the round, head-room before each segment.
  *   4. dp_egress_batch decides every packet or segment (egress_one): validate IPv4, find the
- *      peer holding the destination (none: ICMP net-unreachable back into the TUN), udp:
- *      decrement TTL | vxlan: VXLAN + inner Ethernet into the head-room.
+ *      peer holding the destination (none: ICMP net-unreachable back into the TUN; looked up
+ *      once for the segments of a super-packet), udp: decrement TTL | vxlan: VXLAN + inner
+ *      Ethernet into the head-room.
  *   5. udp_send_batch sends the round in one sendmmsg: a super-packet's segments to one peer as
  *      UDP_SEGMENT messages, everything else one datagram a message; ICMP errors go back to
  *      the TUN first (tun_write_packet).
@@ -23,7 +24,15 @@ static inline void drop(struct dp_fwd *f, struct dp_pkt *p, int why)
     f->ctr.drops[DP_EGRESS][why]++;
 }
 
-static void egress_one(struct dp_fwd *f, struct dp_pkt *p)
+/* The last destination a batch looked up: the segments of a super-packet share one, so it is
+ * routed once, not once a segment (the peers cannot change within a batch). */
+struct route_memo {
+    uint32_t dst;
+    int32_t idx;
+    int valid;
+};
+
+static void egress_one(struct dp_fwd *f, struct dp_pkt *p, struct route_memo *memo)
 {
     if (p->len >= 1 && p->data[0] >> 4 == 6)
         return drop(f, p, DP_DROP_IPV6_UNSUPPORTED);
@@ -34,7 +43,10 @@ static void egress_one(struct dp_fwd *f, struct dp_pkt *p)
     if (p->len > f->cfg.max_inner)
         return drop(f, p, DP_DROP_OVERSIZE);
 
-    int32_t idx = dp_routes_lookup(f->routes, rd32(p->data + IPH_DST));
+    uint32_t dst = rd32(p->data + IPH_DST);
+    if (!memo->valid || memo->dst != dst)
+        *memo = (struct route_memo){dst, dp_routes_lookup(f->routes, dst), 1};
+    int32_t idx = memo->idx;
     if (idx < 0) {
         size_t n = dp_icmp_net_unreachable(p->data, p->data, p->len, f->cfg.tun_addr);
         drop(f, p, DP_DROP_NO_ROUTE);
@@ -62,8 +74,9 @@ static void egress_one(struct dp_fwd *f, struct dp_pkt *p)
 
 void dp_egress_batch(struct dp_fwd *f, struct dp_pkt *pkts, int n)
 {
+    struct route_memo memo = {0};
     for (int i = 0; i < n; i++)
-        egress_one(f, &pkts[i]);
+        egress_one(f, &pkts[i], &memo);
     if (n > 0)
         f->ctr.batches[DP_EGRESS]++;
 }

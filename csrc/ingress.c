@@ -6,7 +6,8 @@
  *      a run of equal segments (udp_run_size).
  *   2. The outer source must hold a lease, checked once per datagram, before its run is split
  *      into segments.
- *   3. dp_ingress_batch decides every segment (ingress_one): vxlan: flags, VNI, inner MACs,
+ *   3. dp_ingress_batch decides every segment (ingress_one; the lease and the sender's subnet
+ *      are looked up once for the segments of a run): vxlan: flags, VNI, inner MACs,
  *      EtherType -> validate IPv4 -> the inner source inside the sender's subnet, the inner
  *      destination inside ours -> udp: decrement TTL -> the TCP/UDP checksum: a partial one (a
  *      kernel sender on veth) is completed, or left to the TUN as NEEDS_CSUM when it takes
@@ -25,13 +26,27 @@ static inline void drop(struct dp_fwd *f, struct dp_pkt *p, int why)
     f->ctr.drops[DP_INGRESS][why]++;
 }
 
-static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
+/* What the last packet of a batch looked up: the segments of a UDP_GRO run share their outer
+ * source and, from one peer, their inner source, so each is looked up once a run (the peers
+ * cannot change within a batch). */
+struct lookup_memo {
+    uint32_t addr, src;
+    int32_t lease, idx;
+    int have_addr, have_src;
+};
+
+static void ingress_one(struct dp_fwd *f, struct dp_pkt *p, struct lookup_memo *memo)
 {
     int err;
     uint16_t udp_gso = p->gso_size;                /* the drain's hint, if any */
     p->csum = DP_CSUM_UNKNOWN;
     p->gso_size = 0;
-    if (dp_routes_lookup(f->by_ip, p->addr) < 0)
+    if (!memo->have_addr || memo->addr != p->addr) {
+        memo->addr = p->addr;
+        memo->lease = dp_routes_lookup(f->by_ip, p->addr);
+        memo->have_addr = 1;
+    }
+    if (memo->lease < 0)
         return drop(f, p, DP_DROP_UNKNOWN_PEER);
     if (f->cfg.mode == DP_MODE_VXLAN) {
         size_t off;
@@ -52,7 +67,12 @@ static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
 
     /* Our own subnet is never a source from the wire, whatever lease covers it. */
     uint32_t src = rd32(p->data + IPH_SRC), mask = prefix_mask(f->cfg.local_plen);
-    int32_t idx = dp_routes_lookup(f->routes, src);
+    if (!memo->have_src || memo->src != src) {
+        memo->src = src;
+        memo->idx = dp_routes_lookup(f->routes, src);
+        memo->have_src = 1;
+    }
+    int32_t idx = memo->idx;
     if (idx < 0 || f->peers[idx].public_ip != p->addr || (src & mask) == (f->cfg.local_net & mask))
         return drop(f, p, DP_DROP_SPOOFED_SOURCE);
     if ((rd32(p->data + IPH_DST) & mask) != (f->cfg.local_net & mask))
@@ -78,8 +98,9 @@ static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
 
 void dp_ingress_batch(struct dp_fwd *f, struct dp_pkt *pkts, int n)
 {
+    struct lookup_memo memo = {0};
     for (int i = 0; i < n; i++)
-        ingress_one(f, &pkts[i]);
+        ingress_one(f, &pkts[i], &memo);
     if (n > 0)
         f->ctr.batches[DP_INGRESS]++;
 }
