@@ -71,7 +71,7 @@ static int ipv4_plain(const uint8_t *p, size_t len)
 static int l4_sum_ok(const uint8_t *p, size_t len)
 {
     uint32_t sum = pseudo_sum(p, p[IPH_PROTO], (uint32_t)(len - 20), 0);
-    return dp_csum_fold(dp_csum64(p + 20, len - 20, sum)) == 0;
+    return dp_csum_fold(dp_csum_partial(p + 20, len - 20, sum)) == 0;
 }
 
 static int candidate(const uint8_t *p, size_t len, int csum, int flags, struct seg *s)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataplane.fastpath.pyref.checksums import (
     checksum,
-    csum64,
     csum_copy,
     csum_fold,
     csum_partial,
@@ -60,7 +59,7 @@ class Forwarder(_Egress, _Ingress):
 
 
 __all__ = [
-    "NAME", "Forwarder", "RouteTable", "checksum", "csum64", "csum_copy", "csum_fold",
+    "NAME", "Forwarder", "RouteTable", "checksum", "csum_copy", "csum_fold",
     "csum_partial", "csum_update16", "flow_hash", "flow_sport", "gro_coalesce", "gso_segment",
     "icmp_net_unreachable", "ip_to_int", "ipv4_validate", "l4_csum", "l4_csum_complete",
     "outer_udp4", "super_gso", "super_vnet", "ttl_decrement", "udp_decap", "vxlan_check",

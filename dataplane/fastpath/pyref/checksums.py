@@ -32,11 +32,6 @@ def csum_update16(check: int, old: int, new: int) -> int:
     return csum_fold((~check & 0xFFFF) + (~old & 0xFFFF) + new)
 
 
-def csum64(data: bytes, initial: int = 0) -> int:
-    """csum_partial computed another way in C (64-bit add-with-carry): the same result."""
-    return csum_partial(data, initial)
-
-
 def csum_copy(src: bytes, initial: int = 0) -> tuple[bytes, int]:
     """A copy of src and its csum_partial: what dp_csum_copy produces in one pass."""
     return bytes(src), csum_partial(src, initial)
