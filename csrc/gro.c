@@ -26,7 +26,7 @@
  *
  * Frames are ordered by their first member, so packets of one flow keep their order; packets
  * of different flows may pass each other. At most DP_GRO_FLOWS flows are open at once; a
- * candidate of another flow goes alone until one closes. pyref.py:gro_coalesce is the
+ * candidate of another flow goes alone until one closes. pyref/gro.py:gro_coalesce is the
  * reference and makes the same choices. */
 #include "offload.h"
 

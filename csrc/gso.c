@@ -7,12 +7,12 @@
  * TCP/UDP checksum, summed while the payload is copied (dp_csum_copy). The checksum field the
  * kernel left (a pseudo-header sum) is not trusted: every segment's sum is built from scratch.
  *
- * pyref.py:gso_segment is the reference; the checks run in the same order in both so the two
+ * pyref/gso.py:gso_segment is the reference; the checks run in the same order in both so the two
  * give the same reason for the same input. */
 #include "offload.h"
 
 /* Validate the virtio_net_hdr against the packet; on DP_OK *hlen is the IP + L4 header length
- * (GSO only). The order of the checks is part of the contract with pyref.py. */
+ * (GSO only). The order of the checks is part of the contract with pyref/gso.py. */
 static int gso_check(const uint8_t *vnet, const uint8_t *pkt, size_t tot, size_t ihl,
                      size_t *hlen)
 {

@@ -6,7 +6,7 @@
  * we recognise exactly that value and pass the packet on as partial (NEEDS_CSUM) or complete
  * it; anything else that does not verify is corruption. Only unfragmented packets are judged:
  * a fragment's checksum covers bytes it does not hold, and the kernel completes partial
- * checksums before fragmenting. pyref.py:l4_csum is the reference. */
+ * checksums before fragmenting. pyref/packet.py:l4_csum is the reference. */
 #include "offload.h"
 
 /* Where the checksum field is and how many bytes it covers; 0 when there is none to judge. */
