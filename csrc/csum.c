@@ -1,12 +1,6 @@
-/* Internet checksum (RFC 1071) and its incremental update (RFC 1624). */
+/* Folding the Internet checksum (RFC 1071) and its incremental update (RFC 1624); the sums
+ * themselves are in csum64.c. */
 #include "dp.h"
-
-uint32_t dp_csum_partial(const uint8_t *buf, size_t len, uint32_t initial)
-{
-    /* csum64.c sums 64 bits at a time with add-with-carry and folds to the same 16-bit value
-     * (0 only for all-zero input), about twice as fast as 32-bit words; one loop for all. */
-    return dp_csum64(buf, len, initial);
-}
 
 uint16_t dp_csum_fold(uint32_t sum)
 {

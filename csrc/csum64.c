@@ -82,7 +82,9 @@ static inline uint32_t sum64(uint8_t *dst, const uint8_t *src, size_t len, uint3
     return finish(add_carry(add_carry(s0, s1), add_carry(s2, s3)), initial);
 }
 
-uint32_t dp_csum64(const uint8_t *buf, size_t len, uint32_t initial)
+/* 64 bits at a time with add-with-carry, folded to 16 bits (0 only for all-zero input): about
+ * twice as fast as 32-bit words; one loop for every sum of the hot path. */
+uint32_t dp_csum_partial(const uint8_t *buf, size_t len, uint32_t initial)
 {
     return sum64(NULL, buf, len, initial, 0);
 }

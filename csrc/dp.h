@@ -40,7 +40,7 @@ static inline uint32_t prefix_mask(int plen) { return plen ? ~(uint32_t)0 << (32
 #define PROTO_TCP 6
 #define PROTO_UDP 17
 
-/* Internal state shared by forward.c (decisions) and io.c (syscalls). */
+/* Internal state shared by forward.c, egress.c, ingress.c and the adapters. */
 struct peer {
     uint32_t subnet;
     int plen;
@@ -49,10 +49,8 @@ struct peer {
     int live;
 };
 
-struct dp_io;                     /* io.c: per-direction slots and message vectors */
-void dp_io_free(struct dp_io *io);
-struct dp_offload_io;             /* io_offload.c: the same for super-packets */
-void dp_offload_io_free(struct dp_offload_io *o);
+struct tun_adapter;               /* tun_adapter.c: TUN reads, segments, frames (adapters.h) */
+struct udp_adapter;               /* udp_adapter.c: message vectors, receive slots, back-off */
 
 struct dp_fwd {
     struct dp_config cfg;
@@ -61,9 +59,8 @@ struct dp_fwd {
     struct peer *peers;
     int npeers, cap, live;
     struct dp_counters ctr;
-    struct dp_io *io[2];          /* allocated on first use, indexed by direction */
-    struct dp_offload_io *oio;    /* likewise, when offloads are on */
-    uint8_t *seg_buf;             /* ingress: kernel super-packets cut for a plain TUN */
+    struct tun_adapter *tun;      /* the I/O state, allocated by the first drain */
+    struct udp_adapter *udp;
     uint64_t now_ms;              /* dp_fwd_set_clock / CLOCK_MONOTONIC at each drain */
     uint64_t icmp_tokens;         /* ICMP error bucket, in thousandths of an error */
     uint64_t icmp_last;           /* now_ms of its last refill */

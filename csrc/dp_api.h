@@ -214,7 +214,7 @@ int dp_drain_udp(struct dp_fwd *f, int sock_fd, int tun_fd, int budget);
 
 /* ---- offloads: virtio_net_hdr, segmentation (GSO) and coalescing (GRO) --------------------
  *
- * Pure functions over buffers (csum64.c, gso.c, gro.c); pyref.py holds the reference of
+ * Pure functions over buffers (csum64.c, gso.c, gro.c); the pyref package holds the reference of
  * each. The virtio_net_hdr is the 10 bytes a TUN opened with IFF_VNET_HDR puts before every
  * packet it hands out and expects before every packet written to it; its 16-bit fields are
  * little-endian (the TUN default on little-endian hosts): flags, gso_type, hdr_len, gso_size,
@@ -230,10 +230,7 @@ int dp_drain_udp(struct dp_fwd *f, int sock_fd, int tun_fd, int budget);
 #define DP_VNET_GSO_UDP_L4 5       /* USO: UDP datagrams of gso_size payload each */
 #define DP_VNET_GSO_ECN 0x80       /* TCP: the super-packet carries CWR */
 
-/* dp_csum_partial's result (same `initial`, same folding) summed 64 bits at a time with
- * add-with-carry: about twice as fast. */
-uint32_t dp_csum64(const uint8_t *buf, size_t len, uint32_t initial);
-/* The same sum of src while copying it to dst, in one pass. dst and src must not overlap. */
+/* dp_csum_partial's sum of src while copying it to dst, in one pass. dst and src must not overlap. */
 uint32_t dp_csum_copy(uint8_t *dst, const uint8_t *src, size_t len, uint32_t initial);
 
 /* Where dp_gso_segment put the segments: segment i starts at out + i * stride, its IPv4 packet
@@ -292,9 +289,11 @@ struct dp_gro_frame {
  * flow never change order. Returns the number of frames. */
 int dp_gro_coalesce(const struct dp_buf *pkts, int n, int flags, struct dp_gro_frame *frames,
                     int32_t *next);
-/* Copy one frame into out (frame->len bytes) for a single write(). Measured during development
- * against writev of the 45 pieces of a 44-segment frame into a real TUN: as fast or slightly
- * faster, since the kernel's per-iovec walk costs about what the copy does. */
+/* Copy one frame into out (frame->len bytes): the frame's bytes for tests and the Python side.
+ * The drain writes frames with writev instead (dp_gro_frame_iov, offload.h): measured into a
+ * real TUN with IFF_VNET_HDR (a 44-segment, 63762-byte GSO_TCPV4 frame, CPU time per frame,
+ * 12 interleaved rounds of 30000 on the shared 2-core VM), copy + write 9.73 us median, writev
+ * of the 45 pieces 9.55 us: no slower, and no 64 KiB frame buffer to pass the bytes through. */
 size_t dp_gro_frame_copy(uint8_t *out, const struct dp_gro_frame *frame,
                          const struct dp_buf *pkts, const int32_t *next);
 

@@ -1,22 +1,10 @@
-/* The forwarder: peers, the decision for each packet of a batch, and the counters.
- *
- * Egress (TUN -> wire), per packet:
- *   validate IPv4 -> look up the peer holding the destination (none: ICMP net-unreachable back
- *   into the TUN) -> udp: decrement TTL | vxlan: prepend VXLAN + inner Ethernet in the headroom
- *   -> SEND to the peer's public IP.
- * Ingress (wire -> TUN), per datagram:
- *   the outer source must hold a lease -> vxlan: flags, VNI, inner MACs, EtherType -> validate
- *   IPv4 -> the inner source must be inside the sender's subnet, the inner destination inside
- *   ours -> udp: decrement TTL -> TCP/UDP checksum: a partial one (a kernel sender on veth) is
- *   completed here, or left to the TUN as NEEDS_CSUM when it takes virtio_net_hdrs; a wrong one
- *   is dropped -> deliver to the TUN. Larger than the TUN MTU is OVERSIZE, except a kernel
- *   peer's partial GSO super-packet (TSO or UDP_SEGMENT over veth), which delivery cuts or
- *   hands on as GSO.
+/* The forwarder: its configuration, the peers, the counters, the clock and the ICMP error
+ * bucket. The decisions are made in egress.c and ingress.c; the buffers and message vectors
+ * belong to the TUN and UDP adapters (tun_adapter.c, udp_adapter.c).
  */
-#include <errno.h>
-#include <stdlib.h>
+#include "adapters.h"   /* first: it sets _GNU_SOURCE */
 
-#include "dp.h"
+#include <stdlib.h>
 
 struct dp_fwd *dp_fwd_new(const struct dp_config *cfg)
 {
@@ -41,10 +29,8 @@ void dp_fwd_free(struct dp_fwd *f)
     dp_routes_free(f->routes);
     dp_routes_free(f->by_ip);
     free(f->peers);
-    dp_io_free(f->io[0]);
-    dp_io_free(f->io[1]);
-    dp_offload_io_free(f->oio);
-    free(f->seg_buf);
+    tun_adapter_free(f->tun);
+    udp_adapter_free(f->udp);
     free(f);
 }
 
@@ -166,115 +152,4 @@ int dp_icmp_allow(struct dp_fwd *f)
     f->icmp_tokens -= 1000;
     f->ctr.icmp_sent++;
     return 1;
-}
-
-static inline void drop(struct dp_fwd *f, struct dp_pkt *p, int dir, int why)
-{
-    p->action = DP_ACT_DROP;
-    p->drop = (uint8_t)why;
-    f->ctr.drops[dir][why]++;
-}
-
-static void egress_one(struct dp_fwd *f, struct dp_pkt *p)
-{
-    if (p->len >= 1 && p->data[0] >> 4 == 6)
-        return drop(f, p, DP_EGRESS, DP_DROP_IPV6_UNSUPPORTED);
-    int err = dp_ipv4_validate(p->data, p->len);
-    if (err)
-        return drop(f, p, DP_EGRESS, err);
-    p->len = rd16(p->data + IPH_TOTLEN);          /* ignore anything after the IP packet */
-    if (p->len > f->cfg.max_inner)
-        return drop(f, p, DP_EGRESS, DP_DROP_OVERSIZE);
-
-    int32_t idx = dp_routes_lookup(f->routes, rd32(p->data + IPH_DST));
-    if (idx < 0) {
-        size_t n = dp_icmp_net_unreachable(p->data, p->data, p->len, f->cfg.tun_addr);
-        drop(f, p, DP_EGRESS, DP_DROP_NO_ROUTE);
-        if (n && dp_icmp_allow(f)) {
-            p->len = (uint32_t)n;
-            p->action = DP_ACT_TUN;
-        }
-        return;
-    }
-    const struct peer *peer = &f->peers[idx];
-    if (f->cfg.ttl_decrement && (err = dp_ipv4_ttl_decrement(p->data, p->len)))
-        return drop(f, p, DP_EGRESS, err);
-    f->ctr.bytes[DP_EGRESS] += p->len;            /* inner bytes, as on ingress */
-    if (f->cfg.mode == DP_MODE_VXLAN) {
-        p->data -= DP_VXLAN_OVERHEAD;
-        p->len += DP_VXLAN_OVERHEAD;
-        dp_vxlan_header(p->data, f->cfg.vni, peer->mac, f->cfg.mac);
-    }
-    p->addr = peer->public_ip;
-    p->port = f->cfg.port;
-    p->action = DP_ACT_SEND;
-    p->drop = DP_OK;
-    f->ctr.packets[DP_EGRESS]++;
-}
-
-static void ingress_one(struct dp_fwd *f, struct dp_pkt *p)
-{
-    int err;
-    uint16_t udp_gso = p->gso_size;                /* the drain's hint, if any */
-    p->csum = DP_CSUM_UNKNOWN;
-    p->gso_size = 0;
-    if (dp_routes_lookup(f->by_ip, p->addr) < 0)
-        return drop(f, p, DP_INGRESS, DP_DROP_UNKNOWN_PEER);
-    if (f->cfg.mode == DP_MODE_VXLAN) {
-        size_t off;
-        if ((err = dp_vxlan_check(p->data, p->len, f->cfg.vni, f->cfg.mac, &off)))
-            return drop(f, p, DP_INGRESS, err);
-        p->data += off;
-        p->len -= (uint32_t)off;
-    }
-    if ((err = dp_ipv4_validate(p->data, p->len)))
-        return drop(f, p, DP_INGRESS, err);
-    p->len = rd16(p->data + IPH_TOTLEN);          /* strip padding after the IP packet */
-    uint16_t gso = 0;                              /* a kernel peer's GSO super-packet */
-    if (p->len > f->cfg.max_inner &&
-        (!(gso = dp_super_gso(p->data, p->len, f->cfg.max_inner, udp_gso)) ||
-         (p->data[IPH_PROTO] == PROTO_UDP &&      /* a vnet TUN without USO cannot take it */
-          (f->cfg.io_flags & (DP_IO_VNET | DP_IO_TUN_USO)) == DP_IO_VNET)))
-        return drop(f, p, DP_INGRESS, DP_DROP_OVERSIZE);
-
-    /* Our own subnet is never a source from the wire, whatever lease covers it. */
-    uint32_t src = rd32(p->data + IPH_SRC), mask = prefix_mask(f->cfg.local_plen);
-    int32_t idx = dp_routes_lookup(f->routes, src);
-    if (idx < 0 || f->peers[idx].public_ip != p->addr || (src & mask) == (f->cfg.local_net & mask))
-        return drop(f, p, DP_INGRESS, DP_DROP_SPOOFED_SOURCE);
-    if ((rd32(p->data + IPH_DST) & mask) != (f->cfg.local_net & mask))
-        return drop(f, p, DP_INGRESS, DP_DROP_NOT_LOCAL);
-    if (f->cfg.ttl_decrement && (err = dp_ipv4_ttl_decrement(p->data, p->len)))
-        return drop(f, p, DP_INGRESS, err);
-    /* Last, as the only check that reads the payload. With offloads this is the one pass over
-     * it: the coalescer trusts the state instead of summing again. */
-    int cs = gso ? DP_CSUM_PARTIAL : dp_l4_csum(p->data, p->len);
-    if (cs == DP_CSUM_BAD)
-        return drop(f, p, DP_INGRESS, DP_DROP_BAD_L4_CHECKSUM);
-    if (cs == DP_CSUM_PARTIAL && !gso && !(f->cfg.io_flags & DP_IO_VNET)) {
-        dp_l4_csum_complete(p->data, p->len);   /* no header to say "partial": finish it */
-        cs = DP_CSUM_VALID;
-    }
-    p->csum = (uint8_t)cs;
-    p->gso_size = gso;                          /* delivery cuts it or writes it as GSO */
-    p->action = DP_ACT_TUN;
-    p->drop = DP_OK;
-    f->ctr.packets[DP_INGRESS]++;
-    f->ctr.bytes[DP_INGRESS] += p->len;
-}
-
-void dp_egress_batch(struct dp_fwd *f, struct dp_pkt *pkts, int n)
-{
-    for (int i = 0; i < n; i++)
-        egress_one(f, &pkts[i]);
-    if (n > 0)
-        f->ctr.batches[DP_EGRESS]++;
-}
-
-void dp_ingress_batch(struct dp_fwd *f, struct dp_pkt *pkts, int n)
-{
-    for (int i = 0; i < n; i++)
-        ingress_one(f, &pkts[i]);
-    if (n > 0)
-        f->ctr.batches[DP_INGRESS]++;
 }

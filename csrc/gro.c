@@ -26,7 +26,7 @@
  *
  * Frames are ordered by their first member, so packets of one flow keep their order; packets
  * of different flows may pass each other. At most DP_GRO_FLOWS flows are open at once; a
- * candidate of another flow goes alone until one closes. pyref.py:gro_coalesce is the
+ * candidate of another flow goes alone until one closes. pyref/gro.py:gro_coalesce is the
  * reference and makes the same choices. */
 #include "offload.h"
 
@@ -71,7 +71,7 @@ static int ipv4_plain(const uint8_t *p, size_t len)
 static int l4_sum_ok(const uint8_t *p, size_t len)
 {
     uint32_t sum = pseudo_sum(p, p[IPH_PROTO], (uint32_t)(len - 20), 0);
-    return dp_csum_fold(dp_csum64(p + 20, len - 20, sum)) == 0;
+    return dp_csum_fold(dp_csum_partial(p + 20, len - 20, sum)) == 0;
 }
 
 static int candidate(const uint8_t *p, size_t len, int csum, int flags, struct seg *s)
@@ -307,4 +307,14 @@ size_t dp_gro_frame_copy(uint8_t *out, const struct dp_gro_frame *frame,
         o += n;
     }
     return o;
+}
+
+int dp_gro_frame_iov(struct iovec *iov, const struct dp_gro_frame *frame,
+                     const struct dp_buf *pkts, const int32_t *next)
+{
+    int n = 0;
+    iov[n++] = (struct iovec){(void *)frame->head, frame->head_len};
+    for (int32_t k = frame->first; k >= 0; k = next[k])
+        iov[n++] = (struct iovec){(void *)(pkts[k].data + frame->skip), pkts[k].len - frame->skip};
+    return n;
 }

@@ -7,12 +7,12 @@
  * TCP/UDP checksum, summed while the payload is copied (dp_csum_copy). The checksum field the
  * kernel left (a pseudo-header sum) is not trusted: every segment's sum is built from scratch.
  *
- * pyref.py:gso_segment is the reference; the checks run in the same order in both so the two
+ * pyref/gso.py:gso_segment is the reference; the checks run in the same order in both so the two
  * give the same reason for the same input. */
 #include "offload.h"
 
 /* Validate the virtio_net_hdr against the packet; on DP_OK *hlen is the IP + L4 header length
- * (GSO only). The order of the checks is part of the contract with pyref.py. */
+ * (GSO only). The order of the checks is part of the contract with pyref/gso.py. */
 static int gso_check(const uint8_t *vnet, const uint8_t *pkt, size_t tot, size_t ihl,
                      size_t *hlen)
 {
@@ -60,16 +60,29 @@ static int gso_check(const uint8_t *vnet, const uint8_t *pkt, size_t tot, size_t
     return DP_OK;
 }
 
+/* The sum of the IPv4 header without its length, ID and checksum, the fields that differ
+ * from segment to segment: each segment's header checksum is this plus its own two. */
+static uint32_t ip_template_sum(const uint8_t *pkt, size_t ihl)
+{
+    uint8_t h[60];
+    memcpy(h, pkt, ihl);
+    wr16(h + IPH_TOTLEN, 0);
+    wr16(h + IPH_ID, 0);
+    wr16(h + IPH_CHECK, 0);
+    return dp_csum_partial(h, ihl, 0);
+}
+
 /* Write segment i: headers from pkt, payload [off, off + plen) copied and summed. */
 static void gso_one(uint8_t *ip, const uint8_t *pkt, size_t ihl, size_t hlen, size_t off,
-                    size_t plen, uint32_t i, uint32_t segs, int tcp)
+                    size_t plen, uint32_t i, uint32_t segs, int tcp, uint32_t ip_sum)
 {
     memcpy(ip, pkt, hlen);
     uint32_t sum = dp_csum_copy(ip + hlen, pkt + off, plen, 0);
 
-    wr16(ip + IPH_TOTLEN, (uint16_t)(hlen + plen));
-    wr16(ip + IPH_ID, (uint16_t)(rd16(pkt + IPH_ID) + i));
-    ip_set_check(ip, ihl);
+    uint16_t totlen = (uint16_t)(hlen + plen), id = (uint16_t)(rd16(pkt + IPH_ID) + i);
+    wr16(ip + IPH_TOTLEN, totlen);
+    wr16(ip + IPH_ID, id);
+    wr16(ip + IPH_CHECK, dp_csum_fold(ip_sum + totlen + id));   /* incremental: RFC 1624 */
 
     uint8_t *l4 = ip + ihl;
     size_t l4len = hlen - ihl + plen;
@@ -139,10 +152,11 @@ int dp_gso_segment(const uint8_t *vnet, const uint8_t *pkt, size_t len, size_t h
         return DP_DROP_OVERSIZE;
 
     int tcp = (type & ~DP_VNET_GSO_ECN) == DP_VNET_GSO_TCPV4;
+    uint32_t ip_sum = ip_template_sum(pkt, ihl);
     for (size_t i = 0; i < segs; i++) {
         size_t plen = i + 1 < segs ? gso : last_len - hlen;
         gso_one(out + i * stride + headroom, pkt, ihl, hlen, hlen + i * gso, plen, (uint32_t)i,
-                (uint32_t)segs, tcp);
+                (uint32_t)segs, tcp, ip_sum);
     }
     *res = (struct dp_gso_result){(uint32_t)segs, (uint32_t)stride, (uint32_t)seg_len,
                                   (uint32_t)last_len, (uint32_t)total};

@@ -6,7 +6,7 @@
  * we recognise exactly that value and pass the packet on as partial (NEEDS_CSUM) or complete
  * it; anything else that does not verify is corruption. Only unfragmented packets are judged:
  * a fragment's checksum covers bytes it does not hold, and the kernel completes partial
- * checksums before fragmenting. pyref.py:l4_csum is the reference. */
+ * checksums before fragmenting. pyref/packet.py:l4_csum is the reference. */
 #include "offload.h"
 
 /* Where the checksum field is and how many bytes it covers; 0 when there is none to judge. */
@@ -47,7 +47,7 @@ int dp_l4_csum(const uint8_t *pkt, size_t len)
     uint32_t psum = pseudo_sum(pkt, pkt[IPH_PROTO], l4len, 0);
     if (rd16(pkt + at) == psum)
         return DP_CSUM_PARTIAL;
-    return dp_csum_fold(dp_csum64(pkt + ihl, l4len, psum)) == 0 ? DP_CSUM_VALID : DP_CSUM_BAD;
+    return dp_csum_fold(dp_csum_partial(pkt + ihl, l4len, psum)) == 0 ? DP_CSUM_VALID : DP_CSUM_BAD;
 }
 
 void dp_l4_csum_complete(uint8_t *pkt, size_t len)
@@ -59,7 +59,7 @@ void dp_l4_csum_complete(uint8_t *pkt, size_t len)
     /* The field already holds the pseudo-header sum: summing the L4 bytes as they are gives
      * the whole sum (a complete checksum that happens to equal it comes out unchanged). */
     size_t ihl = (size_t)(pkt[IPH_VHL] & 0x0f) * 4;
-    uint16_t check = dp_csum_fold(dp_csum64(pkt + ihl, l4len, 0));
+    uint16_t check = dp_csum_fold(dp_csum_partial(pkt + ihl, l4len, 0));
     if (check == 0 && pkt[IPH_PROTO] == PROTO_UDP)
         check = 0xffff;                         /* 0 would mean "no checksum" */
     wr16(pkt + at, check);

@@ -2,6 +2,8 @@
 #ifndef DP_OFFLOAD_H
 #define DP_OFFLOAD_H
 
+#include <sys/uio.h>
+
 #include "dp.h"
 
 _Static_assert(DP_GRO_HEAD_MAX >= DP_VNET_HLEN + 20 + 60, "room for the longest TCP header");
@@ -56,5 +58,11 @@ static inline void ip_set_check(uint8_t *ip, size_t ihl)
     wr16(ip + IPH_CHECK, 0);
     wr16(ip + IPH_CHECK, dp_csum_fold(dp_csum_partial(ip, ihl, 0)));
 }
+
+/* One frame as the iovecs of one writev (head, then each member's bytes from skip on), what
+ * dp_gro_frame_copy would lay out in one buffer; iov has room for 1 + frame->count. Returns
+ * how many. */
+int dp_gro_frame_iov(struct iovec *iov, const struct dp_gro_frame *frame,
+                     const struct dp_buf *pkts, const int32_t *next);
 
 #endif

@@ -1,5 +1,5 @@
 /* Per-packet primitives: IPv4 checks, TTL, flow hash, VXLAN and outer headers, ICMP errors.
- * dataplane/fastpath/pyref.py holds the reference for each; the two must agree byte for byte. */
+ * dataplane/fastpath/pyref/packet.py holds the reference for each; the two must agree byte for byte. */
 #include "dp.h"
 
 int dp_ipv4_validate(const uint8_t *pkt, size_t len)

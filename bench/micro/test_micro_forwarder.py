@@ -30,7 +30,7 @@ def test_forwarder_ingress(benchmark, impl, mode):
 
 
 class CBatch:
-    """64 slots as io.c lays them out, restored from a pristine copy before every round
+    """64 slots as tun_adapter.c lays them out, restored from a pristine copy before every round
     (the batch functions rewrite packets in place)."""
 
     def __init__(self, c, payloads: list[bytes], src: int = 0):

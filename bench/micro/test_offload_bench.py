@@ -4,7 +4,7 @@ segments, C against the Python reference.
     python3 -m pytest bench/micro/test_offload_bench.py --benchmark-only \
         --benchmark-columns=min,median,mean,ops
 
-"raw" rows call the C library the way io.c will (buffers allocated once, no Python objects
+"raw" rows call the C library the way the adapters do (buffers allocated once, no Python objects
 per packet); "api" rows go through cnative's Python signature (allocation and bytes copies
 included). extra_info["GB/s"] is payload bytes over the median time.
 """

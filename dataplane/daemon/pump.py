@@ -56,7 +56,7 @@ def open_udp_socket(address: str, port: int, reuseport: bool = False) -> socket.
     try:
         # Whatever net.ipv4.ip_no_pmtu_disc says: when the path MTU to a peer falls below our
         # datagrams (a smaller route MTU, an ICMP "fragmentation needed", forged or not), the
-        # kernel fragments them rather than refusing them (csrc/io_offload.c).
+        # kernel fragments them rather than refusing them (csrc/udp_adapter.c).
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_WANT)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -4,7 +4,7 @@
     fp = fastpath.load("c")        # or "python": the pure-Python reference
     fwd = fp.Forwarder(config)
 
-`c` (csrc/ compiled by cffi) is the default; `python` (pyref.py) is the oracle the property tests
+`c` (csrc/ compiled by cffi) is the default; `python` (pyref/) is the oracle the property tests
 compare C against and the per-packet bottom rung of the benchmark ladder. Everything else in
 the project gets its implementation from load(), nowhere else.
 """

@@ -16,7 +16,8 @@ from cffi import FFI
 # Paths handed to set_source are relative to the project root, where setup.py runs.
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CSRC = "csrc"
-SOURCES = ["csum.c", "packet.c", "routes.c", "forward.c", "io.c", "io_offload.c",
+SOURCES = ["csum.c", "packet.c", "routes.c", "forward.c",
+           "egress.c", "ingress.c", "tun_adapter.c", "udp_adapter.c",   # the two directions
            "csum64.c", "gso.c", "gro.c",   # offloads: GSO and GRO
            "l4csum.c"]                     # ingress: partial and bad TCP/UDP checksums
 

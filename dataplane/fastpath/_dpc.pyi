@@ -73,8 +73,6 @@ class _Lib:
     DP_VNET_HLEN: int
     DP_VXLAN_HLEN: int
     DP_VXLAN_OVERHEAD: int
-    # uint32_t(*)(uint8_t *, size_t, uint32_t)
-    def dp_csum64(self, a0: CData, a1: int, a2: int) -> int: ...
     # uint32_t(*)(uint8_t *, uint8_t *, size_t, uint32_t)
     def dp_csum_copy(self, a0: CData, a1: CData, a2: int, a3: int) -> int: ...
     # uint16_t(*)(uint32_t)

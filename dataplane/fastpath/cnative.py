@@ -303,10 +303,6 @@ class Forwarder:
 
 # ---- offloads: segmentation (GSO) and coalescing (GRO) ------------------------------------
 
-def csum64(data: bytes, initial: int = 0) -> int:
-    return lib.dp_csum64(_buf(data), len(data), initial)
-
-
 def csum_copy(src: bytes, initial: int = 0) -> tuple[bytes, int]:
     out = ffi.new("uint8_t[]", max(len(src), 1))
     total = lib.dp_csum_copy(out, _buf(src), len(src), initial)

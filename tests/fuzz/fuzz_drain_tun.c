@@ -1,4 +1,4 @@
-/* Fuzz target: dp_drain_tun with offloads, the TUN-side drain (csrc/io_offload.c egress):
+/* Fuzz target: dp_drain_tun with offloads, the TUN-side drain (csrc/egress.c over the adapters):
  * TUN reads of a virtio_net_hdr and a packet, parsed, segmented, decided, sent with
  * UDP_SEGMENT over loopback to the peers, ICMP errors written back into the TUN.
  *

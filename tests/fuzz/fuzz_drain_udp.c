@@ -1,4 +1,4 @@
-/* Fuzz target: dp_drain_udp with offloads, the UDP-side drain (csrc/io_offload.c ingress):
+/* Fuzz target: dp_drain_udp with offloads, the UDP-side drain (csrc/ingress.c over the adapters):
  * datagrams and UDP_GRO runs from loopback peers (a run is one UDP_SEGMENT send, which the
  * node's UDP_GRO socket receives whole with its gso_size), cut, decided, decapsulated,
  * coalesced and written into the fake TUN with a virtio_net_hdr.

@@ -1,4 +1,4 @@
-"""A rig for the offload drains (csrc/io_offload.c) without root: a fake TUN that speaks
+"""A rig for the offload drains (csrc/egress.c, ingress.c) without root: a fake TUN that speaks
 virtio_net_hdr, loopback UDP sockets with the kernel's real UDP_SEGMENT and UDP_GRO, and a model
 of what the drains must do, composed of the reference's primitives.
 
@@ -10,7 +10,7 @@ socket arrives as one GRO run with its gso_size, exactly as a coalesced run off 
 
 The reference (pyref.py) has no offload drain of its own (`--fastpath python` never offloads);
 `expect_egress` / `expect_ingress` compose its gso_segment, Forwarder.egress/ingress and
-gro_coalesce in the order io_offload.c applies them, so the C drain's sends, TUN writes and
+gro_coalesce in the order egress.c and ingress.c apply them, so the C drain's sends, TUN writes and
 counters can be held to the reference byte for byte.
 """
 
@@ -43,7 +43,7 @@ EG, IN = Direction.EGRESS, Direction.INGRESS
 SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 
-# csrc/io_offload.c, the sizes the model has to know to cut rounds where C does.
+# csrc/adapters.h, the sizes the model has to know to cut rounds where C does.
 OUT_CAP = 1 << 20            # segment area of one egress round
 MAX_SEGS = 4096              # segments per egress round and per super-packet
 RECVS = 32                   # datagrams per recvmmsg
@@ -193,7 +193,7 @@ def _count(drops: dict, key) -> None:
 
 
 def expect_egress(ref: P.Forwarder, reads: list[bytes]) -> Expected:
-    """What dp_drain_tun_vnet makes of these TUN reads (csrc/io_offload.c: take, flush)."""
+    """What dp_drain_tun makes of these TUN reads with IFF_VNET_HDR (csrc/egress.c, tun_cut)."""
     headroom = VXLAN_OVERHEAD if ref.config.mode == MODE_VXLAN else 0
     before = ref.counters()
     drops: dict = {}
@@ -211,7 +211,7 @@ def expect_egress(ref: P.Forwarder, reads: list[bytes]) -> Expected:
             _count(drops, (EG, why))
             continue
         if ref._peer_of(int.from_bytes(pkt[16:20], "big")) is None:
-            # io_offload.c:no_route: one error for the whole super-packet, rate-limited
+            # egress.c:check_super: one error for the whole super-packet, rate-limited
             _count(drops, (EG, Drop.NO_ROUTE))
             icmp = P.icmp_net_unreachable(pkt, ref.config.tun_addr)
             if icmp and ref._icmp_allow():
@@ -232,7 +232,7 @@ def expect_egress(ref: P.Forwarder, reads: list[bytes]) -> Expected:
 
 
 def tunnelled_whole(mode: int, datagram: bytes) -> bool:
-    """io_offload.c:tunnelled_whole: a datagram UDP_GRO reports with a gso_size but whose inner
+    """udp_adapter.c:tunnelled_whole: a datagram UDP_GRO reports with a gso_size but whose inner
     IPv4 length covers all of it is one kernel peer's tunnelled super-packet, not a run."""
     off = VXLAN_OVERHEAD if mode == MODE_VXLAN else 0
     return (len(datagram) >= off + 20 and datagram[off] >> 4 == 4
@@ -263,7 +263,7 @@ def refuse_run(ref: P.Forwarder, src: str, pieces: int) -> tuple[Drop, int] | No
 
 
 def _tun_deliver(ref: P.Forwarder, pkt: bytes, udp_gso: int) -> list[bytes]:
-    """csrc/io.c:dp_tun_deliver through the reference's own (P.Forwarder._deliver): a kernel
+    """csrc/tun_adapter.c:write_plain through the reference's own (P.Forwarder._deliver): a kernel
     peer's super-packet is cut before the writes; the counters follow its unforwards."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
@@ -302,7 +302,8 @@ def expect_ingress(ref: P.Forwarder, runs: list[tuple[str, list[bytes]]],
     runs = runs[:budget]
 
     def deliver(pieces: list, hints: list[int]) -> None:
-        """io_offload.c:deliver: decide what was gathered, coalesce it, write the frames."""
+        """ingress.c + tun_adapter.c:tun_write_batch: decide what was gathered, coalesce it,
+        write the frames."""
         nonlocal supers
         delivered = [(v, h) for v, h in zip(ref.ingress(pieces, hints), hints)
                      if v.action == Action.TUN]

@@ -1,8 +1,8 @@
-"""dp_drain_tun with offloads (csrc/io_offload.c, egress): TUN super-packets with their
+"""dp_drain_tun with offloads (csrc/egress.c): TUN super-packets with their
 virtio_net_hdr in, UDP_SEGMENT sends out, over a fake TUN and loopback peers (no root).
 
 Every test holds the C drain to the reference model (drain_rig.expect_egress: pyref's
-gso_segment and Forwarder.egress in io_offload.c's order) byte for byte, and checks the
+gso_segment and Forwarder.egress in egress.c's order) byte for byte, and checks the
 segments on their own terms as well (valid IP and L4 checksums, the byte stream intact)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""dp_drain_udp with offloads (csrc/io_offload.c, ingress): UDP_GRO runs in, coalesced TUN
+"""dp_drain_udp with offloads (csrc/ingress.c): UDP_GRO runs in, coalesced TUN
 frames with their virtio_net_hdr out, over loopback peers and a fake TUN (no root).
 
 A peer's UDP_SEGMENT send reaches the node's UDP_GRO socket as one run, with its gso_size in a
@@ -499,3 +499,14 @@ def test_ingress_hints_are_the_same_in_c_and_the_reference(mode, io_flags, hint)
     # the partial UDP one is a super-packet exactly when the hint makes it one
     super_packet = hint in (1000, 1400) and bool(io_flags & IO_TUN_USO or not io_flags & IO_VNET)
     assert (got[0].action == Action.TUN) == super_packet
+
+
+def test_a_frame_of_more_pieces_than_one_writev_takes(net, mode):
+    """1280 segments of 8 bytes merge into one frame of 1281 pieces, more than writev's 1024
+    (UIO_MAXIOV): that frame is copied into one buffer and written whole, as the model says."""
+    whole = stream(1280, 8)
+    runs = [("127.0.0.2", whole[k:k + 64]) for k in range(0, len(whole), 64)]
+    written, fwd = drain(net, mode, runs)
+    assert len(written) == 1 and VnetHdr.parse(written[0]).gso_size == 8
+    assert fwd.counters().super_packets[IN] == 1 and fwd.counters().drops == {}
+    assert payloads(written) == BODY[:1280 * 8]

@@ -23,10 +23,12 @@ def members(proto: type) -> set[str]:
 
 
 def public(module) -> set[str]:
-    """Functions and classes a module defines itself, plus its NAME (imports are not API)."""
+    """Functions and classes a module (or a package's own submodules) defines, plus its NAME
+    (imports from elsewhere are not API)."""
     own = {n for n, v in vars(module).items() if not n.startswith("_")
            and (inspect.isfunction(v) or inspect.isclass(v))
-           and v.__module__ == module.__name__}
+           and (v.__module__ == module.__name__
+                or v.__module__.startswith(module.__name__ + ".") and hasattr(module, "__path__"))}
     return own | ({"NAME"} if hasattr(module, "NAME") else set())
 
 
