@@ -117,6 +117,14 @@ def render_metrics(node: Node) -> str:
                  "ICMP errors not sent because of the rate limit (a token bucket per worker: "
                  "1000 a second, bursts of 50).",
                  [({}, c.icmp_suppressed)])
+        rounds, hits = node.busy_poll_rounds()
+        w.metric("dataplane_busy_poll_rounds_total", "counter",
+                 "--busy-poll: rounds that drained both directions after a wakeup, instead "
+                 "of sleeping (0 with it off).",
+                 [({}, rounds)])
+        w.metric("dataplane_busy_poll_hits_total", "counter",
+                 "Of those, rounds that moved packets (each saved a wakeup).",
+                 [({}, hits)])
     w.metric("dataplane_peers", "gauge",
              "Peers (other nodes' leases): tunnelled, or routed directly (DirectRouting).",
              [({}, len(node.peers) if node.peers else 0)])

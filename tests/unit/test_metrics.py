@@ -30,7 +30,7 @@ def fake_node(impl: str):
     fwd.ingress([("10.99.0.77", 8285, b"x")])    # unknown peer
     lease = Lease(ipaddress.IPv4Network("10.244.1.0/24"), "10.99.0.1")
     return types.SimpleNamespace(
-        counters=fwd.counters, peers=peers, lease=lease,
+        counters=fwd.counters, busy_poll_rounds=lambda: (7, 2), peers=peers, lease=lease,
         store_errors=3, ready=asyncio.Event(), started=1.0,
         config=parse_network_config('{"Network": "10.244.0.0/16"}'),
         opts=types.SimpleNamespace(fastpath=impl),
@@ -61,6 +61,7 @@ def test_drops_by_reason_and_gauges(impl):
     assert s["dataplane_icmp_errors_suppressed_total"] == 0
     assert s["dataplane_gso_backoffs_total"] == s["dataplane_gso_sends_total"] == 0
     assert s["dataplane_store_errors_total"] == 3
+    assert s["dataplane_busy_poll_rounds_total"] == 7 and s["dataplane_busy_poll_hits_total"] == 2
     assert s["dataplane_ready"] == 0
     assert s["process_resident_memory_bytes"] > 1e6
     assert s['dataplane_info{backend="udp",fastpath="%s",subnet="10.244.1.0/24",'
