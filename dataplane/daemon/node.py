@@ -35,7 +35,8 @@ from dataplane.daemon.errors import BindError
 from dataplane.daemon.host import Host, LinuxHost, SocketPair, TrafficRules
 from dataplane.daemon.ownlease import OwnWrites
 from dataplane.daemon.peers import Peers, Tunnels
-from dataplane.daemon.pump import Datapath, Worker, close_sockets, socket_buffers
+from dataplane.daemon.pump import (Datapath, Worker, close_sockets, socket_buffers,
+                                   socket_busy_poll)
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, Counters,
                                       ForwarderConfig, format_mac)
 from dataplane.lease import Lease, LeaseAttrs
@@ -68,6 +69,7 @@ class NodeOptions:
     fastpath: str = fastpath.DEFAULT
     offload: bool = True            # TUN super-packets, UDP GSO/GRO (C fast path only)
     workers: int = 1                # TUN queues and forwarding threads (C fast path only)
+    busy_poll: int = 0              # --busy-poll: microseconds to keep polling after a wakeup
     ip_masq: bool = False
     blackhole_route: bool = False   # flanneld's --ip-blackhole-route, kept every resync period
     netfilter: NetfilterOptions = field(default_factory=NetfilterOptions)
@@ -100,6 +102,7 @@ class Node:
         self.lease: Lease | None = None
         self.fwds: list = []                 # one forwarder per worker
         self.workers: list[Worker] = []      # threads, when there are several
+        self.datapaths: list[Datapath] = []  # one per worker: the readers (busy-poll rounds)
         self.underlay: hostnet.Underlay | None = None
         self.tun_name = ""
         self.tun_mtu = 0
@@ -235,8 +238,12 @@ class Node:
         self._own_leases(self.peers.reset(leases))
         self.direct.prune()
 
-        paths = [Datapath(fwd, fd, recv, send)
+        paths = [Datapath(fwd, fd, recv, send, busy_poll_us=opts.busy_poll)
                  for fwd, fd, (recv, send) in zip(self.fwds, tun.fds, pairs)]
+        self.datapaths = paths
+        if opts.busy_poll:
+            socket_busy_poll(list({id(s): s for pair in pairs for s in pair}.values()),
+                             opts.busy_poll)
         if workers == 1:
             paths[0].start()
             stack.callback(paths[0].stop)
@@ -252,9 +259,10 @@ class Node:
             nftables=cfg.enable_nftables, options=opts.netfilter)
         subnetenv.write(opts.subnet_file, network=cfg.network, subnet=lease.subnet,
                         mtu=self.tun_mtu, ipmasq=opts.ip_masq)
-        log.info("forwarding: %s mtu %d, %d peers, fastpath %s%s", self.tun_name, self.tun_mtu,
-                 len(self.peers), opts.fastpath,
-                 f", VtepMAC {format_mac(self.mac)}" if self.mac else "")
+        log.info("forwarding: %s mtu %d, %d peers, fastpath %s%s%s", self.tun_name,
+                 self.tun_mtu, len(self.peers), opts.fastpath,
+                 f", VtepMAC {format_mac(self.mac)}" if self.mac else "",
+                 f", busy-poll {opts.busy_poll} us" if opts.busy_poll else "")
         return True
 
     def _negotiate_offloads(self, tun: Tun, pairs: list[SocketPair]) -> int:
@@ -312,6 +320,11 @@ class Node:
 
     def counters(self) -> Counters | None:
         return Counters.total([fwd.counters() for fwd in self.fwds]) if self.fwds else None
+
+    def busy_poll_rounds(self) -> tuple[int, int]:
+        """(rounds polled, rounds that moved packets) over the workers (--busy-poll)."""
+        return (sum(p.poll_rounds for p in self.datapaths),
+                sum(p.poll_hits for p in self.datapaths))
 
     async def _follow_leases(self) -> None:
         peers = self.peers

@@ -11,7 +11,7 @@ import pytest
 
 from dataplane import fastpath
 from dataplane.backends import UDP
-from dataplane.daemon.metrics import MetricsServer, render_metrics
+from dataplane.daemon.metrics import MetricsServer, parse_metrics, render_metrics
 from dataplane.daemon.peers import Peers, Tunnels
 from dataplane.fastpath.types import MODE_UDP, ForwarderConfig
 from dataplane.lease import Lease
@@ -30,7 +30,7 @@ def fake_node(impl: str):
     fwd.ingress([("10.99.0.77", 8285, b"x")])    # unknown peer
     lease = Lease(ipaddress.IPv4Network("10.244.1.0/24"), "10.99.0.1")
     return types.SimpleNamespace(
-        counters=fwd.counters, peers=peers, lease=lease,
+        counters=fwd.counters, busy_poll_rounds=lambda: (7, 2), peers=peers, lease=lease,
         store_errors=3, ready=asyncio.Event(), started=1.0,
         config=parse_network_config('{"Network": "10.244.0.0/16"}'),
         opts=types.SimpleNamespace(fastpath=impl),
@@ -61,10 +61,12 @@ def test_drops_by_reason_and_gauges(impl):
     assert s["dataplane_icmp_errors_suppressed_total"] == 0
     assert s["dataplane_gso_backoffs_total"] == s["dataplane_gso_sends_total"] == 0
     assert s["dataplane_store_errors_total"] == 3
+    assert s["dataplane_busy_poll_rounds_total"] == 7 and s["dataplane_busy_poll_hits_total"] == 2
     assert s["dataplane_ready"] == 0
     assert s["process_resident_memory_bytes"] > 1e6
-    assert s['dataplane_info{backend="udp",fastpath="%s",subnet="10.244.1.0/24",'
-             'public_ip="10.99.0.1"}' % impl] == 1
+    # labels in name order, as prometheus_client prints them
+    assert s['dataplane_info{backend="udp",fastpath="%s",public_ip="10.99.0.1",'
+             'subnet="10.244.1.0/24"}' % impl] == 1
 
 
 def test_every_counter_name_ends_in_total():
@@ -126,21 +128,33 @@ def test_labelled_floats_keep_full_precision():
     text = render_metrics(node)
     line = next(ln for ln in text.splitlines()
                 if ln.startswith("dataplane_lease_expiry_timestamp_seconds{"))
+    # As Prometheus's own Go clients print floats (strconv 'g', shortest exact): every digit.
     assert line == ('dataplane_lease_expiry_timestamp_seconds{subnet="10.244.1.0/24"} '
-                    f"{expiry.timestamp()!r}")
-    assert "e+" not in line and float(line.rsplit(" ", 1)[1]) == expiry.timestamp()
-    assert "process_start_time_seconds 1796212345.678901" in text.splitlines()
+                    "1.796119200123456e+09")
+    assert float(line.rsplit(" ", 1)[1]) == expiry.timestamp()
+    assert "process_start_time_seconds 1.796212345678901e+09" in text.splitlines()
+    s = parse_metrics(text)
+    assert s["process_start_time_seconds"] == 1796212345.678901
+    assert s['dataplane_lease_expiry_timestamp_seconds{subnet="10.244.1.0/24"}'] == \
+        expiry.timestamp()
 
 
-@pytest.mark.parametrize("value,text", [(3, "3"), (0, "0"), (1.5, "1.5"), (True, "1"),
-                                        (1796212345.5, "1796212345.5"), (1e-7, "1e-07"),
-                                        (float("inf"), "+Inf"), (float("-inf"), "-Inf"),
-                                        (float("nan"), "NaN")])
-def test_sample_values_as_prometheus_reads_them(value, text):
-    from dataplane.daemon.metrics import format_value
-    assert format_value(value) == text
-    if text not in ("NaN",):
-        assert float(text.replace("Inf", "inf")) == float(value)
+@pytest.mark.parametrize("value", [3, 0, 1.5, True, 1796212345.5, 1e-7, 2**53, float("inf"),
+                                   float("-inf"), float("nan")])
+def test_sample_values_read_back_exactly(value):
+    import math
+    node = fake_node("c")
+    node.store_errors = value
+    got = parse_metrics(render_metrics(node))["dataplane_store_errors_total"]
+    assert math.isnan(got) if math.isnan(value) else got == float(value)
+
+
+def test_parse_metrics_reads_labels_with_escapes():
+    node = fake_node("c")
+    node.underlay.address = 'a"b\\c'
+    s = parse_metrics(render_metrics(node))
+    assert s['dataplane_info{backend="udp",fastpath="c",public_ip="a\\"b\\\\c",'
+             'subnet="10.244.1.0/24"}'] == 1
 
 
 def test_a_busy_metrics_port_names_itself_not_the_tunnel():
