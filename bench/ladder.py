@@ -26,6 +26,8 @@ class Dataplane:
     note: str = ""
     pin_daemons: bool = True      # False for a rung whose daemon spreads over the cores itself
     tunnel: Any = None            # a bench.tunnels.Tunnel carrying a host-gw lab's pod routes
+    direct_routing: bool = False  # Backend.DirectRouting, both nodes on one underlay subnet
+    needs_run_flag: str | None = None   # a `dataplane run` flag this build must offer
 
     @property
     def runs_daemon(self) -> bool:
@@ -45,6 +47,7 @@ class Dataplane:
 # The batched C rungs are pinned to what DESIGN.md calls step 3 (one call per batch, one
 # packet per syscall): no offloads, one worker. The offload rungs add the rest of the ladder.
 PLAIN_C = ("--offload", "off", "--workers", "1")
+BUSY_POLL_USEC = 50
 
 LADDER: tuple[Dataplane, ...] = (
     Dataplane("host-gw", "host-gw", None, note="plain routes via the peer node: the ceiling"),
@@ -61,6 +64,14 @@ LADDER: tuple[Dataplane, ...] = (
               note="TUN super-packets, UDP GSO/GRO, one worker"),
     Dataplane("vxlan/c+offload+mq", "vxlan", "vxlan", "c", ("--offload", "on", "--workers", "2"),
               pin_daemons=False, note="offloads and a worker per core (multi-queue TUN)"),
+    Dataplane("vxlan/c+offload+dr", "vxlan", "vxlan", "c", ("--offload", "on", "--workers", "1"),
+              direct_routing=True,
+              note="Backend.DirectRouting: the peer shares our subnet, so plain routes, no "
+                   "encapsulation"),
+    Dataplane("vxlan/c+offload+busypoll", "vxlan", "vxlan", "c",
+              ("--offload", "on", "--workers", "1", "--busy-poll", str(BUSY_POLL_USEC)),
+              needs_run_flag="--busy-poll",
+              note=f"offloads, polling {BUSY_POLL_USEC} µs after each wakeup before sleeping"),
 ) + tuple(Dataplane(t.name, "host-gw", None, note=t.note, tunnel=t) for t in tunnels.TOOLS)
 
 BY_NAME = {dp.name: dp for dp in LADDER}

@@ -6,7 +6,7 @@ run; `-` where a figure does not apply (daemon CPU of a kernel dataplane) or was
 
 from __future__ import annotations
 
-from bench import overhead
+from bench import overhead, profile, targets
 from bench.stats import median
 from bench.summary import SCALE, TABLES, rss_overview
 from dataplane.backends import UDP, VXLAN
@@ -81,7 +81,8 @@ def results_section(results: dict) -> list[str]:
              "received; machine = all CPUs from /proc/stat, daemons = our two node daemons "
              "from /proc/<pid>/stat.", ""]
     for title, metrics in TABLES:
-        if all(summary["metrics"][n][k.key]["median"] is None for n in names for k in metrics):
+        if all(summary["metrics"][n].get(k.key, {}).get("median") is None
+               for n in names for k in metrics):
             continue
         streams = f"{m['streams']} streams"
         header = ["dataplane"] + [f"{k.label.replace('N streams', streams)} ({k.unit})"
@@ -90,7 +91,7 @@ def results_section(results: dict) -> list[str]:
         for n in names:
             row = [_label(results, n)]
             for k in metrics:
-                f = summary["metrics"][n][k.key]
+                f = summary["metrics"][n].get(k.key, {"median": None, "ratio": None})
                 scale = SCALE.get(k.key, 1.0)
                 value = None if f["median"] is None else f["median"] * scale
                 row.append(cell(value, f["ratio"], k.digits))
@@ -184,6 +185,53 @@ def targets_section(results: dict) -> list[str]:
     if any("missed" in r[-1] for r in rows):
         lines += [WHY_MISSED, ""]
     return lines
+
+
+def issue_targets_section(results: dict) -> list[str]:
+    """The busy-poll/DirectRouting issue's targets (bench.targets), met or missed and by how
+    much; the best rung each target applies to."""
+    rows = targets.evaluate(results)
+    if all(r["met"] is None for r in rows[:-1]):       # an older run: none of its figures
+        return []
+    base = results["summary"]["baseline"]
+    lines = ["## Targets", "",
+             f"Ratios to {base} of this run (medians of interleaved rounds); each target "
+             "against the best rung it applies to: our daemon's rungs (DirectRouting and "
+             "busy-poll rungs only for their own targets).", ""]
+    table = [[r["what"], r["bound"], r["rung"] or "-", r["measured"] or "-", targets.verdict(r)]
+             for r in rows]
+    lines += _table(["target", "bound", "rung", "measured", ""], table) + [""]
+    if any(r["met"] is False for r in rows):
+        lines += [WHY_MISSED, ""]
+    return lines
+
+
+def profile_section(results: dict) -> list[str]:
+    prof = results.get("profile")
+    if not prof:
+        return []
+    lines = ["## Where the CPU goes", ""]
+    if "unavailable" in prof:
+        return lines + [f"No profile in this run: {prof['unavailable']}.", ""]
+    runs = prof.get("dataplanes", {})
+    lines += [f"`perf record -a -F {prof['frequency_hz']}` of the whole machine during one "
+              f"unpinned TCP stream of {prof['seconds']:g} s per dataplane, after the rounds; "
+              "each sample in the function it was taken in (self time). Shares of this "
+              "test's non-idle samples (iperf3 client and server, our daemons' threads, "
+              "ksoftirqd); other processes' share of the machine is given apart and left out.",
+              ""]
+    header = ["dataplane", *profile.BUCKETS, "samples", "other processes"]
+    rows = []
+    for name, p in runs.items():
+        shares = p["shares"]
+        rows.append([name, *[("-" if shares[b] is None else f"{100 * shares[b]:.0f}%")
+                             for b in profile.BUCKETS], str(p["samples"]),
+                     "-" if p["other_process_share"] is None
+                     else f"{100 * p['other_process_share']:.0f}%"])
+    lines += _table(header, rows) + [""]
+    for name, err in prof.get("errors", {}).items():
+        lines.append(f"- no profile of {name}: {err}")
+    return lines + [""]
 
 
 def memory_section(results: dict) -> list[str]:
@@ -316,7 +364,9 @@ def render(results: dict) -> str:
     underlay = results["dataplanes"][0]["underlay_mtu"] if results["dataplanes"] else 1500
     lines += overlay_section(underlay)
     lines += results_section(results)
-    lines += targets_section(results)
+    new_targets = issue_targets_section(results)
+    lines += new_targets or targets_section(results)   # an older run: the offload targets
+    lines += profile_section(results)
     lines += efficiency_section(results)
     lines += memory_section(results)
     lines += ["## Plots", ""]
