@@ -21,7 +21,7 @@ from dataplane.errors import CommandError
 
 HELP = "benchmark every dataplane side by side: throughput, packet rate, latency, CPU, memory"
 
-DEFAULTS = {"rounds": 3, "duration": 3}
+DEFAULTS = {"rounds": 3, "duration": 2}
 QUICK = {"rounds": 1, "duration": 1, "echo_count": 100, "echo_interval": 0.002,
          "capacity_trials": 3}
 TOOLS = ("iperf3", "sockperf", "ss", "taskset", "ip")
@@ -59,7 +59,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity-trials", type=_positive(int), metavar="N",
                    help="trials of the 64 B capacity search, 1 s each: the first as fast as "
                         "one sender goes, then a binary search for the highest rate with at "
-                        "most 0.1%% loss (default 6)")
+                        "most 0.1%% loss (default 5)")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the perf pass (where the CPU goes) after the rounds")
     p.add_argument("--out", metavar="DIR",

@@ -30,7 +30,7 @@ class Settings:
     latency_mps: int = 2000        # sockperf ping-pong messages per second: light load
     echo_count: int = 500          # ICMP echoes at 500/s: light load
     echo_interval: float = 0.002
-    capacity_trials: int = 6       # the 64 B capacity search (bench.capacity)
+    capacity_trials: int = 5       # the 64 B capacity search (bench.capacity)
     capacity_seconds: int = 1
     pin: bool = True               # also run the pinned view (the unpinned one always runs)
 

@@ -7,7 +7,8 @@ bucket of a copy is the copy, whoever called it). Only the threads of this test 
 iperf3 client and server, our daemons' threads and the kernel's softirq threads (which
 carry network work for every process); what other processes of this shared machine ran is
 left out and its share said (an iperf3 of another process would be counted: the
-client's pid is not known before perf starts it). Idle samples are left out too. Symbols perf could not resolve
+client's pid is not known before perf starts it). Idle samples are left out too. Symbols
+perf could not resolve
 (a bare address, [unknown]) are counted as unresolved, not guessed.
 """
 

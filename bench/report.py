@@ -267,18 +267,31 @@ def method_section(results: dict) -> list[str]:
         f"- {m['rounds']} round(s); every round visits the dataplanes in the same order "
         f"({' → '.join(m['order'])}), so drift of this noisy machine spreads over all of them. "
         "Figures are medians over the rounds; ratios are median / baseline median.",
-        f"- Each visit: iperf3 TCP for {m['duration']:g} s with 1 stream, then with "
-        f"{m['streams']} streams; iperf3 UDP at `-b 0 -w 4M` (as fast as one sender goes, 4 MB "
-        f"socket buffers) for {m['duration']:g} s at each payload "
-        f"size ({payloads} bytes; the first is the small-packet test); sockperf UDP ping-pong, "
-        f"64-byte messages, {m['latency_mps']} per second, {m['duration']:g} s (RTT from each "
-        f"message's send and receive times in its full log); {m['echo_count']} ICMP echoes "
-        f"{m['echo_interval'] * 1000:g} ms apart (bench.echo: what ping measures, RTT from "
-        "just before sending to the kernel's receive timestamp; with the CPUs idle between "
-        "echoes, waking them is part of each round trip).",
-        "- The small-packet rate is what one iperf3 sender (one core) offers, less what the "
-        "dataplane drops: where the loss is near zero the sender, not the dataplane, set the "
-        "rate.",
+        "- Each visit runs two views. **Unpinned** (the primary figures: processes and "
+        "daemons free on every CPU, as on a node): iperf3 TCP for "
+        f"{m['duration']:g} s with 1 stream and with {m['streams']} streams; request/response "
+        "with sockperf ping-pong over UDP and over TCP (64-byte messages, one in flight, the "
+        f"next sent as soon as the answer is in, {m['duration']:g} s: transactions per second "
+        "and the round trips' p50/p99 from its full log); "
+        f"{m.get('echo_count', 100)} ICMP echoes {m.get('echo_interval', 0.01) * 1000:g} ms "
+        "apart (bench.echo: what ping measures, RTT from just before sending to the kernel's "
+        "receive timestamp; with the CPUs idle between echoes, waking them is part of each "
+        "round trip); the 64 B capacity search (below). **Pinned** (the second view, "
+        "pinning as below): TCP 1 and N streams again; iperf3 UDP at `-b 0 -w 4M` (as fast as "
+        f"one sender goes, 4 MB socket buffers) for {m['duration']:g} s at each payload size "
+        f"({payloads} bytes; the first is the one-sender small-packet figure); sockperf UDP "
+        f"ping-pong at {m['latency_mps']} messages per second; the ICMP echoes again.",
+        f"- 64 B capacity (RFC 2544 style): {m.get('capacity_trials', '-')} trials of "
+        f"{m.get('capacity_seconds', 1)} s against one iperf3 server; the first as fast as one "
+        "sender goes (if that loses at most 0.1%, its rate is the figure, and the sender, not "
+        "the dataplane, set it), then a binary search over the offered rate between 0 and "
+        "that sender's rate; the figure is the received rate of the best trial with at most "
+        "0.1% lost, `-` if none passed.",
+        "- Idle: before each visit the lab idles 2 s: the machine's busy CPUs over that "
+        "window (as /proc/stat measured it) and our daemons' CPU-seconds per second (the "
+        "idle cost of a polling daemon).",
+        "- Profile: after the rounds, one unpinned TCP stream per dataplane under `perf record "
+        "-a` (section Where the CPU goes).",
         "- CPU: /proc/stat busy time (user+nice+system+irq+softirq, all CPUs; steal and idle "
         "left out) and our daemons' utime+stime, over the client's whole run, divided by "
         "the bytes (or packets) the receiver got. The machine figure includes whatever else "

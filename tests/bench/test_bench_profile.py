@@ -9,15 +9,15 @@ from bench.profile import BUCKETS, Row, bucket, parse_report, summarize
 REPORT = """\
 # To display the perf.data header info, please use --header/--header-only options.
 #
- 30.00%  | 30         |   1200:iperf3         |[kernel.kallsyms]        |[k] copy_user_enhanced_fast_string
- 10.00%  | 10         |   1300:python3        |_dpc.cpython-311-x86_64-linux-gnu.so|[.] dp_drain_tun
-  5.00%  | 5          |   1301:python3        |libpython3.11.so.1.0     |[.] _PyEval_EvalFrameDefault
-  8.00%  | 8          |   1200:iperf3         |[kernel.kallsyms]        |[k] try_to_wake_up
-  7.00%  | 7          |   1300:python3        |[kernel.kallsyms]        |[k] entry_SYSCALL_64
-  6.00%  | 6          |     14:ksoftirqd/0    |[kernel.kallsyms]        |[k] tcp_v4_rcv
-  4.00%  | 4          |   1300:python3        |[unknown]                |[.] 0x00007f00deadbeef
- 20.00%  | 20         |      0:swapper        |[kernel.kallsyms]        |[k] default_idle
- 10.00%  | 10         |   9999:etcd           |etcd                     |[.] runtime.mallocgc
+ 30.00%| 30|   1200:iperf3|[kernel.kallsyms]|[k] copy_user_enhanced_fast_string
+ 10.00%| 10|   1300:python3|_dpc.cpython-311-x86_64-linux-gnu.so|[.] dp_drain_tun
+  5.00%| 5|   1301:python3|libpython3.11.so.1.0|[.] _PyEval_EvalFrameDefault
+  8.00%| 8|   1200:iperf3|[kernel.kallsyms]|[k] try_to_wake_up
+  7.00%| 7|   1300:python3|[kernel.kallsyms]|[k] entry_SYSCALL_64
+  6.00%| 6|     14:ksoftirqd/0|[kernel.kallsyms]|[k] tcp_v4_rcv
+  4.00%| 4|   1300:python3|[unknown]|[.] 0x00007f00deadbeef
+ 20.00%| 20|      0:swapper|[kernel.kallsyms]|[k] default_idle
+ 10.00%| 10|   9999:etcd|etcd|[.] runtime.mallocgc
 """
 
 
