@@ -149,7 +149,8 @@ WHY_MISSED = (
     "crossings a userspace tunnel adds to every byte (TUN read, UDP send, UDP receive, TUN "
     "write: copies and stack traversals kernel VXLAN does not make, as its GSO packets cross "
     "veth unsegmented); our C code is about a seventh, Python under 1%. Small packets pay one "
-    "TUN read per packet, and a TUN cannot slow a sender down: it drops when its queue is full.")
+    "TUN read per packet, and a TUN cannot slow a sender down: it drops when its queue is full. "
+    "Where the CPU goes, below, gives this run's own profile of each rung.")
 
 
 def targets_section(results: dict) -> list[str]:
@@ -204,6 +205,36 @@ def issue_targets_section(results: dict) -> list[str]:
     if any(r["met"] is False for r in rows):
         lines += [WHY_MISSED, ""]
     return lines
+
+
+def busy_poll_section(results: dict) -> list[str]:
+    """What polling costs: each busy-poll rung beside the same rung without it, idle and
+    under one stream."""
+    metrics = results["summary"]["metrics"]
+    rows = []
+    for dp in results["dataplanes"]:
+        if "+busypoll" not in dp["name"] or dp["name"] not in metrics:
+            continue
+        plain = dp["name"].replace("+busypoll", "")
+        for name in (plain, dp["name"]):
+            m = metrics.get(name)
+            if m is None:
+                continue
+
+            def med(key: str) -> float | None:
+                return m.get(key, {}).get("median")
+            rows.append([name, _num(med("daemon_idle_cpu_per_s"), 3),
+                         _num(med("tcp1_unpinned_daemon_cpu_s_per_gb"), 3),
+                         _num(med("ping_unpinned_median_us"), 1), _num(med("rr_udp_tps"), 0)])
+    if not rows:
+        return []
+    lines = ["## What busy-polling costs", "",
+             "Our two daemons' CPU while the lab idles (CPU-seconds per second, measured 2 s "
+             "before each visit) and per GB of one unpinned TCP stream, beside the latency it "
+             "buys.", ""]
+    return lines + _table(["dataplane", "daemons idle (CPU-s/s)", "daemons, 1 stream "
+                           "(CPU-s/GB)", "ICMP RTT median (µs)", "UDP request/response "
+                           "(trans/s)"], rows) + [""]
 
 
 def profile_section(results: dict) -> list[str]:
@@ -379,6 +410,7 @@ def render(results: dict) -> str:
     lines += results_section(results)
     new_targets = issue_targets_section(results)
     lines += new_targets or targets_section(results)   # an older run: the offload targets
+    lines += busy_poll_section(results)
     lines += profile_section(results)
     lines += efficiency_section(results)
     lines += memory_section(results)

@@ -83,3 +83,24 @@ def test_busy_cpus_uses_the_measured_window():
     assert busy_cpus(2.05, 2.05, 2) == 2.0
     assert busy_cpus(0.5, 2.0, 2) == 0.5
     assert busy_cpus(0.0, 0.0, 2) == 0.0
+
+
+def test_busy_poll_cost_sits_beside_the_rung_without_it():
+    run = fake_run({"kernel-vxlan": {}, "vxlan/c+offload": {}, "vxlan/c+offload+busypoll": {}},
+                   rss={})
+    m = run["summary"]["metrics"]
+    m["vxlan/c+offload"]["daemon_idle_cpu_per_s"] = {"median": 0.001, "ratio": None}
+    m["vxlan/c+offload+busypoll"]["daemon_idle_cpu_per_s"] = {"median": 0.25, "ratio": None}
+    text = "\n".join(report.busy_poll_section(run))
+    assert "| vxlan/c+offload | 0.001 |" in text
+    assert "| vxlan/c+offload+busypoll | 0.250 |" in text
+    del run["dataplanes"][2]
+    assert report.busy_poll_section(run) == []
+
+
+def test_profile_section_says_why_there_is_none():
+    run = fake_run({"kernel-vxlan": {}}, rss={})
+    run["profile"] = {"unavailable": "perf is not installed"}
+    assert "No profile in this run: perf is not installed." in report.profile_section(run)
+    run["profile"] = None
+    assert report.profile_section(run) == []
