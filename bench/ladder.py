@@ -35,13 +35,19 @@ class Dataplane:
 
     @property
     def overhead(self) -> int:
-        """Bytes each inner IP packet gains on the underlay."""
-        return self.tunnel.overhead if self.tunnel is not None else overhead(self.encap)
+        """Bytes each inner IP packet gains on the underlay (none when DirectRouting routes
+        it to a peer on our subnet)."""
+        if self.tunnel is not None:
+            return self.tunnel.overhead
+        return 0 if self.direct_routing else overhead(self.encap)
 
     def pod_mtu(self, underlay_mtu: int = 1500) -> int:
         """A tunnel's pods get its device's MTU (not always underlay - overhead: wireguard-go
-        keeps room for an IPv6 underlay)."""
-        return self.tunnel.mtu if self.tunnel is not None else underlay_mtu - self.overhead
+        keeps room for an IPv6 underlay); our daemon sizes it for its encapsulation,
+        DirectRouting or not."""
+        if self.tunnel is not None:
+            return self.tunnel.mtu
+        return underlay_mtu - overhead(self.encap)
 
 
 # The batched C rungs are pinned to what DESIGN.md calls step 3 (one call per batch, one
