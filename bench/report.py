@@ -220,12 +220,12 @@ def busy_poll_section(results: dict) -> list[str]:
             m = metrics.get(name)
             if m is None:
                 continue
-
-            def med(key: str) -> float | None:
-                return m.get(key, {}).get("median")
-            rows.append([name, _num(med("daemon_idle_cpu_per_s"), 3),
-                         _num(med("tcp1_unpinned_daemon_cpu_s_per_gb"), 3),
-                         _num(med("ping_unpinned_median_us"), 1), _num(med("rr_udp_tps"), 0)])
+            med = {k: m.get(k, {}).get("median") for k in (
+                "daemon_idle_cpu_per_s", "tcp1_unpinned_daemon_cpu_s_per_gb",
+                "ping_unpinned_median_us", "rr_udp_tps")}
+            rows.append([name, _num(med["daemon_idle_cpu_per_s"], 3),
+                         _num(med["tcp1_unpinned_daemon_cpu_s_per_gb"], 3),
+                         _num(med["ping_unpinned_median_us"], 1), _num(med["rr_udp_tps"], 0)])
     if not rows:
         return []
     lines = ["## What busy-polling costs", "",
