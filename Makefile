@@ -12,8 +12,9 @@ PIP := PIP_ROOT_USER_ACTION=ignore $(VPY) -m pip --disable-pip-version-check --q
 # clang for the libFuzzer targets (tests/fuzz).
 APT_PACKAGES := iproute2 iputils-ping ethtool containernetworking-plugins iperf3 sockperf etcd-server etcd-client tcpdump iptables nftables clang
 # Only for `make bench`: the userspace tunnels it compares us with (bench/tunnels; a rung whose
-# package is missing is listed as unavailable, never a failure).
-BENCH_APT_PACKAGES := fastd openvpn tinc wireguard-go wireguard-tools
+# package is missing is listed as unavailable, never a failure), and perf for the report's
+# "where the CPU goes" profile.
+BENCH_APT_PACKAGES := fastd openvpn tinc wireguard-go wireguard-tools linux-perf
 # (= not :=: gcc may only be installed by the toolchain step)
 ASAN_RT = $(shell gcc -print-file-name=libasan.so)
 

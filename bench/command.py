@@ -21,8 +21,9 @@ from dataplane.errors import CommandError
 
 HELP = "benchmark every dataplane side by side: throughput, packet rate, latency, CPU, memory"
 
-DEFAULTS = {"rounds": 3, "duration": 4}
-QUICK = {"rounds": 1, "duration": 1, "echo_count": 30, "echo_interval": 0.005}
+DEFAULTS = {"rounds": 3, "duration": 2}
+QUICK = {"rounds": 1, "duration": 1, "echo_count": 100, "echo_interval": 0.002,
+         "capacity_trials": 3}
 TOOLS = ("iperf3", "sockperf", "ss", "taskset", "ip")
 
 
@@ -53,7 +54,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"one round of {QUICK['duration']} s tests, two UDP sizes (CI)")
     p.add_argument("--no-pin", dest="pin", action="store_false",
-                   help="do not pin tools and daemons to CPUs")
+                   help="leave out the pinned view (tools and daemons pinned to one CPU per "
+                        "node); the unpinned view always runs")
+    p.add_argument("--capacity-trials", type=_positive(int), metavar="N",
+                   help="trials of the 64 B capacity search, 1 s each: the first as fast as "
+                        "one sender goes, then a binary search for the highest rate with at "
+                        "most 0.1%% loss (default 5)")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the perf pass (where the CPU goes) after the rounds")
     p.add_argument("--out", metavar="DIR",
                    help="results directory (default bench/results/<UTC timestamp>)")
     p.add_argument("--pcap", metavar="FILE",
@@ -172,11 +180,14 @@ def choose(args: argparse.Namespace) -> tuple[list[ladder.Dataplane], list[dict]
 def settings_from(args: argparse.Namespace, dataplanes: list[ladder.Dataplane]) -> Settings:
     quick = QUICK if args.quick else {}
     largest = min(dp.pod_mtu() for dp in dataplanes) - IP_UDP
-    sizes = args.udp_sizes or ((64, largest) if args.quick else (64, 512, largest))
+    sizes = args.udp_sizes or (64, largest)
     if max(sizes) > largest:
         raise CommandError(f"UDP payload {max(sizes)} does not fit every pod MTU: at most "
                            f"{largest} bytes")
-    extra = {k: v for k, v in quick.items() if k in ("echo_count", "echo_interval")}
+    extra = {k: v for k, v in quick.items()
+             if k in ("echo_count", "echo_interval", "capacity_trials")}
+    if getattr(args, "capacity_trials", None):
+        extra["capacity_trials"] = args.capacity_trials
     return Settings(duration=args.duration or quick.get("duration", DEFAULTS["duration"]),
                     streams=args.streams, udp_payloads=sizes, latency_mps=args.latency_rate,
                     pin=args.pin and (os.cpu_count() or 1) > 1, **extra)
@@ -188,11 +199,13 @@ def command_line(args: argparse.Namespace, rounds: int, s: Settings,
     argv = ["dataplane", "bench", "--dataplanes", ",".join(dp.name for dp in dataplanes),
             "--rounds", str(rounds), "--duration", f"{s.duration:g}", "--streams", str(s.streams),
             "--udp-sizes", ",".join(map(str, s.udp_payloads)),
-            "--latency-rate", str(s.latency_mps)]
+            "--latency-rate", str(s.latency_mps), "--capacity-trials", str(s.capacity_trials)]
     if args.quick:
         argv.append("--quick")
     if not args.pin:
         argv.append("--no-pin")
+    if not getattr(args, "profile", True):
+        argv.append("--no-profile")
     if args.pcap:
         argv += ["--pcap", args.pcap, "--pcap-packets", str(args.pcap_packets)]
     return shlex.join(argv)
@@ -218,6 +231,12 @@ def render(out_dir: str) -> int:
         doc = results.load(out_dir)
     except (OSError, ValueError) as exc:
         raise CommandError(f"--render {out_dir}: {exc}") from None
+    # The summary is derived data: computed again, so an older run gets the current figures'
+    # keys (those it did not measure show as `-`).
+    names = [dp["name"] for dp in doc["dataplanes"]]
+    edges = doc.get("summary", {}).get("histogram_edges_us", LogHistogram.edges())
+    doc["summary"] = summarize(doc["samples"], names, doc["method"]["baseline"])
+    doc["summary"]["histogram_edges_us"] = edges
     _, report_path = write_outputs(doc, out_dir)
     print(f"report: {report_path}")
     return 0
@@ -319,7 +338,7 @@ def main(args: argparse.Namespace) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.pcap)), exist_ok=True)
 
     plan = runner.Plan(dataplanes, rounds, s, pcap_path=args.pcap,
-                       pcap_packets=args.pcap_packets)
+                       pcap_packets=args.pcap_packets, profile=args.profile)
     progress = Progress(plan.planned_seconds())
     progress.note(f"benchmarking {', '.join(dp.name for dp in dataplanes)}: {rounds} round(s), "
                   f"about {fmt_seconds(plan.planned_seconds())}; results in {out_dir}")

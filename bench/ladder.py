@@ -26,6 +26,8 @@ class Dataplane:
     note: str = ""
     pin_daemons: bool = True      # False for a rung whose daemon spreads over the cores itself
     tunnel: Any = None            # a bench.tunnels.Tunnel carrying a host-gw lab's pod routes
+    direct_routing: bool = False  # Backend.DirectRouting, both nodes on one underlay subnet
+    needs_run_flag: str | None = None   # a `dataplane run` flag this build must offer
 
     @property
     def runs_daemon(self) -> bool:
@@ -33,18 +35,25 @@ class Dataplane:
 
     @property
     def overhead(self) -> int:
-        """Bytes each inner IP packet gains on the underlay."""
-        return self.tunnel.overhead if self.tunnel is not None else overhead(self.encap)
+        """Bytes each inner IP packet gains on the underlay (none when DirectRouting routes
+        it to a peer on our subnet)."""
+        if self.tunnel is not None:
+            return self.tunnel.overhead
+        return 0 if self.direct_routing else overhead(self.encap)
 
     def pod_mtu(self, underlay_mtu: int = 1500) -> int:
         """A tunnel's pods get its device's MTU (not always underlay - overhead: wireguard-go
-        keeps room for an IPv6 underlay)."""
-        return self.tunnel.mtu if self.tunnel is not None else underlay_mtu - self.overhead
+        keeps room for an IPv6 underlay); our daemon sizes it for its encapsulation,
+        DirectRouting or not."""
+        if self.tunnel is not None:
+            return self.tunnel.mtu
+        return underlay_mtu - overhead(self.encap)
 
 
 # The batched C rungs are pinned to what DESIGN.md calls step 3 (one call per batch, one
 # packet per syscall): no offloads, one worker. The offload rungs add the rest of the ladder.
 PLAIN_C = ("--offload", "off", "--workers", "1")
+BUSY_POLL_USEC = 50
 
 LADDER: tuple[Dataplane, ...] = (
     Dataplane("host-gw", "host-gw", None, note="plain routes via the peer node: the ceiling"),
@@ -61,6 +70,14 @@ LADDER: tuple[Dataplane, ...] = (
               note="TUN super-packets, UDP GSO/GRO, one worker"),
     Dataplane("vxlan/c+offload+mq", "vxlan", "vxlan", "c", ("--offload", "on", "--workers", "2"),
               pin_daemons=False, note="offloads and a worker per core (multi-queue TUN)"),
+    Dataplane("vxlan/c+offload+dr", "vxlan", "vxlan", "c", ("--offload", "on", "--workers", "1"),
+              direct_routing=True,
+              note="Backend.DirectRouting: the peer shares our subnet, so plain routes, no "
+                   "encapsulation"),
+    Dataplane("vxlan/c+offload+busypoll", "vxlan", "vxlan", "c",
+              ("--offload", "on", "--workers", "1", "--busy-poll", str(BUSY_POLL_USEC)),
+              needs_run_flag="--busy-poll",
+              note=f"offloads, polling {BUSY_POLL_USEC} µs after each wakeup before sleeping"),
 ) + tuple(Dataplane(t.name, "host-gw", None, note=t.note, tunnel=t) for t in tunnels.TOOLS)
 
 BY_NAME = {dp.name: dp for dp in LADDER}

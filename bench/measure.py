@@ -28,9 +28,11 @@ class Settings:
     streams: int = 4               # the multi-stream TCP test
     udp_payloads: tuple[int, ...] = (64, 512, 1422)   # the first is the small-packet test
     latency_mps: int = 2000        # sockperf ping-pong messages per second: light load
-    echo_count: int = 100
-    echo_interval: float = 0.01
-    pin: bool = True
+    echo_count: int = 500          # ICMP echoes at 500/s: light load
+    echo_interval: float = 0.002
+    capacity_trials: int = 5       # the 64 B capacity search (bench.capacity)
+    capacity_seconds: int = 1
+    pin: bool = True               # also run the pinned view (the unpinned one always runs)
 
     @property
     def client_cpus(self) -> set[int] | None:
@@ -41,13 +43,22 @@ class Settings:
         return {1 % os.cpu_count()} if self.pin else None
 
 
-def pin_daemons(topo: Topology, settings: Settings) -> None:
-    """Node 1's daemon beside the client, node 2's beside the server: each node gets one CPU,
-    as if the two nodes were separate one-core machines."""
-    if not settings.pin or not topo.dp.pin_daemons:
+def cpus(s: Settings, pinned: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(client, server) CPU sets of one view: None, None for the unpinned one."""
+    return (s.client_cpus, s.server_cpus) if pinned else (None, None)
+
+
+def pin_daemons(topo: Topology, settings: Settings, pinned: bool = True) -> None:
+    """Pinned: node 1's daemon beside the client, node 2's beside the server, so each node
+    gets one CPU, as if the two nodes were separate one-core machines. Unpinned: every
+    daemon free to run on any CPU, as a node runs it."""
+    if not topo.dp.pin_daemons:
         return
-    for pid, cpus in zip(topo.daemon_pids(), (settings.client_cpus, settings.server_cpus)):
-        topo.pin(pid, cpus)
+    if pinned and not settings.pin:
+        return
+    every = set(range(os.cpu_count() or 1))
+    for pid, where in zip(topo.daemon_pids(), (settings.client_cpus, settings.server_cpus)):
+        topo.pin(pid, where if pinned and where else every)
 
 
 class _CpuWindow:
@@ -65,6 +76,9 @@ class _CpuWindow:
         delta = procstat.machine_cpu() - self.m0
         self.machine = delta.busy
         self.steal = delta.steal
+        # The window as /proc/stat measured it, in CPU-seconds of all CPUs: busy time over it
+        # cannot exceed 1 per CPU, where the intended sleep (ticks land late) could.
+        self.window = delta.busy + delta.idle + delta.steal
         d1 = procstat.process_cpu(self.pids) if self.pids else None
         self.daemons = None if d1 is None or self.d0 is None else d1 - self.d0
 
@@ -77,14 +91,15 @@ def _per(cpu_s: float | None, amount: float) -> float | None:
     return None if cpu_s is None or amount <= 0 else cpu_s / amount
 
 
-def tcp(topo: Topology, s: Settings, streams: int) -> tuple[dict, dict]:
-    key = "tcp1" if streams == 1 else "tcpN"
+def tcp(topo: Topology, s: Settings, streams: int, pinned: bool = True) -> tuple[dict, dict]:
+    key = ("tcp1" if streams == 1 else "tcpN") + ("" if pinned else "_unpinned")
     ip = topo.server.ip
+    client_cpus, server_cpus = cpus(s, pinned)
     with traffic.server(topo, traffic.iperf3_server(ip), "tcp", traffic.IPERF_PORT,
-                        s.server_cpus):
+                        server_cpus):
         with _CpuWindow(topo) as cpu:
             out = traffic.client(topo, traffic.iperf3_tcp(ip, s.duration, streams),
-                                 s.client_cpus, timeout=s.duration + 30)
+                                 client_cpus, timeout=s.duration + 30)
     r = parsers.iperf3_tcp(out.stdout)
     gb = r.bytes_received / GB
     metrics = {f"{key}_gbps": r.gbps, f"{key}_retransmits": r.retransmits,
@@ -138,22 +153,30 @@ def udp_sweep(topo: Topology, s: Settings) -> tuple[dict, list[dict]]:
     return metrics, points
 
 
-def latency(topo: Topology, s: Settings) -> tuple[dict, dict, LogHistogram]:
-    """sockperf UDP ping-pong, 64-byte messages, one in flight, `latency_mps` a second."""
+def _ping_pong(topo: Topology, s: Settings, mps: int | None, tcp: bool, pinned: bool
+               ) -> tuple[list[float], parsers.SockperfSummary]:
     ip = topo.server.ip
+    client_cpus, server_cpus = cpus(s, pinned)
     fd, log_path = tempfile.mkstemp(prefix="bench-sockperf-", suffix=".csv")
     os.close(fd)
     try:
-        with traffic.server(topo, traffic.sockperf_server(ip), "udp", traffic.SOCKPERF_PORT,
-                            s.server_cpus):
-            out = traffic.client(topo, traffic.sockperf_ping_pong(ip, s.duration, s.latency_mps,
-                                                                  log_path),
-                                 s.client_cpus, timeout=s.duration + 30)
+        with traffic.server(topo, traffic.sockperf_server(ip, tcp), "tcp" if tcp else "udp",
+                            traffic.SOCKPERF_PORT, server_cpus):
+            out = traffic.client(topo, traffic.sockperf_ping_pong(ip, s.duration, mps,
+                                                                  log_path, tcp),
+                                 client_cpus, timeout=s.duration + 30)
         summary = parsers.sockperf_summary(out.stdout + out.stderr)
         with open(log_path) as f:
             rtts = parsers.sockperf_full_log_rtts(f)
     finally:
         os.unlink(log_path)
+    return rtts, summary
+
+
+def latency(topo: Topology, s: Settings) -> tuple[dict, dict, LogHistogram]:
+    """sockperf UDP ping-pong, 64-byte messages, one in flight, `latency_mps` a second
+    (the pinned view)."""
+    rtts, summary = _ping_pong(topo, s, s.latency_mps, tcp=False, pinned=True)
     hist = LogHistogram()
     hist.extend(rtts)
     metrics = {"rtt_median_us": median(rtts), "rtt_p99_us": percentile(rtts, 99)}
@@ -162,9 +185,26 @@ def latency(topo: Topology, s: Settings) -> tuple[dict, dict, LogHistogram]:
     return metrics, raw, hist
 
 
-def echo(topo: Topology, s: Settings) -> tuple[dict, dict, LogHistogram]:
+def request_response(topo: Topology, s: Settings, tcp: bool) -> tuple[dict, dict, LogHistogram]:
+    """Request/response, unpinned: sockperf ping-pong with one 64-byte request in flight,
+    the next sent as soon as the answer is in (no --mps): transactions per second and the
+    round trips' p50/p99, the TCP_RR of netperf."""
+    key = "rr_tcp" if tcp else "rr_udp"
+    rtts, summary = _ping_pong(topo, s, None, tcp=tcp, pinned=False)
+    hist = LogHistogram()
+    hist.extend(rtts)
+    tps = len(rtts) / summary.seconds if summary.seconds else None
+    metrics = {f"{key}_tps": tps, f"{key}_p50_us": median(rtts),
+               f"{key}_p99_us": percentile(rtts, 99)}
+    raw = {"messages": len(rtts), "valid_seconds": summary.seconds, "dropped": summary.dropped}
+    return metrics, raw, hist
+
+
+def echo(topo: Topology, s: Settings, pinned: bool = True) -> tuple[dict, dict, LogHistogram]:
+    client_cpus, _ = cpus(s, pinned)
+    key = "ping" if pinned else "ping_unpinned"
     out = traffic.client(topo, traffic.echo(topo.server.ip, s.echo_count, s.echo_interval),
-                         s.client_cpus, timeout=s.echo_count * (s.echo_interval + 1) + 30)
+                         client_cpus, timeout=s.echo_count * (s.echo_interval + 1) + 30)
     try:
         doc = json.loads(out.stdout)
     except ValueError:
@@ -172,20 +212,31 @@ def echo(topo: Topology, s: Settings) -> tuple[dict, dict, LogHistogram]:
     rtts = doc["rtt_us"]
     hist = LogHistogram()
     hist.extend(rtts)
-    metrics = {"ping_median_us": median(rtts), "ping_p99_us": percentile(rtts, 99)}
+    metrics = {f"{key}_median_us": median(rtts), f"{key}_p99_us": percentile(rtts, 99)}
     raw = {"sent": doc["sent"], "answered": len(rtts)}
     return metrics, raw, hist
 
 
-IDLE_SECONDS = 1.0
+IDLE_SECONDS = 2.0
 
 
-def background(topo: Topology) -> float:
-    """Machine CPU-seconds per second spent while this lab is idle: what the rest of the box
-    (other workloads, idle daemons) adds to every machine-wide CPU figure of this visit."""
+def busy_cpus(busy_s: float, window_cpu_s: float, cpus: int) -> float:
+    """CPUs' worth of busy time over a window measured in CPU-seconds of all `cpus` CPUs
+    (the measured window, never the intended one: 0 <= result <= cpus)."""
+    return 0.0 if window_cpu_s <= 0 else cpus * busy_s / window_cpu_s
+
+
+def background(topo: Topology) -> tuple[float, float | None]:
+    """While this lab idles: machine CPU-seconds per second (what the rest of the box, other
+    workloads and idle daemons, adds to every machine-wide CPU figure of this visit) and our
+    daemons' CPU-seconds per second (what a polling daemon costs when nothing flows)."""
+    start = time.monotonic()
     with _CpuWindow(topo) as cpu:
         time.sleep(IDLE_SECONDS)
-    return cpu.machine / IDLE_SECONDS
+    elapsed = time.monotonic() - start
+    machine = busy_cpus(cpu.machine, cpu.window, os.cpu_count() or 1)
+    daemons = None if cpu.daemons is None or elapsed <= 0 else cpu.daemons / elapsed
+    return machine, daemons
 
 
 def daemon_rss(topo: Topology) -> list[int | None]:

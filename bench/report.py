@@ -6,7 +6,7 @@ run; `-` where a figure does not apply (daemon CPU of a kernel dataplane) or was
 
 from __future__ import annotations
 
-from bench import overhead
+from bench import overhead, profile, targets
 from bench.stats import median
 from bench.summary import SCALE, TABLES, rss_overview
 from dataplane.backends import UDP, VXLAN
@@ -81,7 +81,8 @@ def results_section(results: dict) -> list[str]:
              "received; machine = all CPUs from /proc/stat, daemons = our two node daemons "
              "from /proc/<pid>/stat.", ""]
     for title, metrics in TABLES:
-        if all(summary["metrics"][n][k.key]["median"] is None for n in names for k in metrics):
+        if all(summary["metrics"][n].get(k.key, {}).get("median") is None
+               for n in names for k in metrics):
             continue
         streams = f"{m['streams']} streams"
         header = ["dataplane"] + [f"{k.label.replace('N streams', streams)} ({k.unit})"
@@ -90,7 +91,7 @@ def results_section(results: dict) -> list[str]:
         for n in names:
             row = [_label(results, n)]
             for k in metrics:
-                f = summary["metrics"][n][k.key]
+                f = summary["metrics"][n].get(k.key, {"median": None, "ratio": None})
                 scale = SCALE.get(k.key, 1.0)
                 value = None if f["median"] is None else f["median"] * scale
                 row.append(cell(value, f["ratio"], k.digits))
@@ -148,7 +149,8 @@ WHY_MISSED = (
     "crossings a userspace tunnel adds to every byte (TUN read, UDP send, UDP receive, TUN "
     "write: copies and stack traversals kernel VXLAN does not make, as its GSO packets cross "
     "veth unsegmented); our C code is about a seventh, Python under 1%. Small packets pay one "
-    "TUN read per packet, and a TUN cannot slow a sender down: it drops when its queue is full.")
+    "TUN read per packet, and a TUN cannot slow a sender down: it drops when its queue is full. "
+    "Where the CPU goes, below, gives this run's own profile of each rung.")
 
 
 def targets_section(results: dict) -> list[str]:
@@ -186,6 +188,83 @@ def targets_section(results: dict) -> list[str]:
     return lines
 
 
+def issue_targets_section(results: dict) -> list[str]:
+    """The busy-poll/DirectRouting issue's targets (bench.targets), met or missed and by how
+    much; the best rung each target applies to."""
+    rows = targets.evaluate(results)
+    if all(r["met"] is None for r in rows[:-1]):       # an older run: none of its figures
+        return []
+    base = results["summary"]["baseline"]
+    lines = ["## Targets", "",
+             f"Ratios to {base} of this run (medians of interleaved rounds); each target "
+             "against the best rung it applies to: our daemon's rungs (DirectRouting and "
+             "busy-poll rungs only for their own targets).", ""]
+    table = [[r["what"], r["bound"], r["rung"] or "-", r["measured"] or "-", targets.verdict(r)]
+             for r in rows]
+    lines += _table(["target", "bound", "rung", "measured", ""], table) + [""]
+    if any(r["met"] is False for r in rows):
+        lines += [WHY_MISSED, ""]
+    return lines
+
+
+def busy_poll_section(results: dict) -> list[str]:
+    """What polling costs: each busy-poll rung beside the same rung without it, idle and
+    under one stream."""
+    metrics = results["summary"]["metrics"]
+    rows = []
+    for dp in results["dataplanes"]:
+        if "+busypoll" not in dp["name"] or dp["name"] not in metrics:
+            continue
+        plain = dp["name"].replace("+busypoll", "")
+        for name in (plain, dp["name"]):
+            m = metrics.get(name)
+            if m is None:
+                continue
+            med = {k: m.get(k, {}).get("median") for k in (
+                "daemon_idle_cpu_per_s", "tcp1_unpinned_daemon_cpu_s_per_gb",
+                "ping_unpinned_median_us", "rr_udp_tps")}
+            rows.append([name, _num(med["daemon_idle_cpu_per_s"], 3),
+                         _num(med["tcp1_unpinned_daemon_cpu_s_per_gb"], 3),
+                         _num(med["ping_unpinned_median_us"], 1), _num(med["rr_udp_tps"], 0)])
+    if not rows:
+        return []
+    lines = ["## What busy-polling costs", "",
+             "Our two daemons' CPU while the lab idles (CPU-seconds per second, measured 2 s "
+             "before each visit) and per GB of one unpinned TCP stream, beside the latency it "
+             "buys.", ""]
+    return lines + _table(["dataplane", "daemons idle (CPU-s/s)", "daemons, 1 stream "
+                           "(CPU-s/GB)", "ICMP RTT median (µs)", "UDP request/response "
+                           "(trans/s)"], rows) + [""]
+
+
+def profile_section(results: dict) -> list[str]:
+    prof = results.get("profile")
+    if not prof:
+        return []
+    lines = ["## Where the CPU goes", ""]
+    if "unavailable" in prof:
+        return lines + [f"No profile in this run: {prof['unavailable']}.", ""]
+    runs = prof.get("dataplanes", {})
+    lines += [f"`perf record -a -F {prof['frequency_hz']}` of the whole machine during one "
+              f"unpinned TCP stream of {prof['seconds']:g} s per dataplane, after the rounds; "
+              "each sample in the function it was taken in (self time). Shares of this "
+              "test's non-idle samples (iperf3 client and server, our daemons' threads, "
+              "ksoftirqd); other processes' share of the machine is given apart and left out.",
+              ""]
+    header = ["dataplane", *profile.BUCKETS, "samples", "other processes"]
+    rows = []
+    for name, p in runs.items():
+        shares = p["shares"]
+        rows.append([name, *[("-" if shares[b] is None else f"{100 * shares[b]:.0f}%")
+                             for b in profile.BUCKETS], str(p["samples"]),
+                     "-" if p["other_process_share"] is None
+                     else f"{100 * p['other_process_share']:.0f}%"])
+    lines += _table(header, rows) + [""]
+    for name, err in prof.get("errors", {}).items():
+        lines.append(f"- no profile of {name}: {err}")
+    return lines + [""]
+
+
 def memory_section(results: dict) -> list[str]:
     rss = rss_overview(results)
     if not rss:
@@ -219,18 +298,31 @@ def method_section(results: dict) -> list[str]:
         f"- {m['rounds']} round(s); every round visits the dataplanes in the same order "
         f"({' → '.join(m['order'])}), so drift of this noisy machine spreads over all of them. "
         "Figures are medians over the rounds; ratios are median / baseline median.",
-        f"- Each visit: iperf3 TCP for {m['duration']:g} s with 1 stream, then with "
-        f"{m['streams']} streams; iperf3 UDP at `-b 0 -w 4M` (as fast as one sender goes, 4 MB "
-        f"socket buffers) for {m['duration']:g} s at each payload "
-        f"size ({payloads} bytes; the first is the small-packet test); sockperf UDP ping-pong, "
-        f"64-byte messages, {m['latency_mps']} per second, {m['duration']:g} s (RTT from each "
-        f"message's send and receive times in its full log); {m['echo_count']} ICMP echoes "
-        f"{m['echo_interval'] * 1000:g} ms apart (bench.echo: what ping measures, RTT from "
-        "just before sending to the kernel's receive timestamp; with the CPUs idle between "
-        "echoes, waking them is part of each round trip).",
-        "- The small-packet rate is what one iperf3 sender (one core) offers, less what the "
-        "dataplane drops: where the loss is near zero the sender, not the dataplane, set the "
-        "rate.",
+        "- Each visit runs two views. **Unpinned** (the primary figures: processes and "
+        "daemons free on every CPU, as on a node): iperf3 TCP for "
+        f"{m['duration']:g} s with 1 stream and with {m['streams']} streams; request/response "
+        "with sockperf ping-pong over UDP and over TCP (64-byte messages, one in flight, the "
+        f"next sent as soon as the answer is in, {m['duration']:g} s: transactions per second "
+        "and the round trips' p50/p99 from its full log); "
+        f"{m.get('echo_count', 100)} ICMP echoes {m.get('echo_interval', 0.01) * 1000:g} ms "
+        "apart (bench.echo: what ping measures, RTT from just before sending to the kernel's "
+        "receive timestamp; with the CPUs idle between echoes, waking them is part of each "
+        "round trip); the 64 B capacity search (below). **Pinned** (the second view, "
+        "pinning as below): TCP 1 and N streams again; iperf3 UDP at `-b 0 -w 4M` (as fast as "
+        f"one sender goes, 4 MB socket buffers) for {m['duration']:g} s at each payload size "
+        f"({payloads} bytes; the first is the one-sender small-packet figure); sockperf UDP "
+        f"ping-pong at {m['latency_mps']} messages per second; the ICMP echoes again.",
+        f"- 64 B capacity (RFC 2544 style): {m.get('capacity_trials', '-')} trials of "
+        f"{m.get('capacity_seconds', 1)} s against one iperf3 server; the first as fast as one "
+        "sender goes (if that loses at most 0.1%, its rate is the figure, and the sender, not "
+        "the dataplane, set it), then a binary search over the offered rate between 0 and "
+        "that sender's rate; the figure is the received rate of the best trial with at most "
+        "0.1% lost, `-` if none passed.",
+        "- Idle: before each visit the lab idles 2 s: the machine's busy CPUs over that "
+        "window (as /proc/stat measured it) and our daemons' CPU-seconds per second (the "
+        "idle cost of a polling daemon).",
+        "- Profile: after the rounds, one unpinned TCP stream per dataplane under `perf record "
+        "-a` (section Where the CPU goes).",
         "- CPU: /proc/stat busy time (user+nice+system+irq+softirq, all CPUs; steal and idle "
         "left out) and our daemons' utime+stime, over the client's whole run, divided by "
         "the bytes (or packets) the receiver got. The machine figure includes whatever else "
@@ -316,7 +408,10 @@ def render(results: dict) -> str:
     underlay = results["dataplanes"][0]["underlay_mtu"] if results["dataplanes"] else 1500
     lines += overlay_section(underlay)
     lines += results_section(results)
-    lines += targets_section(results)
+    new_targets = issue_targets_section(results)
+    lines += new_targets or targets_section(results)   # an older run: the offload targets
+    lines += busy_poll_section(results)
+    lines += profile_section(results)
     lines += efficiency_section(results)
     lines += memory_section(results)
     lines += ["## Plots", ""]

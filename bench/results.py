@@ -9,7 +9,8 @@ results.json (schema "dataplane-bench/1"):
     machine        {cpu_model, cpus, kernel, machine, python, iperf3, sockperf, tcpdump,
                     tcp_congestion_control}
     method         {rounds, duration, streams, udp_payloads, latency_mps, echo_count,
-                    echo_interval, pin, client_cpus, server_cpus, order, baseline, rss_limit_mb}
+                    echo_interval, capacity_trials, capacity_seconds, pin, client_cpus,
+                    server_cpus, order, baseline, rss_limit_mb}
     dataplanes     [{name, backend, encap, fastpath, daemon_args, overhead_bytes, underlay_mtu,
                      pod_mtu, lab, daemons, daemons_pinned, note}]   in run order
     skipped        [{name, reason}]                          asked for but not run
@@ -20,19 +21,30 @@ results.json (schema "dataplane-bench/1"):
          raw: {tcp1|tcpN: {streams, bytes_received, seconds, retransmits, machine_cpu_s,
                            steal_s, daemon_cpu_s},
                latency: {messages, valid_seconds, dropped, sockperf_percentiles_one_way_us},
-               echo: {sent, answered}, rss_bytes: [per daemon],
+               tcp1_unpinned|tcpN_unpinned: as tcp1, unpinned view,
+               rr_udp|rr_tcp: {messages, valid_seconds, dropped},
+               capacity: {pps, sender_limited, sender_rx_pps, sender_loss_pct,
+                          trials: [{offered_pps (null: unlimited), sent, lost, seconds,
+                                    loss_pct}]},
+               echo|echo_unpinned: {sent, answered}, rss_bytes: [per daemon],
                background_cpu_per_s: machine CPU-s/s while the lab idled 1 s first},
          sweep: [{payload, inner_size, packets_sent, packets_lost, seconds, rx_pps, loss_pct,
                   goodput_mbps, inner_avg_bytes, outer_avg_bytes (null if coalesced),
                   coalesced, efficiency, cpu_s_per_mpkt,
                   daemon_cpu_s_per_mpkt, machine_cpu_s, steal_s, daemon_cpu_s}],
-         hist: {rtt: [counts], ping: [counts]}               bench.stats.LogHistogram bins
+         hist: {rtt, ping, ping_unpinned, rr_udp, rr_tcp: [counts]}   LogHistogram bins
          errors: {test: message}}
     summary        {baseline, metrics: {dataplane: {key: {median, n, ratio}}},
                     sweep: {dataplane: [{payload, <medians>, goodput_ratio}]},
                     latency_hist: {dataplane: {rtt, ping}},
                     histogram_edges_us: [bin edges]}
     pcap           null | {path, records, snaplen, packets_per_test}
+    profile        null (--no-profile) | {unavailable: why} | {seconds, frequency_hz,
+                    dataplanes: {name: {samples, idle_samples, other_process_samples,
+                    other_process_share, unresolved_share, shares: {bucket: fraction}}},
+                    errors: {name: message}}                 bench.profile
+    Older runs lack the unpinned, capacity, request/response and profile figures: --render
+    shows them as `-` and the older targets.
     plots          {name: title}
 """
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, UTC
 
-from bench import measure, pcap
+from bench import capacity, measure, pcap, profile
 from bench.ladder import BASELINE, Dataplane
 from bench.measure import Settings
 from bench.progress import Progress
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SETUP_SECONDS = 0.8        # a test's own start-up: servers, `ss` polls, counters
 LAB_UP_SECONDS = 1.5        # measured: 0.4 s for a kernel lab, 1.6-1.9 s with daemons
+PROFILE_OVERHEAD_SECONDS = 3.0   # perf record's start and stop, perf report
 
 
 class BaselineUnavailable(RuntimeError):
@@ -50,11 +51,12 @@ class Test:
     label: str
     planned: Callable[[Settings], float]
     run: Callable[[Topology, Settings, dict], None]     # fills the sample in place
+    pinned: bool | None = None     # the view it belongs to; None: no traffic, either will do
 
 
-def _tcp(streams_of: Callable[[Settings], int], key: str):
+def _tcp(streams_of: Callable[[Settings], int], key: str, pinned: bool = True):
     def run(topo: Topology, s: Settings, sample: dict) -> None:
-        metrics, raw = measure.tcp(topo, s, streams_of(s))
+        metrics, raw = measure.tcp(topo, s, streams_of(s), pinned)
         sample["metrics"].update(metrics)
         sample["raw"][key] = raw
     return run
@@ -66,6 +68,14 @@ def _udp(topo: Topology, s: Settings, sample: dict) -> None:
     sample["sweep"] = points
 
 
+def _capacity(topo: Topology, s: Settings, sample: dict) -> None:
+    found = capacity.measure(topo, s.capacity_seconds, s.capacity_trials, None)
+    sample["metrics"].update({"capacity_pps": found.pps,
+                              "sender_rx_pps": found.sender_rx_pps,
+                              "sender_loss_pct": found.sender_loss_pct})
+    sample["raw"]["capacity"] = found.as_dict()
+
+
 def _latency(topo: Topology, s: Settings, sample: dict) -> None:
     metrics, raw, hist = measure.latency(topo, s)
     sample["metrics"].update(metrics)
@@ -73,32 +83,70 @@ def _latency(topo: Topology, s: Settings, sample: dict) -> None:
     sample["hist"]["rtt"] = hist.counts
 
 
-def _echo(topo: Topology, s: Settings, sample: dict) -> None:
-    metrics, raw, hist = measure.echo(topo, s)
-    sample["metrics"].update(metrics)
-    sample["raw"]["echo"] = raw
-    sample["hist"]["ping"] = hist.counts
+def _rr(tcp: bool):
+    key = "rr_tcp" if tcp else "rr_udp"
+
+    def run(topo: Topology, s: Settings, sample: dict) -> None:
+        metrics, raw, hist = measure.request_response(topo, s, tcp)
+        sample["metrics"].update(metrics)
+        sample["raw"][key] = raw
+        sample["hist"][key] = hist.counts
+    return run
+
+
+def _echo(pinned: bool):
+    key = "ping" if pinned else "ping_unpinned"
+
+    def run(topo: Topology, s: Settings, sample: dict) -> None:
+        metrics, raw, hist = measure.echo(topo, s, pinned)
+        sample["metrics"].update(metrics)
+        sample["raw"]["echo" if pinned else "echo_unpinned"] = raw
+        sample["hist"][key] = hist.counts
+    return run
 
 
 def _background(topo: Topology, s: Settings, sample: dict) -> None:
-    sample["raw"]["background_cpu_per_s"] = round(measure.background(topo), 3)
+    machine, daemons = measure.background(topo)
+    sample["raw"]["background_cpu_per_s"] = round(machine, 3)
+    if daemons is not None:
+        sample["metrics"]["daemon_idle_cpu_per_s"] = daemons
 
 
+def _test_seconds(s: Settings) -> float:
+    return s.duration + SETUP_SECONDS
+
+
+# The unpinned view first (what users feel, the primary figures), then the pinned one.
 TESTS = (
     Test("idle", "background load", lambda s: measure.IDLE_SECONDS + 0.1, _background),
-    Test("tcp1", "TCP, 1 stream", lambda s: s.duration + SETUP_SECONDS,
-         _tcp(lambda s: 1, "tcp1")),
-    Test("tcpN", "TCP, N streams", lambda s: s.duration + SETUP_SECONDS,
-         _tcp(lambda s: s.streams, "tcpN")),
-    Test("udp", "UDP by payload size", lambda s: len(s.udp_payloads) * (s.duration + SETUP_SECONDS),
-         _udp),
-    Test("latency", "sockperf ping-pong", lambda s: s.duration + SETUP_SECONDS, _latency),
-    Test("echo", "ICMP echo", lambda s: s.echo_count * s.echo_interval + SETUP_SECONDS, _echo),
+    Test("tcp1_unpinned", "TCP, 1 stream, unpinned", _test_seconds,
+         _tcp(lambda s: 1, "tcp1_unpinned", False), False),
+    Test("tcpN_unpinned", "TCP, N streams, unpinned", _test_seconds,
+         _tcp(lambda s: s.streams, "tcpN_unpinned", False), False),
+    Test("rr_udp", "UDP request/response", _test_seconds, _rr(False), False),
+    Test("rr_tcp", "TCP request/response", _test_seconds, _rr(True), False),
+    Test("echo_unpinned", "ICMP echo, unpinned",
+         lambda s: s.echo_count * s.echo_interval + SETUP_SECONDS, _echo(False), False),
+    Test("capacity", "64 B capacity search",
+         lambda s: s.capacity_trials * (s.capacity_seconds + 0.5) + SETUP_SECONDS, _capacity,
+         False),
+    Test("tcp1", "TCP, 1 stream", _test_seconds, _tcp(lambda s: 1, "tcp1"), True),
+    Test("tcpN", "TCP, N streams", _test_seconds, _tcp(lambda s: s.streams, "tcpN"), True),
+    Test("udp", "UDP by payload size", lambda s: len(s.udp_payloads) * _test_seconds(s),
+         _udp, True),
+    Test("latency", "sockperf ping-pong", _test_seconds, _latency, True),
+    Test("echo", "ICMP echo", lambda s: s.echo_count * s.echo_interval + SETUP_SECONDS,
+         _echo(True), True),
 )
 
 
+def tests_of(s: Settings) -> tuple[Test, ...]:
+    """The tests a round runs: without pinning (--no-pin, one CPU) only the unpinned view."""
+    return tuple(t for t in TESTS if s.pin or t.pinned is not True)
+
+
 def planned_round(s: Settings) -> float:
-    return sum(t.planned(s) for t in TESTS)
+    return sum(t.planned(s) for t in tests_of(s))
 
 
 @dataclasses.dataclass
@@ -109,11 +157,14 @@ class Plan:
     pcap_path: str | None = None
     pcap_packets: int = 1000          # per test and dataplane
     rss_limit_mb: int = 64
+    profile: bool = True              # the perf pass after the rounds (bench.profile)
 
     def planned_seconds(self) -> float:
         total = len(self.dataplanes) * (LAB_UP_SECONDS + self.rounds * planned_round(self.settings))
         if self.pcap_path:
             total += len(self.dataplanes) * planned_round(capture_settings(self.settings))
+        if self.profile:
+            total += len(self.dataplanes) * (self.settings.duration + PROFILE_OVERHEAD_SECONDS)
         return total
 
 
@@ -131,6 +182,7 @@ def execute(plan: Plan, progress: Progress) -> dict:
                    "client_cpus": sorted(plan.settings.client_cpus or []),
                    "server_cpus": sorted(plan.settings.server_cpus or [])},
         "dataplanes": [], "skipped": [], "samples": [], "rss_before": {}, "pcap": None,
+        "profile": None,
     }
     topos: dict[str, Topology] = {}
     owner = os.getpid()
@@ -146,6 +198,8 @@ def execute(plan: Plan, progress: Progress) -> dict:
             sample["seq"] = seq
             results["samples"].append(sample)
             progress.note(_one_line(sample))
+        if plan.profile:
+            results["profile"] = _profile_pass(plan, running, topos, progress)
         if plan.pcap_path:
             results["pcap"] = _capture_pass(plan, running, topos, progress)
     finally:
@@ -179,7 +233,6 @@ def _bring_up(plan: Plan, progress: Progress, topos: dict, results: dict) -> Non
             continue
         finally:
             progress.advance(LAB_UP_SECONDS)
-        measure.pin_daemons(topo, plan.settings)
         pids = topo.daemon_pids()
         if pids:
             results["rss_before"][dp.name] = measure.daemon_rss(topo)
@@ -206,7 +259,11 @@ def _one_round(topo: Topology, s: Settings, rnd: int, rounds: int, progress: Pro
               "metrics": {}, "raw": {}, "sweep": [], "hist": {}, "errors": {}}
     start = time.monotonic()
     where = f"round {rnd}/{rounds} {topo.dp.name}"
-    for test in TESTS:
+    view: bool | None = None
+    for test in tests_of(s):
+        if test.pinned is not None and test.pinned != view:
+            measure.pin_daemons(topo, s, test.pinned)
+            view = test.pinned
         progress.status(where, test.label)
         try:
             test.run(topo, s, sample)
@@ -234,9 +291,35 @@ def _one_line(sample: dict) -> str:
     bg = sample["raw"].get("background_cpu_per_s")
     errors = (f", background {bg:.2f} CPU" if bg is not None else "") + errors
     return (f"round {sample['round']} {sample['dataplane']:<14} "
-            f"tcp1 {f('tcp1_gbps', '.2f')} Gbit/s, tcpN {f('tcpN_gbps', '.2f')}, "
-            f"64B {f('udp_small_rx_pps', '.0f', 1e-3)} kpps, "
-            f"rtt p50 {f('rtt_median_us', '.0f')} µs{errors}")
+            f"tcp1 {f('tcp1_unpinned_gbps', '.2f')} Gbit/s, "
+            f"tcpN {f('tcpN_unpinned_gbps', '.2f')}, "
+            f"64B capacity {f('capacity_pps', '.0f', 1e-3)} kpps, "
+            f"ping {f('ping_unpinned_median_us', '.0f')} µs, "
+            f"rr/udp {f('rr_udp_tps', '.0f')}/s{errors}")
+
+
+def _profile_pass(plan: Plan, running: list[Dataplane], topos: dict, progress: Progress
+                  ) -> dict:
+    """One unpinned TCP stream per dataplane under perf, after the rounds (perf's own cost
+    stays out of every measured figure)."""
+    seconds = plan.settings.duration
+    reason = profile.unavailable()
+    if reason is not None:
+        progress.note(f"no CPU profile: {reason}")
+        progress.advance(len(running) * (seconds + PROFILE_OVERHEAD_SECONDS))
+        return {"unavailable": reason}
+    out: dict = {"seconds": seconds, "frequency_hz": profile.FREQ, "dataplanes": {},
+                 "errors": {}}
+    for dp in running:
+        progress.status(f"profile {dp.name}", "perf record -a, TCP 1 stream")
+        measure.pin_daemons(topos[dp.name], plan.settings, False)
+        try:
+            out["dataplanes"][dp.name] = profile.record(topos[dp.name], seconds)
+        except Exception as exc:
+            out["errors"][dp.name] = f"{type(exc).__name__}: {exc}"
+            progress.note(f"profile {dp.name} failed: {exc}")
+        progress.advance(seconds + PROFILE_OVERHEAD_SECONDS)
+    return out
 
 
 def _capture_pass(plan: Plan, running: list[Dataplane], topos: dict, progress: Progress
@@ -248,8 +331,9 @@ def _capture_pass(plan: Plan, running: list[Dataplane], topos: dict, progress: P
     try:
         for dp in running:
             topo = topos[dp.name]
-            for test in TESTS:
-                if test.name in ("idle", "tcpN"):
+            for test in tests_of(s):
+                if test.name in ("idle", "tcpN", "tcp1_unpinned", "tcpN_unpinned", "capacity",
+                                 "echo_unpinned", "rr_tcp"):
                     continue                  # no traffic; one stream shows the same packets
                 progress.status(f"capture {dp.name}", test.label)
                 piece = os.path.join(scratch, f"{len(pieces):03d}.pcap")

@@ -1,30 +1,34 @@
-"""Small statistics, exact and dependency-free: medians, percentiles, ratios, the order of a
-run, and log-spaced histograms that keep latency distributions small in the results."""
+"""Small statistics over the standard library's `statistics`: medians, percentiles, ratios,
+the order of a run, and log-spaced histograms that keep latency distributions small in the
+results."""
 
 from __future__ import annotations
 
 import bisect
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 
 
 def median(values: Iterable[float | None]) -> float | None:
     """Median of the values that are not None; None when there are none."""
-    xs = sorted(v for v in values if v is not None)
-    if not xs:
-        return None
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+    xs = [v for v in values if v is not None]
+    return statistics.median(xs) if xs else None
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100), linear between closest ranks (numpy's default)."""
+    """The q-th percentile (0..100), linear between closest ranks (numpy's default, which is
+    statistics.quantiles' "inclusive" method)."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} outside 0..100")
     xs = sorted(values)
     if not xs:
         return None
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} outside 0..100")
-    pos = (len(xs) - 1) * q / 100
+    if len(xs) == 1 or q in (0, 100):
+        return xs[0] if q == 0 or len(xs) == 1 else xs[-1]
+    if float(q).is_integer():
+        return statistics.quantiles(xs, n=100, method="inclusive")[int(q) - 1]
+    pos = (len(xs) - 1) * q / 100         # a fractional percentile: the same rule by hand
     lo = math.floor(pos)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)

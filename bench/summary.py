@@ -19,6 +19,29 @@ class Metric:
     digits: int = 1
 
 
+UNPINNED_TCP = (
+    Metric("tcp1_unpinned_gbps", "TCP 1 stream", "Gbit/s", "higher", 2),
+    Metric("tcpN_unpinned_gbps", "TCP N streams", "Gbit/s", "higher", 2),
+    Metric("tcp1_unpinned_cpu_s_per_gb", "machine CPU, 1 stream", "CPU-s/GB", "lower", 3),
+    Metric("tcp1_unpinned_daemon_cpu_s_per_gb", "daemons' CPU, 1 stream", "CPU-s/GB",
+           "lower", 3),
+    Metric("tcpN_unpinned_cpu_s_per_gb", "machine CPU, N streams", "CPU-s/GB", "lower", 3),
+)
+LIGHT_LOAD = (
+    Metric("ping_unpinned_median_us", "ICMP RTT median", "µs", "lower", 1),
+    Metric("ping_unpinned_p99_us", "ICMP RTT p99", "µs", "lower", 1),
+    Metric("rr_udp_tps", "UDP request/response", "trans/s", "higher", 0),
+    Metric("rr_udp_p50_us", "UDP RR p50", "µs", "lower", 1),
+    Metric("rr_udp_p99_us", "UDP RR p99", "µs", "lower", 1),
+    Metric("rr_tcp_tps", "TCP request/response", "trans/s", "higher", 0),
+    Metric("rr_tcp_p50_us", "TCP RR p50", "µs", "lower", 1),
+    Metric("rr_tcp_p99_us", "TCP RR p99", "µs", "lower", 1),
+)
+CAPACITY = (
+    Metric("capacity_pps", "64 B capacity at <= 0.1% loss", "kpps", "higher", 1),
+    Metric("sender_rx_pps", "64 B, one unlimited sender: received", "kpps", "higher", 1),
+    Metric("sender_loss_pct", "its loss", "%", "lower", 1),
+)
 THROUGHPUT = (
     Metric("tcp1_gbps", "TCP 1 stream", "Gbit/s", "higher", 2),
     Metric("tcpN_gbps", "TCP N streams", "Gbit/s", "higher", 2),
@@ -40,11 +63,18 @@ LATENCY = (
 )
 MEMORY = (
     Metric("daemon_rss_mb", "daemon RSS after the round (largest)", "MiB", "lower", 1),
+    Metric("daemon_idle_cpu_per_s", "daemons' CPU while idle", "CPU-s/s", "lower", 3),
 )
-TABLES = (("Throughput and CPU cost", THROUGHPUT), ("Small packets", PACKETS),
-          ("Latency under light load", LATENCY), ("Daemon memory", MEMORY))
+TABLES = (("TCP, unpinned (what a node sees)", UNPINNED_TCP),
+          ("Latency at light load, unpinned", LIGHT_LOAD),
+          ("64 B packet rate as capacity, unpinned", CAPACITY),
+          ("Pinned view: throughput and CPU cost", THROUGHPUT),
+          ("Pinned view: small packets, one sender", PACKETS),
+          ("Pinned view: latency under light load", LATENCY),
+          ("Daemon memory and idle CPU", MEMORY))
 METRICS = {m.key: m for _, group in TABLES for m in group}
-SCALE = {"udp_small_rx_pps": 1e-3}       # stored in pps, shown in kpps
+SCALE = {"udp_small_rx_pps": 1e-3, "capacity_pps": 1e-3, "sender_rx_pps": 1e-3}
+# stored in pps, shown in kpps
 
 SWEEP_FIGURES = ("goodput_mbps", "rx_pps", "loss_pct", "efficiency", "inner_avg_bytes",
                  "outer_avg_bytes")

@@ -9,10 +9,12 @@ cleaning up one set never touches the other.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import string
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,7 +51,17 @@ def available(dp: Dataplane) -> str | None:
             import dataplane.daemon.node  # noqa: F401  (the daemon and all it imports)
         except ImportError as exc:
             return f"the node daemon does not import in this build: {exc}"
+    if dp.needs_run_flag and dp.needs_run_flag not in run_flags():
+        return f"`dataplane run` has no {dp.needs_run_flag} in this build"
     return None
+
+
+@functools.cache
+def run_flags() -> frozenset[str]:
+    """The long flags `python3 -m dataplane run --help` lists (asked once per process)."""
+    proc = subprocess.run([sys.executable, "-m", "dataplane", "run", "--help"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    return frozenset(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", proc.stdout))
 
 
 def prefixes(count: int, pid: int | None = None) -> list[str]:
@@ -89,6 +101,7 @@ class Topology:
         self.prefix = prefix
         self.lab = lab.Lab(prefix, nodes=2, pods=1, backend=dp.backend, fastpath=dp.fastpath,
                            daemon_args=list(dp.daemon_args), underlay_mtu=UNDERLAY_MTU,
+                           direct_routing=dp.direct_routing,
                            state_root=STATE_ROOT)
         self.client: Endpoint | None = None
         self.server: Endpoint | None = None

@@ -41,13 +41,16 @@ def iperf3_udp(ip: str, seconds: float, payload: int) -> list[str]:
             "-u", "-b", "0", "-l", str(payload), "-w", UDP_SOCKET_BUFFER]
 
 
-def sockperf_server(ip: str) -> list[str]:
-    return ["sockperf", "server", "-i", ip, "-p", str(SOCKPERF_PORT)]
+def sockperf_server(ip: str, tcp: bool = False) -> list[str]:
+    return ["sockperf", "server", "-i", ip, "-p", str(SOCKPERF_PORT)] + (["--tcp"] if tcp else [])
 
 
-def sockperf_ping_pong(ip: str, seconds: float, mps: int, log_path: str) -> list[str]:
-    return ["sockperf", "ping-pong", "-i", ip, "-p", str(SOCKPERF_PORT), "-t", f"{seconds:g}",
-            "-m", "64", f"--mps={mps}", "--full-log", log_path]
+def sockperf_ping_pong(ip: str, seconds: float, mps: int | None, log_path: str,
+                       tcp: bool = False) -> list[str]:
+    """One 64-byte message in flight; `mps` a second, or back to back when None."""
+    return (["sockperf", "ping-pong", "-i", ip, "-p", str(SOCKPERF_PORT), "-t", f"{seconds:g}",
+             "-m", "64", f"--mps={mps if mps else 'max'}", "--full-log", log_path]
+            + (["--tcp"] if tcp else []))
 
 
 def echo(ip: str, count: int, interval: float) -> list[str]:

@@ -60,7 +60,8 @@ def test_command_line_spells_out_the_run():
     s = command.settings_from(args, dps)
     line = command.command_line(args, 1, s, dps)
     assert line == ("dataplane bench --dataplanes host-gw,kernel-vxlan --rounds 1 --duration 1 "
-                    "--streams 4 --udp-sizes 64,1422 --latency-rate 2000 --quick --no-pin")
+                    "--streams 4 --udp-sizes 64,1422 --latency-rate 2000 --capacity-trials 3 "
+                    "--quick --no-pin")
     # and it parses back to the same settings
     again = parse(*line.split()[2:])
     assert command.settings_from(again, dps) == s

@@ -29,6 +29,10 @@ def runnable() -> list[str]:
     return [dp.name for dp in ladder.LADDER if topology.available(dp) is None]
 
 
+def unavailable() -> list[str]:
+    return [dp.name for dp in ladder.LADDER if topology.available(dp) is not None]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
@@ -49,7 +53,8 @@ def test_every_dataplane_produced_samples(run):
     doc = run["doc"]
     assert run["status"] == 0, [s["errors"] for s in doc["samples"]]
     ran = [dp["name"] for dp in doc["dataplanes"]]
-    assert doc["skipped"] == [] and ran == runnable()     # whatever this build can run, ran
+    assert ran == runnable()                              # whatever this build can run, ran
+    assert [s["name"] for s in doc["skipped"]] == unavailable()   # the rest, with the reason
     assert {"host-gw", "kernel-vxlan"} <= set(ran)
     for name in ran:
         (s,) = [s for s in doc["samples"] if s["dataplane"] == name]
@@ -59,11 +64,39 @@ def test_every_dataplane_produced_samples(run):
         assert m["udp_small_rx_pps"] > 0 and 0 <= m["udp_small_loss_pct"] <= 100
         assert 0 < m["rtt_median_us"] <= m["rtt_p99_us"]
         assert 0 < m["ping_median_us"] <= m["ping_p99_us"]
+        assert 0 < m["ping_unpinned_median_us"] <= m["ping_unpinned_p99_us"]
+        assert m["tcp1_unpinned_gbps"] > 0 and m["tcpN_unpinned_gbps"] > 0
+        for proto in ("udp", "tcp"):
+            assert m[f"rr_{proto}_tps"] > 0
+            assert 0 < m[f"rr_{proto}_p50_us"] <= m[f"rr_{proto}_p99_us"]
+            # one transaction in flight: the rate cannot beat the median round trip by much
+            assert m[f"rr_{proto}_tps"] < 3 * 1e6 / m[f"rr_{proto}_p50_us"]
+        cap = s["raw"]["capacity"]
+        assert m["sender_rx_pps"] > 0
+        assert 1 <= len(cap["trials"]) <= doc["method"]["capacity_trials"]
+        if m["capacity_pps"] is not None:       # the best passing trial's received rate
+            passing = [t for t in cap["trials"] if t["loss_pct"] <= 0.1]
+            assert passing and m["capacity_pps"] == max(
+                (t["sent"] - t["lost"]) / t["seconds"] for t in passing)
         assert m["tcp1_cpu_s_per_gb"] > 0
         assert (m["tcp1_daemon_cpu_s_per_gb"] is None) == (not any(
             d["daemons"] for d in doc["dataplanes"] if d["name"] == name))
         assert [p["payload"] for p in s["sweep"]] == doc["method"]["udp_payloads"]
         assert 0 <= s["raw"]["background_cpu_per_s"] <= os.cpu_count()
+
+
+def test_profile_buckets_every_dataplane_or_says_why_not(run):
+    prof = run["doc"]["profile"]
+    if "unavailable" in prof:                   # no perf on this machine: the report says so
+        assert prof["unavailable"] in (run["out"] / "report.md").read_text()
+        return
+    assert prof["errors"] == {}
+    for dp in run["doc"]["dataplanes"]:
+        p = prof["dataplanes"][dp["name"]]
+        assert p["samples"] > 0
+        assert sum(v for v in p["shares"].values()) == pytest.approx(1.0)
+        if dp["daemons"] and "+dr" not in dp["name"]:     # DirectRouting bypasses the daemon
+            assert p["shares"]["our C"] + p["shares"]["Python"] > 0
 
 
 def test_measured_header_cost_matches_the_encapsulation(run):
