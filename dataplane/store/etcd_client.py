@@ -76,7 +76,10 @@ DEFAULT_ATTEMPT_TIMEOUT = 3.0
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_IDLE_CHECK = 15.0
 MAX_BODY = 64 << 20               # a sanity bound: the subnet store's data is kilobytes
-RETRYABLE_CODES = {4, 8, 14}      # gRPC DeadlineExceeded, ResourceExhausted, Unavailable
+# gRPC Canceled (a member shutting down: its JSON gateway answers "grpc: the client connection
+# is closing"), DeadlineExceeded, ResourceExhausted, Unavailable: another member, or this one
+# later, may answer.
+RETRYABLE_CODES = {1, 4, 8, 14}
 GRPC_NOT_FOUND = 5
 GRPC_PERMISSION_DENIED, GRPC_FAILED_PRECONDITION, GRPC_UNAUTHENTICATED = 7, 9, 16
 # etcd's answers about tokens (etcdserver/api/v3rpc/rpctypes): the token is to be replaced.

@@ -182,6 +182,32 @@ def test_a_pooled_connection_the_server_closed_is_replaced(run) -> None:
     assert [d["key"] for d in served] == ["L2s="] * 3      # base64 of /k
 
 
+def test_a_member_shutting_down_is_failed_over(run, etcd_url: str) -> None:
+    """A stopping member's JSON gateway answers gRPC Canceled ("the client connection is
+    closing"): another member may answer, so it is tried, and alone the member is unavailable
+    (retried by the daemon while forwarding goes on), not a request error that ends it."""
+    async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        body = json.dumps({"error": "grpc: the client connection is closing", "code": 1,
+                           "message": "grpc: the client connection is closing"}).encode()
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    async def go() -> None:
+        server, url = await fake_server(closing)
+        async with server:
+            lonely = EtcdClient(url, timeout=0.5)
+            with pytest.raises(EtcdUnavailable):
+                await lonely.range(b"/x")
+            await lonely.close()
+            client = EtcdClient(f"{url},{etcd_url}")
+            assert "header" in await client.range(b"/x")
+            await client.close()
+    run(go())
+
+
 def test_server_errors_are_not_retried_elsewhere(run, etcd_url: str) -> None:
     async def go() -> None:
         client = EtcdClient(etcd_url)
