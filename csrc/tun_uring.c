@@ -457,6 +457,7 @@ int dp_uring_write(struct dp_uring *u, const struct iovec *iov, const int *iovcn
             s->fd = u->tun_fd;
             s->addr = (uint64_t)(uintptr_t)(iov + off);
             s->len = (uint32_t)iovcnt[done + i];
+            s->rw_flags = RWF_NOWAIT;      /* a full TUN: -EAGAIN (a drop), as write() says */
             s->user_data = (uint64_t)i;
             off += (size_t)iovcnt[done + i];
             res[done + i] = -EIO;
