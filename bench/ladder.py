@@ -78,6 +78,10 @@ LADDER: tuple[Dataplane, ...] = (
               ("--offload", "on", "--workers", "1", "--busy-poll", str(BUSY_POLL_USEC)),
               needs_run_flag="--busy-poll",
               note=f"offloads, polling {BUSY_POLL_USEC} µs after each wakeup before sleeping"),
+    Dataplane("vxlan/c+offload/read", "vxlan", "vxlan", "c",
+              ("--offload", "on", "--workers", "1", "--tun-uring", "off"),
+              note="vxlan/c+offload with the TUN read() and written a packet a call, "
+                   "not through io_uring"),
 ) + tuple(Dataplane(t.name, "host-gw", None, note=t.note, tunnel=t) for t in tunnels.TOOLS)
 
 BY_NAME = {dp.name: dp for dp in LADDER}

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "dp.h"
+#include "tun_uring.h"
 
 #define SLOT_DATA 65536                 /* any IPv4 packet or UDP datagram fits */
 #define PLAIN_BATCH 64                  /* packets per round without offloads */
@@ -34,6 +35,7 @@ struct tun_adapter {
     uint8_t *slots;                     /* plain reads: PLAIN_BATCH slots, headroom before each */
     uint8_t *reads;                     /* vnet reads: SUPER_READS slots of VNET_READ */
     uint32_t read_len[SUPER_READS];
+    uint8_t *read_data[SUPER_READS];    /* vnet reads: where each lies (ours, or the ring's) */
     uint8_t *round;                     /* segments cut from this round's super-packets */
     size_t used;
     int npkts, nruns;
@@ -45,6 +47,10 @@ struct tun_adapter {
     int32_t next[IN_SEGS];
     struct iovec frame_iov[1 + IN_SEGS];    /* one frame's head and payloads, for its writev */
     uint8_t *frame_buf;                 /* a frame of more pieces than writev takes, copied */
+    struct dp_uring *uring;             /* dp_fwd_tun_uring (tun_uring.c); NULL: read(), write() */
+    struct iovec *ring_iov;             /* io_uring writes: every frame's iovecs of one batch */
+    int ring_cnt[IN_SEGS];
+    int32_t ring_res[IN_SEGS];
 };
 
 struct tun_adapter *tun_adapter_get(struct dp_fwd *f);
@@ -56,6 +62,9 @@ void tun_adapter_free(struct tun_adapter *t);
  * (drained: what the drain read before). This is where another read backend plugs in. */
 int tun_read_batch(struct dp_fwd *f, struct tun_adapter *t, int tun_fd, int want, int drained,
                    int *empty);
+/* The batch tun_read_batch read is done with (sent, or cut into the round): with io_uring its
+ * buffers go back to the kernel. */
+void tun_read_done(struct tun_adapter *t);
 
 /* Cut the super-packet of t->reads slot i into the round (headroom bytes free before each
  * segment) as one run of t->pkts. 0, a DP_DROP_* reason, or TUN_ROUND_FULL: send the round,

@@ -212,6 +212,18 @@ int dp_drain_tun(struct dp_fwd *f, int tun_fd, int sock_fd, int budget);
 /* Drain the UDP socket with recvmmsg (until EAGAIN or budget), decide, write to the TUN. */
 int dp_drain_udp(struct dp_fwd *f, int sock_fd, int tun_fd, int budget);
 
+/* The TUN through io_uring (tun_uring.c, owned by the TUN adapter): the drains read it a batch
+ * per io_uring_enter, or with no syscall from a multishot read's buffer ring, and write it a
+ * batch per enter. */
+#define DP_URING_OFF 0         /* read() and write(), a packet each */
+#define DP_URING_BATCH 1       /* a batch of reads in flight per io_uring_enter */
+#define DP_URING_MULTISHOT 2   /* IORING_OP_READ_MULTISHOT into a provided-buffer ring (6.7+) */
+/* Use io_uring on tun_fd from now on, in the best mode up to max_mode the kernel supports;
+ * returns the mode taken (DP_URING_OFF: the plain path stays). Once per forwarder. */
+int dp_fwd_tun_uring(struct dp_fwd *f, int tun_fd, int max_mode);
+/* What the event loop waits on to call dp_drain_tun: tun_fd, or the ring in multishot mode. */
+int dp_fwd_tun_wait_fd(const struct dp_fwd *f, int tun_fd);
+
 /* ---- offloads: virtio_net_hdr, segmentation (GSO) and coalescing (GRO) --------------------
  *
  * Pure functions over buffers (csum64.c, gso.c, gro.c); the pyref package holds the reference of

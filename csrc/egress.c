@@ -141,6 +141,7 @@ int dp_drain_tun(struct dp_fwd *f, int tun_fd, int sock_fd, int budget)
         total += n;
         if (!vnet) {
             decide_and_send(f, u, tun_fd, sock_fd, t->pkts, n, NULL, 0);     /* 4, 5 */
+            tun_read_done(t);
             continue;
         }
         for (int i = 0; i < n; i++) {
@@ -149,7 +150,7 @@ int dp_drain_tun(struct dp_fwd *f, int tun_fd, int sock_fd, int budget)
                 f->ctr.drops[DP_EGRESS][DP_DROP_TRUNCATED]++;
                 continue;
             }
-            if (!check_super(f, t->reads + (size_t)i * VNET_READ + DP_VNET_HLEN,      /* 2 */
+            if (!check_super(f, t->read_data[i] + DP_VNET_HLEN,                       /* 2 */
                              len - DP_VNET_HLEN, tun_fd))
                 continue;
             int err = tun_cut(t, i, headroom);                                   /* 3 */
@@ -165,6 +166,7 @@ int dp_drain_tun(struct dp_fwd *f, int tun_fd, int sock_fd, int budget)
             if (segs > 1)
                 f->ctr.super_packets[DP_EGRESS]++;
         }
+        tun_read_done(t);                       /* cut into the round: the reads are free */
         send_round(f, t, u, tun_fd, sock_fd);                                   /* 4, 5 */
     }
     return total;

@@ -94,6 +94,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                     help="on (default): TUN super-packets with virtio-net headers, UDP GSO and "
                          "GRO, each as far as the kernel grants it; off: the batched path one "
                          "packet at a time. The python fast path always runs without")
+    dp.add_argument("--tun-uring", choices=("auto", "batch", "off"), default="auto",
+                    help="how the c fast path reads and writes the TUN: auto (default): through "
+                         "io_uring, a multishot read where the kernel has it (6.7+), else a "
+                         "batch of reads per call; batch: never multishot; off: read() and "
+                         "write(), a packet each (also where io_uring is missing or disabled)")
     dp.add_argument("--workers", type=int, default=None, metavar="N",
                     help="forwarding threads, each with its own TUN queue (IFF_MULTI_QUEUE) and "
                          "socket (default: the CPUs this process may run on; the python fast "
@@ -199,6 +204,7 @@ def main(args: argparse.Namespace, host: Host | None = None) -> int:
         store=open_store(args), public_ip=args.public_ip, selection=selection,
         subnet=args.subnet,
         subnet_file=args.subnet_file, fastpath=args.fastpath, offload=args.offload == "on",
+        tun_uring=args.tun_uring,
         workers=args.workers or len(os.sched_getaffinity(0)), busy_poll=args.busy_poll,
         ip_masq=args.ip_masq, netfilter=netfilter_options(args),
         blackhole_route=args.ip_blackhole_route,

@@ -139,6 +139,9 @@ class NodeCollector(Collector):
                          {"backend": node.config.backend_type, "fastpath": node.opts.fastpath,
                           "subnet": str(node.lease.subnet) if node.lease else "",
                           "public_ip": node.underlay.address if node.underlay else ""})
+        yield _gauge("dataplane_tun_io_info", "Constant 1, labelled with how the fast path reads "
+                     "and writes the TUN: read, io_uring-batch or io_uring-multishot "
+                     "(--tun-uring).", 1, {"mode": node.tun_io})
         usage = resource.getrusage(resource.RUSAGE_SELF)
         yield _counter("process_cpu_seconds_total", "User and system CPU time of the daemon.",
                        (), [((), usage.ru_utime + usage.ru_stime)])

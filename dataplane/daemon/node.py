@@ -37,8 +37,9 @@ from dataplane.daemon.ownlease import OwnWrites
 from dataplane.daemon.peers import Peers, Tunnels
 from dataplane.daemon.pump import (Datapath, Worker, close_sockets, socket_buffers,
                                    socket_busy_poll)
-from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, Counters,
-                                      ForwarderConfig, format_mac)
+from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, URING_BATCH,
+                                      URING_MULTISHOT, URING_OFF, Counters, ForwarderConfig,
+                                      format_mac)
 from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import NetworkConfig
 from dataplane.netfilter import NetfilterOptions
@@ -70,6 +71,7 @@ class NodeOptions:
     offload: bool = True            # TUN super-packets, UDP GSO/GRO (C fast path only)
     workers: int = 1                # TUN queues and forwarding threads (C fast path only)
     busy_poll: int = 0              # --busy-poll: microseconds to keep polling after a wakeup
+    tun_uring: str = "auto"         # io_uring on the TUN: auto (the best there is), batch, off
     ip_masq: bool = False
     blackhole_route: bool = False   # flanneld's --ip-blackhole-route, kept every resync period
     netfilter: NetfilterOptions = field(default_factory=NetfilterOptions)
@@ -115,6 +117,7 @@ class Node:
         self.store_errors = 0
         self.metrics = None
         self.io_flags = 0
+        self.tun_io = "read"                 # how the forwarders read the TUN (tun_uring)
         self.traffic: TrafficRules | None = None        # NAT and FORWARD rules
         self._stop = asyncio.Event()
         self.own = OwnWrites(options.lease_ttl, lambda: self.lease)   # vs. a second writer
@@ -229,6 +232,7 @@ class Node:
             local_subnet=str(lease.subnet), port=cfg.port, vni=cfg.vni,
             mac=self.mac or b"\0" * 6, max_inner=self.tun_mtu, io_flags=self.io_flags)
         self.fwds = self.tunnels.fwds = [impl.Forwarder(config) for _ in range(workers)]
+        self.tun_io = self._tun_uring(tun.fds)
         listing = await self._retry("list leases", self.store.list_leases)
         if listing is None:
             return False
@@ -264,6 +268,19 @@ class Node:
                  f", VtepMAC {format_mac(self.mac)}" if self.mac else "",
                  f", busy-poll {opts.busy_poll} us" if opts.busy_poll else "")
         return True
+
+    def _tun_uring(self, fds: list[int]) -> str:
+        """io_uring on each worker's TUN queue, as far as --tun-uring and the kernel allow;
+        logs and returns the mode taken (batch/off also play a kernel without multishot reads
+        or without io_uring, so both fallbacks can be tested here)."""
+        want = {"auto": URING_MULTISHOT, "batch": URING_BATCH, "off": URING_OFF}
+        modes = {fwd.tun_uring(fd, want[self.opts.tun_uring]) for fwd, fd in zip(self.fwds, fds)}
+        name = {URING_OFF: "read", URING_BATCH: "io_uring-batch",
+                URING_MULTISHOT: "io_uring-multishot"}[min(modes)]
+        log.info("TUN I/O: %s (--tun-uring %s%s)", name, self.opts.tun_uring,
+                 "; the python fast path reads one packet a call" if self.opts.fastpath != "c"
+                 else "")
+        return name
 
     def _negotiate_offloads(self, tun: Tun, pairs: list[SocketPair]) -> int:
         """Ask the host for every offload we can use; log what it granted."""

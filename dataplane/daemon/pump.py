@@ -161,6 +161,7 @@ class Datapath:
                  clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.fwd = fwd
         self.tun_fd = tun_fd
+        self.wait_fd = fwd.tun_wait_fd(tun_fd)     # the TUN, or its io_uring (multishot)
         self.recv_sock = recv_sock
         self.send_sock = send_sock or recv_sock
         self.budget = budget
@@ -175,12 +176,12 @@ class Datapath:
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
-        self._loop.add_reader(self.tun_fd, self._on_tun)
+        self._loop.add_reader(self.wait_fd, self._on_tun)
         self._loop.add_reader(self.recv_sock.fileno(), self._on_udp)
 
     def stop(self) -> None:
         if self._loop is not None:
-            self._loop.remove_reader(self.tun_fd)
+            self._loop.remove_reader(self.wait_fd)
             self._loop.remove_reader(self.recv_sock.fileno())
             self._loop = None
 

@@ -19,7 +19,8 @@ CSRC = "csrc"
 SOURCES = ["csum.c", "packet.c", "routes.c", "forward.c",
            "egress.c", "ingress.c", "tun_adapter.c", "udp_adapter.c",   # the two directions
            "csum64.c", "gso.c", "gro.c",   # offloads: GSO and GRO
-           "l4csum.c"]                     # ingress: partial and bad TCP/UDP checksums
+           "l4csum.c",                      # ingress: partial and bad TCP/UDP checksums
+           "tun_uring.c"]                   # the TUN through io_uring
 
 CFLAGS = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
 ASAN_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",

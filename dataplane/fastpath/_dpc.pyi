@@ -62,6 +62,9 @@ class _Lib:
     DP_OK: int
     DP_OUTER_HLEN: int
     DP_TCP_MIN_MSS: int
+    DP_URING_BATCH: int
+    DP_URING_MULTISHOT: int
+    DP_URING_OFF: int
     DP_VNET_F_DATA_VALID: int
     DP_VNET_F_NEEDS_CSUM: int
     DP_VNET_GSO_ECN: int
@@ -107,6 +110,10 @@ class _Lib:
     def dp_fwd_set_clock(self, a0: CData, a1: int) -> None: ...
     # int(*)(struct dp_fwd *, uint32_t, int, uint32_t, uint8_t *)
     def dp_fwd_set_peer(self, a0: CData, a1: int, a2: int, a3: int, a4: CData) -> int: ...
+    # int(*)(struct dp_fwd *, int, int)
+    def dp_fwd_tun_uring(self, a0: CData, a1: int, a2: int) -> int: ...
+    # int(*)(struct dp_fwd *, int)
+    def dp_fwd_tun_wait_fd(self, a0: CData, a1: int) -> int: ...
     # int(*)(struct dp_buf *, int, int, struct dp_gro_frame *, int32_t *)
     def dp_gro_coalesce(self, a0: CData, a1: int, a2: int, a3: CData, a4: CData) -> int: ...
     # size_t(*)(uint8_t *, struct dp_gro_frame *, struct dp_buf *, int32_t *)

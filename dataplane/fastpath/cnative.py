@@ -300,6 +300,15 @@ class Forwarder:
         _check(n)
         return n
 
+    def tun_uring(self, tun_fd: int, max_mode: int) -> int:
+        """Read and write tun_fd through io_uring from now on, in the best mode up to
+        max_mode (URING_*) the kernel has; returns the mode taken (URING_OFF: read/write)."""
+        return int(lib.dp_fwd_tun_uring(self._f, tun_fd, max_mode))
+
+    def tun_wait_fd(self, tun_fd: int) -> int:
+        """What the event loop waits on to call drain_tun: tun_fd, or the multishot ring."""
+        return int(lib.dp_fwd_tun_wait_fd(self._f, tun_fd))
+
 
 # ---- offloads: segmentation (GSO) and coalescing (GRO) ------------------------------------
 

@@ -34,6 +34,12 @@ IO_UDP_GSO = 2    # the socket sends runs of equal segments with UDP_SEGMENT
 IO_UDP_GRO = 4    # the socket has UDP_GRO: datagrams may arrive coalesced
 IO_TUN_USO = 8    # the TUN took TUN_F_USO4: UDP may be coalesced too
 
+# How the C forwarder reads and writes its TUN (Forwarder.tun_uring; the Python twin: OFF).
+URING_OFF = 0        # read() and write(), a packet each
+URING_BATCH = 1      # a batch of reads in flight per io_uring_enter, a batch of writes likewise
+URING_MULTISHOT = 2  # one multishot read fills a provided-buffer ring (Linux 6.7+)
+URING_MODES = {"off": URING_OFF, "batch": URING_BATCH, "multishot": URING_MULTISHOT}
+
 
 class Action(enum.IntEnum):
     DROP = 0   # counted under Verdict.drop

@@ -34,7 +34,7 @@ def fake_node(impl: str):
         store_errors=3, ready=asyncio.Event(), started=1.0,
         config=parse_network_config('{"Network": "10.244.0.0/16"}'),
         opts=types.SimpleNamespace(fastpath=impl),
-        underlay=types.SimpleNamespace(address="10.99.0.1"))
+        underlay=types.SimpleNamespace(address="10.99.0.1"), tun_io="io_uring-batch")
 
 
 def parse(text: str) -> dict[str, float]:
@@ -62,6 +62,7 @@ def test_drops_by_reason_and_gauges(impl):
     assert s["dataplane_gso_backoffs_total"] == s["dataplane_gso_sends_total"] == 0
     assert s["dataplane_store_errors_total"] == 3
     assert s["dataplane_busy_poll_rounds_total"] == 7 and s["dataplane_busy_poll_hits_total"] == 2
+    assert s['dataplane_tun_io_info{mode="io_uring-batch"}'] == 1
     assert s["dataplane_ready"] == 0
     assert s["process_resident_memory_bytes"] > 1e6
     # labels in name order, as prometheus_client prints them

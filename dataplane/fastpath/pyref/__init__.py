@@ -47,7 +47,7 @@ from dataplane.fastpath.pyref.packet import (
     vxlan_header,
 )
 from dataplane.fastpath.pyref.routes import RouteTable
-from dataplane.fastpath.types import ip_to_int
+from dataplane.fastpath.types import URING_OFF, ip_to_int
 
 NAME = "python"
 
@@ -56,6 +56,15 @@ class Forwarder(_Egress, _Ingress):
     """One node's hot path: the state of forward.py, the flows of egress.py and ingress.py."""
 
     impl = NAME
+
+    def tun_uring(self, tun_fd: int, max_mode: int) -> int:
+        """csrc/tun_adapter.c:dp_fwd_tun_uring: the twin keeps plain reads and writes (the
+        packets moved are the same either way; only the syscalls differ)."""
+        return URING_OFF
+
+    def tun_wait_fd(self, tun_fd: int) -> int:
+        """csrc/tun_adapter.c:dp_fwd_tun_wait_fd: the TUN itself, as with --tun-uring off."""
+        return tun_fd
 
 
 __all__ = [
