@@ -35,7 +35,7 @@ from dataplane.daemon.errors import BindError
 from dataplane.daemon.host import Host, LinuxHost, SocketPair, TrafficRules
 from dataplane.daemon.ownlease import OwnWrites
 from dataplane.daemon.peers import Peers, Tunnels
-from dataplane.daemon.pump import (Datapath, Worker, close_sockets, socket_buffers,
+from dataplane.daemon.pump import (Pump, Worker, close_sockets, socket_buffers,
                                    socket_busy_poll)
 from dataplane.fastpath.api import Forwarder
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, Counters,
@@ -106,7 +106,7 @@ class Node:
         self.lease: Lease | None = None
         self.fwds: list[Forwarder] = []      # one forwarder per worker
         self.workers: list[Worker] = []      # threads, when there are several
-        self.datapaths: list[Datapath] = []  # one per worker: the readers (busy-poll rounds)
+        self.pumps: list[Pump] = []          # one per worker: the readers (busy-poll rounds)
         self.underlay: hostnet.Underlay | None = None
         self.tun_name = ""
         self.tun_mtu = 0
@@ -245,17 +245,17 @@ class Node:
         self._own_leases(self.peers.reset(leases))
         self.direct.prune()
 
-        paths = [Datapath(fwd, fd, recv, send, busy_poll_us=opts.busy_poll)
+        pumps = [Pump(fwd, fd, recv, send, busy_poll_us=opts.busy_poll)
                  for fwd, fd, (recv, send) in zip(self.fwds, tun.fds, pairs)]
-        self.datapaths = paths
+        self.pumps = pumps
         if opts.busy_poll:
             socket_busy_poll(list({id(s): s for pair in pairs for s in pair}.values()),
                              opts.busy_poll)
         if workers == 1:
-            paths[0].start()
-            stack.callback(paths[0].stop)
+            pumps[0].start()
+            stack.callback(pumps[0].stop)
         else:
-            self.workers = self.tunnels.workers = [Worker(i, path) for i, path in enumerate(paths)]
+            self.workers = self.tunnels.workers = [Worker(i, pump) for i, pump in enumerate(pumps)]
             for worker in self.workers:
                 worker.start()
                 stack.callback(worker.stop)
@@ -333,8 +333,8 @@ class Node:
 
     def busy_poll_rounds(self) -> tuple[int, int]:
         """(rounds polled, rounds that moved packets) over the workers (--busy-poll)."""
-        return (sum(p.poll_rounds for p in self.datapaths),
-                sum(p.poll_hits for p in self.datapaths))
+        return (sum(p.poll_rounds for p in self.pumps),
+                sum(p.poll_hits for p in self.pumps))
 
     async def _follow_leases(self) -> None:
         peers = self.peers
