@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from dataplane import fastpath, hostnet, subnetenv
 from dataplane.backends import BACKENDS
@@ -35,17 +35,21 @@ from dataplane.daemon.errors import BindError
 from dataplane.daemon.host import Host, LinuxHost, SocketPair, TrafficRules
 from dataplane.daemon.ownlease import OwnWrites
 from dataplane.daemon.peers import Peers, Tunnels
-from dataplane.daemon.pump import (Datapath, Worker, close_sockets, socket_buffers,
+from dataplane.daemon.pump import (Pump, Worker, close_sockets, socket_buffers,
                                    socket_busy_poll)
+from dataplane.fastpath.api import Forwarder
 from dataplane.fastpath.types import (IO_TUN_USO, IO_UDP_GRO, IO_UDP_GSO, IO_VNET, URING_BATCH,
                                       URING_MULTISHOT, URING_OFF, Counters, ForwarderConfig,
                                       format_mac)
 from dataplane.lease import Lease, LeaseAttrs
 from dataplane.netconf import NetworkConfig
 from dataplane.netfilter import NetfilterOptions
-from dataplane.store.base import (ConfigNotFound, LeaseEvent, StoreUnavailable, SubnetStore,
-                                  SubnetTaken, renewal_delay)
+from dataplane.store.base import (ConfigNotFound, EventKind, LeaseEvent, StoreUnavailable,
+                                  SubnetStore, SubnetTaken, renewal_delay)
 from dataplane.tun import TUN_F_USO4, Tun, describe_offload
+
+if TYPE_CHECKING:                           # run() loads it only when serving /metrics
+    from dataplane.daemon.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +106,9 @@ class Node:
         self.host = options.host
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None
-        self.fwds: list = []                 # one forwarder per worker
+        self.fwds: list[Forwarder] = []      # one forwarder per worker
         self.workers: list[Worker] = []      # threads, when there are several
-        self.datapaths: list[Datapath] = []  # one per worker: the readers (busy-poll rounds)
+        self.pumps: list[Pump] = []          # one per worker: the readers (busy-poll rounds)
         self.underlay: hostnet.Underlay | None = None
         self.tun_name = ""
         self.tun_mtu = 0
@@ -115,7 +119,7 @@ class Node:
         self.ready = asyncio.Event()
         self.started = time.time()
         self.store_errors = 0
-        self.metrics = None
+        self.metrics: MetricsServer | None = None
         self.io_flags = 0
         self.tun_io = "read"                 # how the forwarders read the TUN (tun_uring)
         self.traffic: TrafficRules | None = None        # NAT and FORWARD rules
@@ -136,6 +140,7 @@ class Node:
                 stack.push_async_callback(self.metrics.close)
             if not await self._start(stack):
                 return                                   # stopped while starting
+            assert self.traffic is not None, "_start set the rules up"
             tasks = [asyncio.create_task(self._follow_leases(), name="lease-watch"),
                      asyncio.create_task(self._keep_lease(), name="lease-renew"),
                      asyncio.create_task(self.traffic.keep(), name="netfilter-resync")]
@@ -153,8 +158,10 @@ class Node:
             stop.cancel()
             self.ready.clear()
             for task in done:
-                if task is not stop and not task.cancelled() and task.exception():
-                    raise task.exception()
+                if task is not stop and not task.cancelled():
+                    failure = task.exception()
+                    if failure is not None:
+                        raise failure
             if self.lease is not None:
                 log.info("stopping; lease %s kept until %s and %s left in place (give the "
                          "subnet back with `dataplane leases release`)", self.lease.subnet,
@@ -227,11 +234,11 @@ class Node:
                                 str(lease.subnet.network_address), self.tun_mtu,
                                 str(cfg.network), TXQUEUELEN)
 
-        config = ForwarderConfig(
+        fwd_config = ForwarderConfig(
             mode=BACKENDS[backend].mode,
             local_subnet=str(lease.subnet), port=cfg.port, vni=cfg.vni,
             mac=self.mac or b"\0" * 6, max_inner=self.tun_mtu, io_flags=self.io_flags)
-        self.fwds = self.tunnels.fwds = [impl.Forwarder(config) for _ in range(workers)]
+        self.fwds = self.tunnels.fwds = [impl.Forwarder(fwd_config) for _ in range(workers)]
         self.tun_io = self._tun_uring(tun.fds)
         listing = await self._retry("list leases", self.store.list_leases)
         if listing is None:
@@ -242,17 +249,17 @@ class Node:
         self._own_leases(self.peers.reset(leases))
         self.direct.prune()
 
-        paths = [Datapath(fwd, fd, recv, send, busy_poll_us=opts.busy_poll)
+        pumps = [Pump(fwd, fd, recv, send, busy_poll_us=opts.busy_poll)
                  for fwd, fd, (recv, send) in zip(self.fwds, tun.fds, pairs)]
-        self.datapaths = paths
+        self.pumps = pumps
         if opts.busy_poll:
             socket_busy_poll(list({id(s): s for pair in pairs for s in pair}.values()),
                              opts.busy_poll)
         if workers == 1:
-            paths[0].start()
-            stack.callback(paths[0].stop)
+            pumps[0].start()
+            stack.callback(pumps[0].stop)
         else:
-            self.workers = self.tunnels.workers = [Worker(i, path) for i, path in enumerate(paths)]
+            self.workers = self.tunnels.workers = [Worker(i, pump) for i, pump in enumerate(pumps)]
             for worker in self.workers:
                 worker.start()
                 stack.callback(worker.stop)
@@ -284,6 +291,7 @@ class Node:
 
     def _negotiate_offloads(self, tun: Tun, pairs: list[SocketPair]) -> int:
         """Ask the host for every offload we can use; log what it granted."""
+        assert self.underlay is not None, "found before the TUN is opened"
         granted = self.host.negotiate_offloads(tun, pairs)
         taken, gso, gro = granted.tun, granted.gso, granted.gro
         flags = IO_VNET
@@ -301,6 +309,7 @@ class Node:
         return flags
 
     def _lease_attrs(self) -> LeaseAttrs:
+        assert self.config is not None and self.underlay is not None, "read before any lease"
         backend = BACKENDS[self.config.backend_type]
         return LeaseAttrs(self.underlay.address, backend.lease_type,
                           backend.backend_data(self.config.vni, self.mac))
@@ -310,10 +319,11 @@ class Node:
         """call() until it succeeds, backing off while the store is unavailable; None if the
         node is stopped meanwhile. Other errors propagate: they are not the store's weather."""
         delay = BACKOFF_MIN
+        retried: tuple[type[Exception], ...] = (StoreUnavailable, *also)
         while not self._stop.is_set():
             try:
                 return await call()
-            except (StoreUnavailable, *also) as exc:
+            except retried as exc:
                 self.store_errors += 1
                 log.warning("cannot %s (%s); retrying in %.1f s", what, exc, delay)
             with contextlib.suppress(asyncio.TimeoutError):
@@ -329,7 +339,7 @@ class Node:
             self._own_lease(event)
 
     def _own_lease(self, event: LeaseEvent) -> None:
-        if event.kind == "removed":
+        if event.kind == EventKind.REMOVED:
             if not self._stop.is_set():
                 self._lost = True
         else:
@@ -340,8 +350,8 @@ class Node:
 
     def busy_poll_rounds(self) -> tuple[int, int]:
         """(rounds polled, rounds that moved packets) over the workers (--busy-poll)."""
-        return (sum(p.poll_rounds for p in self.datapaths),
-                sum(p.poll_hits for p in self.datapaths))
+        return (sum(p.poll_rounds for p in self.pumps),
+                sum(p.poll_hits for p in self.pumps))
 
     async def _follow_leases(self) -> None:
         peers = self.peers
@@ -370,7 +380,7 @@ class Node:
     async def _reacquire(self) -> None:
         """An operator (or expiry) removed our lease: take the same subnet back."""
         self._lost = False
-        subnet = self.lease.subnet
+        subnet = self._held().subnet
         log.warning("our lease %s was removed from the store; re-acquiring it", subnet)
         try:
             # also while the config is missing: an etcd that came back empty is refilled by
@@ -389,15 +399,20 @@ class Node:
     def _hold(self, lease: Lease) -> None:
         self.lease = lease
 
+    def _held(self) -> Lease:
+        """Our lease, for the tasks that run once _start took one (it is never dropped)."""
+        assert self.lease is not None, "_start acquired the lease"
+        return self.lease
+
     async def _keep_blackhole(self) -> None:
         """flanneld's --ip-blackhole-route: our subnet's route of last resort, put back every
         --iptables-resync seconds (as flanneld does) if someone removed it."""
         failed = ""
         while True:
             try:
-                if await asyncio.to_thread(self.host.ensure_blackhole_route,
-                                           str(self.lease.subnet)):
-                    log.info("blackhole route %s metric %d", self.lease.subnet,
+                subnet = self._held().subnet
+                if await asyncio.to_thread(self.host.ensure_blackhole_route, str(subnet)):
+                    log.info("blackhole route %s metric %d", subnet,
                              hostnet.BLACKHOLE_METRIC)
                 failed = ""
             except hostnet.HostNetError as exc:
@@ -409,13 +424,13 @@ class Node:
     async def _keep_lease(self) -> None:
         margin = timedelta(seconds=self.opts.renew_margin)
         while True:
-            await asyncio.sleep(max(renewal_delay(self.lease, margin), 0.2))
+            await asyncio.sleep(max(renewal_delay(self._held(), margin), 0.2))
             try:
                 lease = await self.own.write(lambda: self._retry(
                     "renew our lease", lambda: self.store.renew_lease(
-                        self.lease, ttl=self.opts.lease_ttl)), self._hold)
+                        self._held(), ttl=self.opts.lease_ttl)), self._hold)
             except SubnetTaken as exc:
-                raise LeaseLost(f"lease {self.lease.subnet} was taken by another node: "
+                raise LeaseLost(f"lease {self._held().subnet} was taken by another node: "
                                 f"{exc}") from None
             if lease is None:
                 return
@@ -423,7 +438,7 @@ class Node:
             log.debug("renewed lease %s until %s", lease.subnet, lease.expiration)
 
 
-async def _cancel(tasks: list[asyncio.Task]) -> None:
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -36,8 +36,8 @@ class OwnWrites:
     def wrote(self, lease: Lease) -> None:
         self.expiries.append(lease.expiration)
 
-    async def write(self, call: Callable[[], Awaitable[T]],
-                    store: Callable[[T], None]) -> T:
+    async def write(self, call: Callable[[], Awaitable[T | None]],
+                    store: Callable[[T], None]) -> T | None:
         """Run one write of ours; `store` keeps its result (before a deferred check)."""
         self.in_flight += 1
         try:

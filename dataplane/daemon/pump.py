@@ -117,7 +117,7 @@ def socket_busy_poll(socks: list[socket.socket], usec: int) -> None:
     """SO_BUSY_POLL (and SO_PREFER_BUSY_POLL) on the tunnel sockets: the kernel then spins on
     the underlay device's queue in recvmmsg instead of waiting for its interrupt. Only drivers
     with NAPI busy-poll support honour it (not veth); a refusal costs nothing but a debug line,
-    the poll loop in Datapath works either way."""
+    the poll loop in Pump works either way."""
     refused = []
     for sock in socks:
         for name, opt in (("SO_BUSY_POLL", SO_BUSY_POLL), ("SO_PREFER_BUSY_POLL",
@@ -148,7 +148,7 @@ def udp_offloads(sock: socket.socket) -> tuple[bool, bool]:
     return gso, gro
 
 
-class Datapath:
+class Pump:
     """One worker's readers: a TUN queue and a receive socket, on one event loop.
 
     busy_poll_us > 0: after a wakeup that moved packets, poll both directions until a window
@@ -244,11 +244,11 @@ class Datapath:
 
 
 class Worker:
-    """A Datapath on a thread and event loop of its own (multi-queue)."""
+    """A Pump on a thread and event loop of its own (multi-queue)."""
 
-    def __init__(self, index: int, datapath: Datapath) -> None:
+    def __init__(self, index: int, pump: Pump) -> None:
         self.index = index
-        self.datapath = datapath
+        self.pump = pump
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"worker-{index}", daemon=True)
@@ -262,12 +262,12 @@ class Worker:
 
         self.loop = uvloop.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.datapath.start(self.loop)
+        self.pump.start(self.loop)
         self.loop.call_soon(self._ready.set)
         try:
             self.loop.run_forever()
         finally:
-            self.datapath.stop()
+            self.pump.stop()
             self.loop.close()
 
     def call(self, fn: Callable[..., object], *args: object) -> None:

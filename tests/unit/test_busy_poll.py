@@ -11,8 +11,8 @@ import socket
 import pytest
 
 from dataplane.cli import apply_env, build_parser
-from dataplane.daemon import pump as datapath
-from dataplane.daemon.pump import BUSY_POLL_MAX, Datapath
+from dataplane.daemon import pump
+from dataplane.daemon.pump import BUSY_POLL_MAX, Pump
 
 STEP_NS = 1_000          # the fake clock advances 1 us per reading
 
@@ -62,8 +62,8 @@ def sock():
         yield s
 
 
-def make(sock, fwd: ScriptedForwarder, usec: int, clock: FakeClock | None = None) -> Datapath:
-    path = Datapath(fwd, 99, sock, busy_poll_us=usec, clock=clock or FakeClock())
+def make(sock, fwd: ScriptedForwarder, usec: int, clock: FakeClock | None = None) -> Pump:
+    path = Pump(fwd, 99, sock, busy_poll_us=usec, clock=clock or FakeClock())
     path._loop = FakeLoop()
     return path
 
@@ -116,7 +116,7 @@ def test_the_window_is_the_flag_in_microseconds(sock):
 def test_a_long_burst_gives_the_loop_a_turn_and_resumes(sock):
     # Packets in every round: after BUSY_POLL_SLICE_NS of polling the callback returns with a
     # continuation scheduled, so the loop runs its timers and the control plane in between.
-    slice_rounds = datapath.BUSY_POLL_SLICE_NS // STEP_NS
+    slice_rounds = pump.BUSY_POLL_SLICE_NS // STEP_NS
     fwd = ScriptedForwarder(tun=[1] * (3 * slice_rounds), udp=[])
     path = make(sock, fwd, 100)
     path._on_tun()
@@ -172,7 +172,7 @@ def test_so_busy_poll_refusal_is_not_an_error(sock, caplog, monkeypatch):
     class Refusing:
         def setsockopt(self, *args):
             raise PermissionError(1, "Operation not permitted")
-    datapath.socket_busy_poll([Refusing(), Refusing()], 50)      # type: ignore[list-item]
+    pump.socket_busy_poll([Refusing(), Refusing()], 50)      # type: ignore[list-item]
     lines = [r for r in caplog.records if "busy-poll" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelname == "DEBUG"
     assert "SO_BUSY_POLL" in lines[0].getMessage()

@@ -6,11 +6,11 @@ import struct
 
 # ---- checksums (RFC 1071, RFC 1624) -------------------------------------------------------
 
-def csum_partial(data: bytes, initial: int = 0) -> int:
+def csum_partial(data: bytes | bytearray, initial: int = 0) -> int:
     """One's-complement sum of data added to initial, folded to 16 bits (0 only for all-zero)."""
     if len(data) % 2:
         data = bytes(data) + b"\0"
-    total = initial + sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = initial + sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total > 0xFFFF:
         total = (total & 0xFFFF) + (total >> 16)
     return total
@@ -22,7 +22,7 @@ def csum_fold(total: int) -> int:
     return ~total & 0xFFFF
 
 
-def checksum(data: bytes, initial: int = 0) -> int:
+def checksum(data: bytes | bytearray, initial: int = 0) -> int:
     """The value that goes into a header: fold and complement the sum."""
     return csum_fold(csum_partial(data, initial))
 

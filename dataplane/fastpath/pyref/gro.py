@@ -39,10 +39,21 @@ from dataplane.fastpath.types import (
 )
 
 
+# (protocol, source and destination address, source and destination port)
+_FlowKey = tuple[int, bytes, bytes]
+
+
 class _Seg:
     """What a coalescing candidate offers (csrc/gro.c: struct seg)."""
 
     __slots__ = ("hlen", "id", "key", "pay", "proto", "seq", "tflags")
+    hlen: int                               # IP + L4 header bytes
+    id: int                                 # IPv4 ID
+    key: _FlowKey
+    pay: int                                # payload bytes after hlen
+    proto: int
+    seq: int                                # TCP sequence number (0 for UDP)
+    tflags: int                             # TCP flags (0 for UDP)
 
 
 class _Flow:
@@ -60,6 +71,16 @@ class _Flow:
         "proto",
         "psh",
     )
+    first: bytes                            # the first member, whose headers head the frame
+    frame: int                              # index into _Coalescer.frames
+    gso: int                                # segment size: the first member's payload
+    hlen: int
+    ip_len: int                             # IPv4 total length of the merged frame
+    key: _FlowKey
+    last_id: int
+    next_seq: int
+    proto: int
+    psh: bool
 
 
 def _gro_candidate(p: bytes, csum: int, flags: int) -> _Seg | None:
@@ -167,7 +188,7 @@ class _Coalescer:
     def close(self, k: int) -> None:
         self.finish(self.open.pop(k))
 
-    def find(self, key: tuple) -> int:
+    def find(self, key: _FlowKey) -> int:
         for k, f in enumerate(self.open):
             if f.key == key:
                 return k

@@ -117,11 +117,11 @@ def gso_segment(vnet: bytes | VnetHdr, pkt: bytes, headroom: int = 0,
     if h.gso_type == GSO_NONE:
         if headroom + tot > capacity:
             return GsoResult(Drop.OVERSIZE, [], 0)
-        out = bytearray(pkt)
+        whole = bytearray(pkt)
         if h.flags & VNET_F_NEEDS_CSUM:
-            check = checksum(out[h.csum_start:])
-            struct.pack_into("!H", out, h.csum_start + h.csum_offset, check or 0xFFFF)
-        return GsoResult(Drop.NONE, [bytes(out)], headroom + tot)
+            check = checksum(whole[h.csum_start:])
+            struct.pack_into("!H", whole, h.csum_start + h.csum_offset, check or 0xFFFF)
+        return GsoResult(Drop.NONE, [bytes(whole)], headroom + tot)
 
     gso = h.gso_size
     pay = tot - hlen

@@ -157,7 +157,7 @@ def outer_udp4(payload: bytes, src: str, dst: str, sport: int, dport: int,
     return bytes(ip + udp)
 
 
-def icmp_net_unreachable(pkt: bytes, src: str | int) -> bytes:
+def icmp_net_unreachable(pkt: bytes | bytearray, src: str | int) -> bytes:
     """ICMP net-unreachable from src about pkt, or b"" when none may be sent."""
     n = len(pkt)
     if n < 20 or pkt[0] >> 4 != 4:
@@ -185,7 +185,7 @@ def icmp_net_unreachable(pkt: bytes, src: str | int) -> bytes:
 
 # ---- L4 checksums on ingress (csrc/l4csum.c) -----------------------------------------------
 
-def _l4_layout(pkt: bytes) -> tuple[int, int] | None:
+def _l4_layout(pkt: bytes | bytearray) -> tuple[int, int] | None:
     """(offset of the checksum field, bytes it covers) of a valid IPv4 packet, or None."""
     n = len(pkt)
     ihl = (pkt[0] & 0x0F) * 4
@@ -201,7 +201,7 @@ def _l4_layout(pkt: bytes) -> tuple[int, int] | None:
     return None
 
 
-def l4_csum(pkt: bytes) -> int:
+def l4_csum(pkt: bytes | bytearray) -> int:
     """CSUM_* state of the TCP/UDP checksum of a valid IPv4 packet (len = its total length)."""
     layout = _l4_layout(pkt)
     if layout is None:
@@ -227,7 +227,7 @@ def l4_csum_complete(pkt: bytearray) -> None:
 
 
 
-def super_gso(pkt: bytes, max_inner: int, udp_gso: int = 0) -> int:
+def super_gso(pkt: bytes | bytearray, max_inner: int, udp_gso: int = 0) -> int:
     """A kernel peer's partial GSO super-packet (TSO or UDP_SEGMENT over veth) longer than
     max_inner: the payload size to cut it at; 0 for anything else. UDP needs udp_gso, the
     datagram size only the kernel's UDP_GRO report tells (csrc/l4csum.c)."""
