@@ -41,6 +41,9 @@ class ScriptedForwarder:
         self.calls.append((which, moved))
         return moved
 
+    def tun_wait_fd(self, tun_fd: int) -> int:
+        return tun_fd                   # plain reads: the loop waits on the TUN itself
+
     def drain_tun(self, tun_fd: int, sock: socket.socket, budget: int) -> int:
         return self._drain("tun")
 
