@@ -11,29 +11,20 @@ from dataplane.daemon.node import vtep_mac
 from dataplane.daemon.peers import Peers, Tunnels
 from dataplane.lease import Lease
 from dataplane.store.base import LeaseEvent
+from dataplane.testing.fakehost import FakeRoutes
 
 ON_LINK = "10.99.0."          # the fake underlay subnet: these addresses are reached directly
 
 
-class FakeTable:
+class FakeTable(FakeRoutes):
+    """dataplane.testing's route table on a fake underlay subnet: ON_LINK addresses are
+    reached directly."""
+
     def __init__(self, routes: dict[str, str] | None = None) -> None:
-        self.routes = dict(routes or {})
-        self.calls: list[tuple] = []
+        super().__init__(set(), dict(routes or {}))
 
     def reaches_directly(self, address: str) -> bool:
         return address.startswith(ON_LINK)
-
-    def replace(self, subnet: str, gateway: str) -> None:
-        self.calls.append(("replace", subnet, gateway))
-        self.routes[subnet] = gateway
-
-    def delete(self, subnet: str, gateway: str) -> None:
-        self.calls.append(("delete", subnet, gateway))
-        if self.routes.get(subnet) == gateway:
-            del self.routes[subnet]
-
-    def ours(self) -> dict[str, str]:
-        return dict(self.routes)
 
 
 def lease(subnet: str, ip: str, mac: str = "0e:00:00:00:00:02") -> Lease:
