@@ -17,13 +17,17 @@ Busy-polling (--busy-poll USEC): a wakeup costs an interrupt and a context switc
 20 us on a VM), four per round trip through two nodes. After a wakeup that moved packets the
 callback keeps draining both directions, non-blocking, until USEC pass with nothing found,
 then returns to the loop to sleep. Each poll round is two C calls that move whatever is
-queued; Python only reads the clock between them.
+queued; Python only reads the clock between them. A round that found nothing yields the CPU
+(sched_yield): where busy parties outnumber cores (both nodes, the pods' endpoints and the
+softirqs on two CPUs), a spinner holding its CPU delays the very task whose packet it waits
+for; with nothing else runnable the call returns at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import logging
 import socket
 import threading
@@ -152,13 +156,14 @@ class Pump:
     """One worker's readers: a TUN queue and a receive socket, on one event loop.
 
     busy_poll_us > 0: after a wakeup that moved packets, poll both directions until a window
-    of that many microseconds finds nothing (see the module's docstring). `clock` (ns) is
-    injectable for tests."""
+    of that many microseconds finds nothing (see the module's docstring). `clock` (ns) and
+    `yield_cpu` are injectable for tests."""
 
     def __init__(self, fwd: Forwarder, tun_fd: int, recv_sock: socket.socket,
                  send_sock: socket.socket | None = None, budget: int = BUDGET,
                  busy_poll_us: int = 0,
-                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock: Callable[[], int] = time.monotonic_ns,
+                 yield_cpu: Callable[[], None] = os.sched_yield) -> None:
         self.fwd = fwd
         self.tun_fd = tun_fd
         self.wait_fd = fwd.tun_wait_fd(tun_fd)     # the TUN, or its io_uring (multishot)
@@ -167,6 +172,7 @@ class Pump:
         self.budget = budget
         self.busy_poll_ns = busy_poll_us * 1000
         self._clock = clock
+        self._yield_cpu = yield_cpu
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_error = 0.0
         # Busy-poll rounds (one drain of each direction) and the rounds that moved packets:
@@ -229,6 +235,8 @@ class Pump:
             if moved:
                 hits += 1
                 deadline = now + window
+            else:
+                self._yield_cpu()       # let a task woken meanwhile run (module docstring)
         self.poll_rounds += rounds
         self.poll_hits += hits
 

@@ -65,8 +65,20 @@ def sock():
         yield s
 
 
+class Yields:
+    """Stands in for sched_yield: logs the point in the forwarder's calls where it came."""
+
+    def __init__(self, fwd: ScriptedForwarder) -> None:
+        self.fwd = fwd
+        self.at: list[int] = []
+
+    def __call__(self) -> None:
+        self.at.append(len(self.fwd.calls))
+
+
 def make(sock, fwd: ScriptedForwarder, usec: int, clock: FakeClock | None = None) -> Pump:
-    path = Pump(fwd, 99, sock, busy_poll_us=usec, clock=clock or FakeClock())
+    path = Pump(fwd, 99, sock, busy_poll_us=usec, clock=clock or FakeClock(),
+                yield_cpu=Yields(fwd))
     path._loop = FakeLoop()
     return path
 
@@ -99,6 +111,30 @@ def test_polls_both_directions_while_packets_keep_coming_then_one_empty_window(s
     assert len(idle) == 10
     assert path.poll_rounds == 16 and path.poll_hits == 6
     assert path._loop.soon == []                            # back to the loop, to sleep
+
+
+def test_an_empty_round_yields_the_cpu_and_a_busy_round_does_not(sock):
+    # Rounds 1-2 move packets, round 3 finds nothing, round 4 moves again, then quiet.
+    fwd = ScriptedForwarder(tun=[1, 1, 1, 0, 1], udp=[0, 0, 0, 0])
+    path = make(sock, fwd, 5)
+    path._on_tun()
+    yields = path._yield_cpu.at
+    # The calls are: the wakeup's drain, then (tun, udp) per round; a yield after round k
+    # comes when 1 + 2k calls are logged.
+    empty = [k for k in range(1, path.poll_rounds + 1)
+             if fwd.calls[2 * k - 1][1] == fwd.calls[2 * k][1] == 0]
+    assert 3 in empty and 1 not in empty and 4 not in empty
+    assert yields == [1 + 2 * k for k in empty]
+    assert len(yields) == path.poll_rounds - path.poll_hits
+
+
+def test_off_never_yields(sock):
+    fwd = ScriptedForwarder(tun=[0, 3], udp=[2])
+    path = make(sock, fwd, 0)
+    path._on_tun()
+    path._on_udp()
+    path._on_tun()
+    assert path._yield_cpu.at == []
 
 
 def test_a_wakeup_that_found_nothing_does_not_poll(sock):
