@@ -130,8 +130,10 @@ def _hists(by_dp: dict[str, list[dict]]) -> dict:
 
 
 def rss_overview(results: dict) -> dict[str, dict]:
-    """Per daemon dataplane: the largest daemon RSS before any traffic, after the last round
-    and over all rounds, in MiB, and whether it stayed within the limit."""
+    """Per daemon dataplane, in MiB: the largest daemon RSS before any traffic, after the first
+    and the last round and over all rounds. `warmup_mb` is what the first round's traffic
+    allocated (socket and batch buffers, allocator arenas); `growth_mb` is what later rounds
+    added on top (None with one round): flat means this stays small."""
     limit = results["method"]["rss_limit_mb"]
 
     def largest(values) -> float | None:
@@ -147,6 +149,8 @@ def rss_overview(results: dict) -> dict[str, dict]:
         if b is None or not after:
             continue
         peak = max(after)
-        out[name] = {"before_mb": b, "after_mb": after[-1], "peak_mb": peak,
-                     "growth_mb": after[-1] - b, "within_limit": peak <= limit}
+        out[name] = {"before_mb": b, "first_mb": after[0], "after_mb": after[-1],
+                     "peak_mb": peak, "warmup_mb": after[0] - b,
+                     "growth_mb": after[-1] - after[0] if len(after) > 1 else None,
+                     "rounds": len(after), "within_limit": peak <= limit}
     return out

@@ -143,8 +143,11 @@ def test_rss_overview_before_after_and_limit():
                        {"dataplane": "vxlan/c", "raw": {}}]}
     r = rss_overview(doc)
     assert list(r) == ["udp/c"]
-    assert r["udp/c"] == {"before_mb": 31.0, "after_mb": 34.0, "peak_mb": 70.0,
-                          "growth_mb": 3.0, "within_limit": False}
+    assert r["udp/c"] == {"before_mb": 31.0, "first_mb": 33.0, "after_mb": 34.0,
+                          "peak_mb": 70.0, "warmup_mb": 2.0, "growth_mb": 1.0, "rounds": 3,
+                          "within_limit": False}
+    one = dict(doc, samples=doc["samples"][:1])
+    assert rss_overview(one)["udp/c"]["growth_mb"] is None      # one round: no growth to see
 
 
 def test_targets_section_judges_the_offload_rungs_of_the_same_run():
