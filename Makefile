@@ -69,7 +69,7 @@ lint: py-deps
 	$(VPY) -m mypy
 
 test: lint deps build
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q --durations=30 tests
 	$(MAKE) test-asan
 
 # The wire and offload suites again, against the C library built with AddressSanitizer and UBSan

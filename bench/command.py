@@ -90,8 +90,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "RSS, descriptors, drops and loss every 10 s (bench/soak.py); runs "
                         "under 20 minutes compress the churn so every event happens")
     p.add_argument("--render", metavar="DIR",
-                   help="only redraw the report and plots of an earlier run from its "
-                        "results.json (no root needed)")
+                   help="only redraw the report and plots of an earlier run from the raw "
+                        "samples in its results.json, whose summary is computed again and "
+                        "rewritten (no root needed)")
 
 
 CMD_HELP = """
