@@ -23,6 +23,7 @@ import re
 import sys
 
 from bench import report
+from bench.micro import report as micro_report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -30,7 +31,8 @@ OPEN = re.compile(r"<!-- bench-tables: (?P<dir>\S+) -->\n")
 CLOSE = "<!-- /bench-tables -->"
 DEMOTE = 2          # report "## X" -> README "#### X", under "## Performance" / "### Measured"
 # The report's sections the README carries (the rest stays in the report: histograms,
-# efficiency by packet size, method, machine).
+# efficiency by packet size, method, machine), then the micro-benchmarks if the report
+# directory has their JSON (micro.json).
 SECTIONS = ("results", "targets", "busy_poll", "profile", "memory")
 
 
@@ -59,6 +61,14 @@ def block(report_dir: str, results: dict) -> str:
     }
     for name in SECTIONS:
         lines += _demote(parts[name])
+    micro = ROOT / report_dir / "micro.json"          # `make bench-micro` of the same session
+    if micro.exists():
+        lines += ["#### Micro-benchmarks", "",
+                  f"`make bench-micro` right after the run (pytest-benchmark, "
+                  f"[`{report_dir}/micro.json`]({report_dir}/micro.json)): median ns per "
+                  "packet; C = through the Python API, C core = the batch call alone; 1400-byte "
+                  "packets in batches of 64 unless named.", "",
+                  micro_report.render(micro_report.per_packet(micro)), ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

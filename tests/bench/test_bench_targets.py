@@ -113,3 +113,17 @@ def test_profile_section_says_why_there_is_none():
     assert "No profile in this run: perf is not installed." in report.profile_section(run)
     run["profile"] = None
     assert report.profile_section(run) == []
+
+
+def test_a_tunnel_rungs_memory_is_not_our_daemons():
+    run = fake_run({"kernel-vxlan": {}, "vxlan/c": {}, "wireguard-go": {}},
+                   rss={"vxlan/c": (30, [38, 39]), "wireguard-go": (5, [65, 80])})
+    for dp in run["dataplanes"]:
+        if dp["name"] == "wireguard-go":
+            dp["fastpath"] = None                   # bench.ladder: tunnel rungs have none
+    mem = by_what(targets.evaluate(run))["daemon RSS, and flat over the run"]
+    assert mem["met"] is True and mem["rung"] == "vxlan/c (largest)"
+    assert mem["measured"] == "39.0 MiB peak, +1.0 MiB growth"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.memory_section(run)
+            if line.startswith("| ")}
+    assert rows["wireguard-go"].endswith("| - |") and rows["vxlan/c"].endswith("| yes |")
