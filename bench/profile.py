@@ -1,6 +1,6 @@
 """Where the CPU goes: a `perf record -a` of the machine during one unpinned TCP stream per
-dataplane, its samples bucketed for the teaching view (copies, wakeups, syscalls, our C,
-Python, the kernel's network stack).
+dataplane (and TCP request/response for the busy-poll comparison), its samples bucketed for
+the teaching view (copies, wakeups, syscalls, our C, Python, the kernel's network stack).
 
 Samples are attributed by the function they were taken in (self time, no call graphs: the
 bucket of a copy is the copy, whoever called it). Only the threads of this test count: the
@@ -160,21 +160,34 @@ def _threads(pids: Iterable[int]) -> set[int]:
     return tids
 
 
-def record(topo: Topology, seconds: float) -> dict:
-    """One unpinned TCP stream under `perf record -a`; the bucketed profile. perf runs the
+# What a profile can run: one TCP stream (iperf3), or TCP request/response back to back
+# (sockperf ping-pong, one 64-byte message in flight), where wakeups rather than bytes cost.
+TESTS = ("tcp", "tcp_rr")
+
+
+def record(topo: Topology, seconds: float, test: str = "tcp") -> dict:
+    """One unpinned test (TESTS) under `perf record -a`; the bucketed profile. perf runs the
     client itself, so that recording has begun (perf first walks every process's maps, which
     takes a while on a busy machine) before the first byte is sent, and ends with it."""
     from dataplane.lab import netns
 
+    if test not in TESTS:
+        raise ValueError(f"profile test {test!r}: one of {', '.join(TESTS)}")
     scratch = tempfile.mkdtemp(prefix="bench-perf-")
     data = os.path.join(scratch, "perf.data")
     ip = topo.server.ip
     tids = _threads(topo.daemon_pids())
+    if test == "tcp":
+        serve, port = traffic.iperf3_server(ip), traffic.IPERF_PORT
+        run = traffic.iperf3_tcp(ip, seconds, 1)
+    else:
+        serve, port = traffic.sockperf_server(ip, tcp=True), traffic.SOCKPERF_PORT
+        run = traffic.sockperf_ping_pong(ip, seconds, None, os.path.join(scratch, "rr.log"),
+                                         tcp=True)
     try:
-        with traffic.server(topo, traffic.iperf3_server(ip), "tcp", traffic.IPERF_PORT,
-                            None) as server:
+        with traffic.server(topo, serve, "tcp", port, None) as server:
             tids.add(server.pid)
-            client = netns.ns_argv(topo.client.netns, traffic.iperf3_tcp(ip, seconds, 1))
+            client = netns.ns_argv(topo.client.netns, run)
             rec = subprocess.run(["perf", "record", "-a", "-F", str(FREQ), "-q", "-o", data,
                                   "--", *client], capture_output=True, text=True,
                                  timeout=seconds + 120, check=False)

@@ -244,25 +244,37 @@ def profile_section(results: dict) -> list[str]:
     lines = ["## Where the CPU goes", ""]
     if "unavailable" in prof:
         return lines + [f"No profile in this run: {prof['unavailable']}.", ""]
-    runs = prof.get("dataplanes", {})
     lines += [f"`perf record -a -F {prof['frequency_hz']}` of the whole machine during one "
               f"unpinned TCP stream of {prof['seconds']:g} s per dataplane, after the rounds; "
               "each sample in the function it was taken in (self time). Shares of this "
               "test's non-idle samples (iperf3 client and server, our daemons' threads, "
               "ksoftirqd); other processes' share of the machine is given apart and left out.",
               ""]
+    lines += _profile_table(prof)
+    rr = prof.get("tcp_rr")
+    if rr:
+        lines += [f"During TCP request/response instead (sockperf ping-pong over TCP, one "
+                  f"64-byte message in flight, back to back, {prof['seconds']:g} s): the "
+                  "busy-poll rung beside the same rung without polling and the baseline. "
+                  "Shares as above, of the sockperf client and server, our daemons and "
+                  "ksoftirqd.", ""]
+        lines += _profile_table(rr)
+    return lines + [""]
+
+
+def _profile_table(prof: dict) -> list[str]:
     header = ["dataplane", *profile.BUCKETS, "samples", "other processes"]
     rows = []
-    for name, p in runs.items():
+    for name, p in prof.get("dataplanes", {}).items():
         shares = p["shares"]
         rows.append([name, *[("-" if shares[b] is None else f"{100 * shares[b]:.0f}%")
                              for b in profile.BUCKETS], str(p["samples"]),
                      "-" if p["other_process_share"] is None
                      else f"{100 * p['other_process_share']:.0f}%"])
-    lines += _table(header, rows) + [""]
+    lines = _table(header, rows) + [""]
     for name, err in prof.get("errors", {}).items():
         lines.append(f"- no profile of {name}: {err}")
-    return lines + [""]
+    return lines
 
 
 def memory_section(results: dict) -> list[str]:

@@ -164,7 +164,8 @@ class Plan:
         if self.pcap_path:
             total += len(self.dataplanes) * planned_round(capture_settings(self.settings))
         if self.profile:
-            total += len(self.dataplanes) * (self.settings.duration + PROFILE_OVERHEAD_SECONDS)
+            total += (len(self.dataplanes) + len(rr_profiled(list(self.dataplanes)))) * (
+                self.settings.duration + PROFILE_OVERHEAD_SECONDS)
         return total
 
 
@@ -306,20 +307,38 @@ def _profile_pass(plan: Plan, running: list[Dataplane], topos: dict, progress: P
     reason = profile.unavailable()
     if reason is not None:
         progress.note(f"no CPU profile: {reason}")
-        progress.advance(len(running) * (seconds + PROFILE_OVERHEAD_SECONDS))
+        progress.advance((len(running) + len(rr_profiled(running)))
+                         * (seconds + PROFILE_OVERHEAD_SECONDS))
         return {"unavailable": reason}
     out: dict = {"seconds": seconds, "frequency_hz": profile.FREQ, "dataplanes": {},
                  "errors": {}}
-    for dp in running:
-        progress.status(f"profile {dp.name}", "perf record -a, TCP 1 stream")
+    rr: dict = {"dataplanes": {}, "errors": {}}
+    passes = [(dp, "tcp", out) for dp in running]
+    passes += [(dp, "tcp_rr", rr) for dp in rr_profiled(running)]
+    for dp, test, into in passes:
+        what = "TCP 1 stream" if test == "tcp" else "TCP request/response"
+        progress.status(f"profile {dp.name}", f"perf record -a, {what}")
         measure.pin_daemons(topos[dp.name], plan.settings, False)
         try:
-            out["dataplanes"][dp.name] = profile.record(topos[dp.name], seconds)
+            into["dataplanes"][dp.name] = profile.record(topos[dp.name], seconds, test)
         except Exception as exc:
-            out["errors"][dp.name] = f"{type(exc).__name__}: {exc}"
-            progress.note(f"profile {dp.name} failed: {exc}")
+            into["errors"][dp.name] = f"{type(exc).__name__}: {exc}"
+            progress.note(f"profile {dp.name} ({what}) failed: {exc}")
         progress.advance(seconds + PROFILE_OVERHEAD_SECONDS)
+    if rr["dataplanes"] or rr["errors"]:
+        out["tcp_rr"] = rr
     return out
+
+
+def rr_profiled(running: list[Dataplane]) -> list[Dataplane]:
+    """The rungs also profiled under TCP request/response: each busy-poll rung, the same rung
+    without polling, and the baseline (what busy-polling buys, in the same buckets)."""
+    names = {dp.name for dp in running}
+    polled = {n for n in names if "+busypoll" in n}
+    if not polled:
+        return []
+    want = polled | {n.replace("+busypoll", "") for n in polled} | {BASELINE}
+    return [dp for dp in running if dp.name in want]
 
 
 def _capture_pass(plan: Plan, running: list[Dataplane], topos: dict, progress: Progress

@@ -68,3 +68,35 @@ def test_summarize_of_nothing_has_no_shares():
     p = summarize([], set())
     assert p["samples"] == 0 and p["unresolved_share"] is None
     assert all(v is None for v in p["shares"].values())
+
+
+def test_request_response_is_profiled_for_busy_poll_rungs_their_twin_and_the_baseline():
+    from bench import ladder
+    from bench.runner import rr_profiled
+
+    rungs = {dp.name: dp for dp in ladder.LADDER}
+    every = list(rungs.values())
+    assert [dp.name for dp in rr_profiled(every)] == [
+        "kernel-vxlan", "vxlan/c+offload", "vxlan/c+offload+busypoll"]
+    without = [dp for dp in every if "+busypoll" not in dp.name]
+    assert rr_profiled(without) == []                       # nothing to compare
+
+
+def test_an_unknown_profile_test_is_refused():
+    from bench import profile
+
+    with pytest.raises(ValueError, match="'udp_rr': one of tcp, tcp_rr"):
+        profile.record(None, 1.0, "udp_rr")  # type: ignore[arg-type]
+
+
+def test_report_shows_the_request_response_profile_apart():
+    from bench import report
+
+    shares = dict.fromkeys(BUCKETS, 0.0) | {"wakeups and context switches": 0.4, "our C": 0.6}
+    one = {"samples": 10, "shares": shares, "other_process_share": 0.0}
+    prof = {"seconds": 2, "frequency_hz": 999, "dataplanes": {"vxlan/c": one}, "errors": {},
+            "tcp_rr": {"dataplanes": {"vxlan/c+busypoll": one}, "errors": {"x": "boom"}}}
+    text = "\n".join(report.profile_section({"profile": prof}))
+    first, rr = text.split("During TCP request/response")
+    assert "| vxlan/c | " in first and "busypoll" not in first
+    assert "| vxlan/c+busypoll | 0% | 40% |" in rr and "- no profile of x: boom" in rr

@@ -99,6 +99,15 @@ def test_profile_buckets_every_dataplane_or_says_why_not(run):
         # (its processes are fastd, openvpn, ...; our code is not in them)
         if dp.get("fastpath") and dp["daemons"] and "+dr" not in dp["name"]:
             assert p["shares"]["our C"] + p["shares"]["Python"] > 0
+    # Under TCP request/response: the busy-poll rung, the same rung without it, the baseline.
+    polled = [d["name"] for d in run["doc"]["dataplanes"] if "+busypoll" in d["name"]]
+    if polled:
+        rr = prof["tcp_rr"]
+        assert rr["errors"] == {}
+        want = {"kernel-vxlan", *polled, *(n.replace("+busypoll", "") for n in polled)}
+        assert set(rr["dataplanes"]) == want
+        for name in polled:
+            assert rr["dataplanes"][name]["shares"]["our C"] > 0
 
 
 def test_measured_header_cost_matches_the_encapsulation(run):
