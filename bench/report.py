@@ -144,13 +144,12 @@ TARGETS = (
 )
 
 WHY_MISSED = (
-    "Why a target is missed, from `perf record` of the daemons during a one-stream transfer "
-    "(README, Performance): about four fifths of their CPU time is kernel work in the four "
-    "crossings a userspace tunnel adds to every byte (TUN read, UDP send, UDP receive, TUN "
-    "write: copies and stack traversals kernel VXLAN does not make, as its GSO packets cross "
-    "veth unsegmented); our C code is about a seventh, Python under 1%. Small packets pay one "
-    "TUN read per packet, and a TUN cannot slow a sender down: it drops when its queue is full. "
-    "Where the CPU goes, below, gives this run's own profile of each rung.")
+    "Why a target is missed: a userspace tunnel adds four kernel crossings to every byte (TUN "
+    "read, UDP send, UDP receive, TUN write: copies and stack traversals kernel VXLAN does not "
+    "make, as its GSO packets cross veth unsegmented), and every wakeup of a daemon is a "
+    "context switch the kernel path does not have. Small packets pay one TUN read per packet, "
+    "and a TUN cannot slow a sender down: it drops when its queue is full. Where the CPU goes, "
+    "below, gives this run's own profile of each rung: copies, wakeups, our C and Python.")
 
 
 def targets_section(results: dict) -> list[str]:
