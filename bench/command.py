@@ -23,7 +23,7 @@ HELP = "benchmark every dataplane side by side: throughput, packet rate, latency
 
 DEFAULTS = {"rounds": 3, "duration": 2}
 QUICK = {"rounds": 1, "duration": 1, "echo_count": 100, "echo_interval": 0.002,
-         "capacity_trials": 3}
+         "capacity_trials": 2}
 TOOLS = ("iperf3", "sockperf", "ss", "taskset", "ip")
 
 

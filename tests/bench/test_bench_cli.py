@@ -60,7 +60,7 @@ def test_command_line_spells_out_the_run():
     s = command.settings_from(args, dps)
     line = command.command_line(args, 1, s, dps)
     assert line == ("dataplane bench --dataplanes host-gw,kernel-vxlan --rounds 1 --duration 1 "
-                    "--streams 4 --udp-sizes 64,1422 --latency-rate 2000 --capacity-trials 3 "
+                    "--streams 4 --udp-sizes 64,1422 --latency-rate 2000 --capacity-trials 2 "
                     "--quick --no-pin")
     # and it parses back to the same settings
     again = parse(*line.split()[2:])
@@ -77,3 +77,34 @@ def test_the_command_module_stays_light():
             "print(sorted(m for m in ('matplotlib', 'numpy', 'bench.plots') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_rungs_daemon_flags_parse():
+    # What the lab starts for each daemon rung, through the daemon's own parser: a flag the
+    # daemon renamed or dropped fails here, without root (the quick run takes one rung a kind).
+    from dataplane.cli import apply_env, build_parser
+
+    rungs = [dp for dp in ladder.LADDER if dp.runs_daemon]
+    assert {"udp/c", "vxlan/c+offload/read", "vxlan/c+offload+busypoll"} <= {
+        dp.name for dp in rungs}
+    for dp in rungs:
+        argv = ["run", "--store-dir", "/nonexistent", "--public-ip", "10.99.0.1", "--subnet",
+                "10.244.1.0/24", "--fastpath", dp.fastpath, *dp.daemon_args]
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        apply_env(parser, args, argv, {})
+        assert args.fastpath == dp.fastpath, dp.name
+    with pytest.raises(SystemExit):                     # and the check can fail
+        build_parser(["run"]).parse_args(["run", "--no-such-flag"])
+
+
+def test_the_default_selection_leaves_out_what_cannot_run_with_the_reason(monkeypatch):
+    from bench import topology
+
+    monkeypatch.setattr(topology, "available",
+                        lambda dp: "fastd not installed" if dp.name == "fastd" else None)
+    chosen, skipped = command.choose(parse())
+    assert "fastd" not in [dp.name for dp in chosen]
+    assert skipped == [{"name": "fastd", "reason": "fastd not installed"}]
+    with pytest.raises(CommandError, match="fastd cannot run in this build: fastd not"):
+        command.choose(parse("--dataplanes", "fastd"))

@@ -2,7 +2,7 @@
 for a bounded time: any crash, sanitizer report or broken invariant fails the test with the
 path of its reproducer. `make fuzz` runs the same targets longer (FUZZ_SECONDS per target).
 
-FUZZ_CI_SECONDS (default 15) sets the time per target here; the reproducers of bugs the
+FUZZ_CI_SECONDS (default 8) sets the time per target here; the reproducers of bugs the
 fuzzers found are replayed first, so a regression fails at once and deterministically."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from tests.fuzz import fuzzing, seeds
 
-SECONDS = int(os.environ.get("FUZZ_CI_SECONDS", "15"))
+SECONDS = int(os.environ.get("FUZZ_CI_SECONDS", "8"))
 
 try:
     fuzzing.clang()
