@@ -23,9 +23,9 @@ def check_traffic(lab: Lab) -> None:
     assert sorted(lab.daemon_pids()) == sorted(n.name for n in lab.nodes if n.runs_daemon)
 
 
+# The C path on three nodes (every pair, so two nodes' case too), the Python one on two.
 @pytest.mark.parametrize("backend,fastpath,nodes", [
-    ("udp", "c", 2), ("udp", "python", 2), ("vxlan", "c", 2), ("vxlan", "python", 2),
-    ("udp", "c", 3), ("vxlan", "c", 3)])
+    ("udp", "python", 2), ("vxlan", "python", 2), ("udp", "c", 3), ("vxlan", "c", 3)])
 def test_daemon_lab(prefix: str, backend: str, fastpath: str, nodes: int) -> None:
     with Lab(prefix, nodes=nodes, pods=2, backend=backend, fastpath=fastpath) as lab:
         check_traffic(lab)
