@@ -86,8 +86,9 @@ IDLE = ("default_idle", "native_safe_halt", "cpuidle_", "intel_idle", "acpi_idle
 
 
 # Threads that count whatever their id: the kernel's softirq threads (network work of every
-# process) and the traffic tool (the client runs under perf, its pid unknown beforehand).
-OURS = ("ksoftirqd", "iperf3")
+# process) and the traffic tools, iperf3 and sockperf (the client runs under perf, its pid
+# unknown beforehand).
+OURS = ("ksoftirqd", "iperf3", "sockperf")
 
 
 @dataclass(frozen=True)

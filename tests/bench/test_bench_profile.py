@@ -100,3 +100,10 @@ def test_report_shows_the_request_response_profile_apart():
     first, rr = text.split("During TCP request/response")
     assert "| vxlan/c | " in first and "busypoll" not in first
     assert "| vxlan/c+busypoll | 0% | 40% |" in rr and "- no profile of x: boom" in rr
+
+
+def test_the_request_response_client_counts_though_its_pid_is_unknown():
+    text = REPORT + " 12.00%| 12|   4242:sockperf|[kernel.kallsyms]|[k] tcp_sendmsg\n"
+    p = summarize(parse_report(text), tids={1200, 1300, 1301})
+    assert p["samples"] == 82 and p["other_process_samples"] == 10
+    assert p["shares"]["kernel network stack"] == pytest.approx(18 / 82)
