@@ -85,8 +85,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     scale.add_argument("--churn-seconds", type=_positive(float), metavar="SECONDS",
                        help="how long the churn lasts at each count (default 20)")
     p.add_argument("--soak", type=_positive(float), metavar="SECONDS",
-                   help="run the soak instead: steady traffic at half capacity, a peer leaving "
-                        "and joining every minute, an etcd member restarted every 10 minutes; "
+                   help="run the soak instead: steady TCP and 64 B UDP, each at a quarter of its "
+                        "capacity alone (together about half), a peer leaving and joining every "
+                        "minute, an etcd member restarted every 10 minutes; "
                         "RSS, descriptors, drops and loss every 10 s (bench/soak.py); runs "
                         "under 20 minutes compress the churn so every event happens")
     p.add_argument("--render", metavar="DIR",
