@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bench import overhead, profile, targets
 from bench.stats import median
-from bench.summary import SCALE, TABLES, rss_overview
+from bench.summary import SCALE, TABLES, our_rungs, rss_overview
 from dataplane.backends import UDP, VXLAN
 
 ENCAP_TITLES = {None: "host-gw (routing)", "udp": "udp (flannel)", "vxlan": "VXLAN"}
@@ -289,7 +289,7 @@ def memory_section(results: dict) -> list[str]:
 
     def mb(v: float | None, sign: str = "") -> str:
         return "-" if v is None else f"{v:{sign}.1f}"
-    ours = {dp["name"] for dp in results["dataplanes"] if dp.get("fastpath")}
+    ours = our_rungs(results)
 
     def within(n: str, r: dict) -> str:       # the limit is our node daemon's, not a tunnel's
         return "-" if n not in ours else "yes" if r["within_limit"] else "**no**"

@@ -129,6 +129,11 @@ def _hists(by_dp: dict[str, list[dict]]) -> dict:
     return out
 
 
+def our_rungs(results: dict) -> set[str]:
+    """The rungs that run our node daemon (a fast path), as opposed to kernel and tunnel rungs."""
+    return {dp["name"] for dp in results["dataplanes"] if dp.get("fastpath")}
+
+
 def rss_overview(results: dict) -> dict[str, dict]:
     """Per daemon dataplane, in MiB: the largest daemon RSS before any traffic, after the first
     and the last round and over all rounds. `warmup_mb` is what the first round's traffic

@@ -73,10 +73,10 @@ def evaluate(results: dict) -> list[dict]:
 
 
 def _memory(results: dict) -> dict:
-    from bench.summary import rss_overview
+    from bench.summary import our_rungs, rss_overview
 
     limit = results["method"].get("rss_limit_mb", 64)
-    ours = {dp["name"] for dp in results["dataplanes"] if dp.get("fastpath")}
+    ours = our_rungs(results)
     # Our node daemon's target: a tunnel rung's processes (wireguard-go's) are not ours.
     rss = {name: r for name, r in rss_overview(results).items() if name in ours}
     row = {"what": "daemon RSS, and flat over the run", "bound": f"<= {limit} MiB, growth <= "
