@@ -142,22 +142,27 @@ def test_refused_everywhere_fails_at_once_naming_each_endpoint(run) -> None:
     run(go())
 
 
+async def fails_over(handler, etcd_url: str, match: str | None = None) -> None:
+    """A member served by `handler` is unavailable on its own (EtcdUnavailable, `match`), and
+    listed before a real member the request is answered by the real one."""
+    server, url = await fake_server(handler)
+    async with server:
+        lonely = EtcdClient(url, timeout=0.5)
+        with pytest.raises(EtcdUnavailable, match=match):
+            await lonely.range(b"/x")
+        await lonely.close()
+        client = EtcdClient(f"{url},{etcd_url}")
+        assert "header" in await client.range(b"/x")
+        await client.close()
+
+
 def test_not_http_fails_over(run, etcd_url: str) -> None:
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
         await writer.drain()
         writer.close()
 
-    async def go() -> None:
-        server, url = await fake_server(garbage)
-        async with server:
-            lonely = EtcdClient(url, timeout=0.5)
-            with pytest.raises(EtcdUnavailable, match="not an HTTP response"):
-                await lonely.range(b"/x")
-            client = EtcdClient(f"{url},{etcd_url}")
-            assert "header" in await client.range(b"/x")
-            await client.close()
-    run(go())
+    run(fails_over(garbage, etcd_url, match="not an HTTP response"))
 
 
 def test_a_pooled_connection_the_server_closed_is_replaced(run) -> None:
@@ -195,17 +200,7 @@ def test_a_member_shutting_down_is_failed_over(run, etcd_url: str) -> None:
         await writer.drain()
         writer.close()
 
-    async def go() -> None:
-        server, url = await fake_server(closing)
-        async with server:
-            lonely = EtcdClient(url, timeout=0.5)
-            with pytest.raises(EtcdUnavailable):
-                await lonely.range(b"/x")
-            await lonely.close()
-            client = EtcdClient(f"{url},{etcd_url}")
-            assert "header" in await client.range(b"/x")
-            await client.close()
-    run(go())
+    run(fails_over(closing, etcd_url))
 
 
 def test_server_errors_are_not_retried_elsewhere(run, etcd_url: str) -> None:
